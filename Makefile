@@ -1,0 +1,67 @@
+# model-router: `make run` serves, `make test` tests. Every target installs what it needs first.
+SHELL := /bin/bash
+.DEFAULT_GOAL := help
+
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+VENV_STAMP := $(VENV)/.installed
+GEN_DIR := router/grpc/gen
+GEN_STAMP := $(GEN_DIR)/modelrouter/v1/model_router_service_pb2_grpc.py
+PROTOS := $(wildcard protos/modelrouter/v1/*.proto)
+MODEL_STAMPS := triton_models/repository/all-minilm-l6-v2/.built
+BUF := .tools/node_modules/.bin/buf
+BUF_VERSION := 1.75.0
+
+ROUTER_ARGS ?=
+PYTEST_ARGS ?=
+
+.PHONY: help setup protos models run test lint bench clean
+
+help: ## List the targets
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-8s %s\n", $$1, $$2}'
+
+setup: $(VENV_STAMP) $(GEN_STAMP) ## Create .venv, install the project, generate the gRPC code
+
+$(VENV_STAMP): pyproject.toml
+	@echo "[setup] creating $(VENV) and installing model-router with its extras"
+	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --progress-bar off -e ".[models,dev,bench]"
+	@touch $@
+
+protos: $(GEN_STAMP) ## Generate Python code from protos/ into router/grpc/gen (ignored)
+
+$(GEN_STAMP): $(PROTOS) $(VENV_STAMP)
+	@echo "[protos] generating $(GEN_DIR)"
+	@rm -rf $(GEN_DIR) && mkdir -p $(GEN_DIR)
+	$(PY) -m grpc_tools.protoc -I protos --python_out=$(GEN_DIR) --pyi_out=$(GEN_DIR) \
+		--grpc_python_out=$(GEN_DIR) $(PROTOS)
+	@# grpc_tools writes imports relative to protos/; make them imports of this package.
+	sed -i 's/^from modelrouter\.v1 import/from router.grpc.gen.modelrouter.v1 import/' $(GEN_DIR)/modelrouter/v1/*_pb2_grpc.py
+	@touch $(GEN_DIR)/__init__.py $(GEN_DIR)/modelrouter/__init__.py $(GEN_DIR)/modelrouter/v1/__init__.py
+
+models: $(VENV_STAMP) ## Build the Triton model repository (exports cached; rebuilt only when stale)
+	$(PY) triton_models/build.py
+
+run: setup models ## Start a real Triton on 127.0.0.1 and the router on 127.0.0.1:50051
+	$(VENV)/bin/router serve $(ROUTER_ARGS)
+
+test: setup models ## Run the unit and end-to-end tests (a real Triton is started on loopback)
+	$(PY) -m pytest $(PYTEST_ARGS)
+
+$(BUF):
+	@echo "[lint] installing @bufbuild/buf@$(BUF_VERSION) from the npm registry into .tools/"
+	npm install --silent --prefix .tools @bufbuild/buf@$(BUF_VERSION)
+
+lint: setup $(BUF) ## buf lint (STANDARD) on protos/, ruff on the Python code
+	$(BUF) lint protos
+	$(VENV)/bin/ruff check router adapters tests triton_models bench
+	$(VENV)/bin/ruff format --check router adapters tests triton_models bench
+
+bench: setup models ## Benchmarks: router vs direct-to-Triton; results land in bench/results/
+	$(PY) -m bench
+
+clean: ## Remove generated code, built models and the venv
+	rm -rf $(GEN_DIR) $(VENV) .tools triton_models/repository/*/1/*.onnx \
+		triton_models/repository/*/tokenizer.json triton_models/repository/*/.built

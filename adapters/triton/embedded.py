@@ -1,0 +1,172 @@
+"""Start and stop a real `tritonserver` from the nvidia-pytriton wheel, bound to loopback.
+
+The wheel ships the server binary, the Python backend and one Python-backend stub per Python version;
+the stub must sit inside the package's own `backends/python/` folder, where it finds its bundled
+libraries. The environment that starts the server decides what a `model.py` can import, so it is set
+here explicitly: this interpreter's `bin/` first on PATH and its `site-packages` on PYTHONPATH.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import importlib.util
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import sysconfig
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import structlog
+
+log = structlog.get_logger(__name__)
+
+_PR_SET_PDEATHSIG = 1
+
+
+class EmbeddedTritonError(RuntimeError):
+    """The embedded server could not be found, prepared or started."""
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    """A port that was free a moment ago on `host` (the kernel picks it)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind((host, 0))
+        return sock.getsockname()[1]
+
+
+def pytriton_root() -> Path:
+    spec = importlib.util.find_spec("pytriton")
+    if spec is None or not spec.submodule_search_locations:
+        raise EmbeddedTritonError("nvidia-pytriton is not installed: run `make setup`")
+    return Path(spec.submodule_search_locations[0]) / "tritonserver"
+
+
+def prepare_backends(root: Path) -> Path:
+    """Put this Python's backend stub where the Python backend looks for it; return the backends dir."""
+    version = f"{sys.version_info.major}.{sys.version_info.minor}"
+    stub = root / "python_backend_stubs" / version / "triton_python_backend_stub"
+    target = root / "backends" / "python" / "triton_python_backend_stub"
+    if not stub.exists():
+        raise EmbeddedTritonError(f"nvidia-pytriton has no Python-backend stub for Python {version}")
+    if not target.exists() or target.stat().st_size != stub.stat().st_size:
+        shutil.copy2(stub, target)
+    return root / "backends"
+
+
+def _die_with_parent() -> None:
+    """Runs in the child before exec: the kernel sends SIGTERM if the router process dies first."""
+    libc = ctypes.CDLL("libc.so.6", use_errno=True)
+    libc.prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
+
+
+@dataclass
+class EmbeddedTriton:
+    """A tritonserver child process serving `repository` on 127.0.0.1."""
+
+    repository: Path
+    host: str = "127.0.0.1"
+    grpc_port: int = 0
+    http_port: int = 0
+    metrics_port: int = 0
+    log_path: Path | None = None
+    extra_args: tuple[str, ...] = ()
+
+    def __post_init__(self) -> None:
+        self._process: subprocess.Popen | None = None
+        self._log_file = None
+
+    @property
+    def grpc_address(self) -> str:
+        return f"{self.host}:{self.grpc_port}"
+
+    def command(self) -> list[str]:
+        root = pytriton_root()
+        return [
+            str(root / "bin" / "tritonserver"),
+            f"--model-repository={self.repository}",
+            f"--backend-directory={prepare_backends(root)}",
+            f"--grpc-address={self.host}",
+            f"--grpc-port={self.grpc_port}",
+            f"--http-address={self.host}",
+            f"--http-port={self.http_port}",
+            f"--metrics-address={self.host}",
+            f"--metrics-port={self.metrics_port}",
+            "--log-verbose=0",
+            *self.extra_args,
+        ]
+
+    def environment(self) -> dict[str, str]:
+        env = dict(os.environ)
+        interpreter_bin = str(Path(sys.executable).parent)
+        env["PATH"] = os.pathsep.join([interpreter_bin, env.get("PATH", "/usr/bin:/bin")])
+        site_packages = sysconfig.get_paths()["purelib"]
+        env["PYTHONPATH"] = os.pathsep.join(p for p in [site_packages, env.get("PYTHONPATH")] if p)
+        return env
+
+    def start(self) -> None:
+        if not any(self.repository.glob("*/config.pbtxt")):
+            raise EmbeddedTritonError(f"no model configs under {self.repository}")
+        for name in ("grpc_port", "http_port", "metrics_port"):
+            if getattr(self, name) == 0:
+                setattr(self, name, free_port(self.host))
+        command = self.command()
+        if self.log_path is not None:
+            self.log_path.parent.mkdir(parents=True, exist_ok=True)
+            self._log_file = open(self.log_path, "ab")  # noqa: SIM115 - lives as long as the process
+        log.info("triton.starting", grpc=self.grpc_address, repository=str(self.repository))
+        self._process = subprocess.Popen(
+            command,
+            env=self.environment(),
+            stdout=self._log_file or subprocess.DEVNULL,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            # Its own process group: a Ctrl-C at the terminal reaches the router, which stops Triton in
+            # order; the parent-death signal covers a router that dies without stopping it.
+            process_group=0,
+            preexec_fn=_die_with_parent,
+        )
+
+    def wait_ready(self, timeout_s: float = 120.0) -> None:
+        """Block until the gRPC port accepts connections; raise if the process exits or time runs out."""
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            if self._process is None or self._process.poll() is not None:
+                raise EmbeddedTritonError(
+                    f"tritonserver exited with {self._process and self._process.returncode}"
+                    f"; its log: {self.log_path}"
+                )
+            try:
+                with socket.create_connection((self.host, self.grpc_port), timeout=0.5):
+                    return
+            except OSError:
+                time.sleep(0.2)
+        raise EmbeddedTritonError(f"tritonserver did not open {self.grpc_address} in {timeout_s:.0f}s")
+
+    def stop(self, grace_s: float = 15.0) -> None:
+        if self._process is None:
+            return
+        if self._process.poll() is None:
+            log.info("triton.stopping", pid=self._process.pid)
+            self._process.terminate()
+            try:
+                self._process.wait(timeout=grace_s)
+            except subprocess.TimeoutExpired:
+                self._process.kill()
+                self._process.wait()
+        self._process = None
+        if self._log_file is not None:
+            self._log_file.close()
+            self._log_file = None
+
+    def __enter__(self) -> EmbeddedTriton:
+        self.start()
+        self.wait_ready()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()

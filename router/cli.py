@@ -1,0 +1,187 @@
+"""`router`: serve, or call a running router (embed, models, health).
+
+Flags only override settings (router/settings.py); nothing is parsed at import time.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import signal
+import sys
+from pathlib import Path
+
+DEFAULT_TARGET = "127.0.0.1:50051"
+
+
+def _serve_parser(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("serve", help="start the router (and, unless --triton is given, a Triton)")
+    p.add_argument("--config", type=Path, help="TOML settings file (same keys as MODELROUTER_* variables)")
+    p.add_argument("--host", help="address to bind (default 127.0.0.1)")
+    p.add_argument("--port", type=int, help="gRPC port (default 50051)")
+    p.add_argument(
+        "--triton",
+        action="append",
+        metavar="HOST:PORT",
+        help="use this existing Triton (gRPC) instead of starting one; repeat for several shards",
+    )
+    p.add_argument(
+        "--model-repository", type=Path, help="the Triton model repository (tokenizers are read here)"
+    )
+    p.add_argument("--log-format", choices=["console", "json"])
+    p.add_argument("--log-level", choices=["debug", "info", "warning", "error"])
+
+
+def _client_parsers(sub: argparse._SubParsersAction) -> None:
+    embed = sub.add_parser("embed", help="embed texts through a running router")
+    embed.add_argument("texts", nargs="+")
+    embed.add_argument("--model", default="all-minilm-l6-v2")
+    embed.add_argument("--truncation", choices=["CHUNK", "END", "START", "NONE"])
+    for name, help_text in (
+        ("models", "list the models a running router serves"),
+        ("health", "ask gRPC health"),
+    ):
+        sub.add_parser(name, help=help_text)
+    for parser in sub.choices.values():
+        if parser.prog.split()[-1] != "serve":
+            parser.add_argument(
+                "--target", default=DEFAULT_TARGET, help=f"router address (default {DEFAULT_TARGET})"
+            )
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="router", description=__doc__.splitlines()[0])
+    sub = parser.add_subparsers(dest="command", required=True)
+    _serve_parser(sub)
+    _client_parsers(sub)
+    return parser
+
+
+def _settings(args: argparse.Namespace):
+    import os
+
+    from router.settings import CONFIG_ENV, Settings
+
+    if args.config:
+        os.environ[CONFIG_ENV] = str(args.config)
+    overrides = {
+        key: value
+        for key, value in {
+            "host": args.host,
+            "port": args.port,
+            "triton": args.triton,
+            "model_repository": args.model_repository,
+            "log_format": args.log_format,
+            "log_level": args.log_level,
+        }.items()
+        if value is not None
+    }
+    return Settings(**overrides)
+
+
+async def _serve(settings) -> None:
+    from router.app import Router
+    from router.grpc.server import RouterServer
+
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+
+    router = Router(settings)
+    server = RouterServer(router, settings)
+    announced = False
+
+    def announce(ready: bool) -> None:
+        nonlocal announced
+        if ready and not announced:
+            announced = True
+            _print_banner(settings, server.port, router)
+
+    router.on_readiness(announce)
+    try:
+        await router.start()
+        await server.start()
+        await stop.wait()
+    finally:
+        print("\nstopping the router and Triton...", file=sys.stderr, flush=True)
+        await server.stop()
+        await router.stop()
+
+
+def _print_banner(settings, port: int | None, router) -> None:
+    target = f"{settings.host}:{port}"
+    triton = ", ".join(router.backend.shards[i].address for i in range(len(router.backend.shards)))
+    models = ", ".join(m.contract.name for m in router.registry.models())
+    print(
+        f"""
+model-router is ready on {target}  (Triton: {triton}; models: {models})
+
+  Try it from another shell:
+    .venv/bin/router embed --target {target} "A man is eating food." "A man eats a meal." "Stock markets fell."
+    .venv/bin/router models --target {target}
+    .venv/bin/router health --target {target}
+  Or with any gRPC client (reflection is on), for example:
+    grpcurl -plaintext -d '{{"model": "all-minilm-l6-v2", "inputs": ["hello"]}}' \\
+      {target} modelrouter.v1.ModelRouterService/Embed
+
+  Ctrl-C stops the router and Triton.
+""",
+        flush=True,
+    )
+
+
+def _client(args: argparse.Namespace) -> int:
+    import grpc
+    import numpy as np
+    from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+    from router.grpc.gen.modelrouter.v1 import model_router_service_pb2 as pb
+    from router.grpc.gen.modelrouter.v1 import model_router_service_pb2_grpc as pb_grpc
+
+    with grpc.insecure_channel(args.target) as channel:
+        stub = pb_grpc.ModelRouterServiceStub(channel)
+        try:
+            if args.command == "health":
+                reply = health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest(), timeout=5)
+                print(health_pb2.HealthCheckResponse.ServingStatus.Name(reply.status))
+            elif args.command == "models":
+                from google.protobuf.json_format import MessageToDict
+
+                reply = stub.ListModels(pb.ListModelsRequest(), timeout=10)
+                print(json.dumps(MessageToDict(reply), indent=2))
+            else:
+                truncation = getattr(pb, f"TRUNCATION_{args.truncation}") if args.truncation else 0
+                reply = stub.Embed(
+                    pb.EmbedRequest(model=args.model, inputs=args.texts, truncation=truncation), timeout=60
+                )
+                vectors = np.array([e.values for e in reply.embeddings])
+                for text, vector in zip(args.texts, vectors, strict=True):
+                    print(
+                        f"{len(vector)} dims  [{', '.join(f'{v:+.4f}' for v in vector[:4])}, ...]  {text[:60]!r}"
+                    )
+                if len(vectors) > 1:
+                    print("cosine similarities:")
+                    print(np.array2string(vectors @ vectors.T, precision=3))
+                print(f"usage: {reply.usage}".replace("\n", " "))
+        except grpc.RpcError as error:
+            print(f"{error.code().name}: {error.details()}", file=sys.stderr)
+            return 1
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    if args.command != "serve":
+        return _client(args)
+    from router import logs
+
+    settings = _settings(args)
+    logs.configure(settings.log_level, settings.log_format)
+    asyncio.run(_serve(settings))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,176 @@
+"""A model's contract, read from its Triton model repository.
+
+A deployer describes a model to the router only in the model's own `config.pbtxt`, with `parameters`
+whose keys start with `modelrouter.`, and a tokenizer file beside it. Triton reports the config (so the
+router learns it even from a remote server); the tokenizer file is read from the router's copy of the
+repository (`model_repository` setting).
+
+| key                               | meaning                                                   | default    |
+|-----------------------------------|-----------------------------------------------------------|------------|
+| `modelrouter.task`                | `embed`, `rerank` or `generate`; models without it are not served | required |
+| `modelrouter.tokenizer`           | HF `tokenizers` JSON file, relative to the model folder   | required   |
+| `modelrouter.max_sequence_length` | longest sequence in tokens, special tokens included       | required   |
+| `modelrouter.default_truncation`  | `CHUNK`, `END`, `START` or `NONE`                         | `CHUNK`    |
+| `modelrouter.truncations`         | comma list of the modes the model accepts                 | all four   |
+| `modelrouter.pooling`             | how the model pools token vectors (reported only)         | `mean`     |
+| `modelrouter.normalize`           | embed: L2-normalise unless the request says otherwise     | `true`     |
+| `modelrouter.dimensions`          | embed: comma list of Matryoshka lengths a request may ask | full only  |
+| `modelrouter.output`              | the output tensor to read                                 | first one  |
+
+Input tensors are recognised by name: `input_ids` (required), `attention_mask` and `token_type_ids`
+(sent when the model declares them).
+"""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass, field
+
+from router.core.errors import ErrorKind, RouterError
+
+PREFIX = "modelrouter."
+
+
+class Task(enum.Enum):
+    EMBED = "embed"
+    RERANK = "rerank"
+    GENERATE = "generate"
+
+
+class Truncation(enum.Enum):
+    """What to do with a sequence longer than the model takes."""
+
+    CHUNK = "CHUNK"
+    END = "END"
+    START = "START"
+    NONE = "NONE"
+
+
+@dataclass(frozen=True)
+class TensorSpec:
+    name: str
+    datatype: str
+    dims: tuple[int, ...]
+
+
+@dataclass(frozen=True)
+class ModelDescription:
+    """What a backend reports of one loaded model, before the router interprets it."""
+
+    name: str
+    version: str
+    max_batch_size: int
+    inputs: tuple[TensorSpec, ...]
+    outputs: tuple[TensorSpec, ...]
+    parameters: dict[str, str]
+    served_by: tuple[str, ...]
+
+
+@dataclass(frozen=True)
+class ModelContract:
+    name: str
+    version: str
+    task: Task
+    tokenizer_file: str
+    max_sequence_length: int
+    max_batch_size: int
+    input_names: tuple[str, ...]
+    output_name: str
+    output_dims: tuple[int, ...]
+    default_truncation: Truncation
+    truncations: frozenset[Truncation]
+    pooling: str
+    normalize: bool
+    dimensions: tuple[int, ...]
+    served_by: tuple[str, ...] = field(default=())
+
+    @property
+    def embedding_dimensions(self) -> int:
+        return self.output_dims[-1] if self.output_dims and self.output_dims[-1] > 0 else 0
+
+    @property
+    def wants_attention_mask(self) -> bool:
+        return "attention_mask" in self.input_names
+
+    @property
+    def wants_token_type_ids(self) -> bool:
+        return "token_type_ids" in self.input_names
+
+
+def _contract_error(model: str, message: str) -> RouterError:
+    return RouterError(ErrorKind.BACKEND_FAILED, "BAD_MODEL_CONTRACT", f"model {model!r}: {message}")
+
+
+def _truncation(model: str, value: str) -> Truncation:
+    try:
+        return Truncation(value.strip().upper())
+    except ValueError:
+        raise _contract_error(model, f"unknown truncation {value!r}") from None
+
+
+def _int_list(model: str, key: str, value: str) -> tuple[int, ...]:
+    try:
+        return tuple(int(part) for part in value.split(",") if part.strip())
+    except ValueError:
+        raise _contract_error(model, f"{PREFIX}{key} must be a comma list of integers") from None
+
+
+def is_routed(description: ModelDescription) -> bool:
+    """Models without `modelrouter.task` are left alone (helpers, ensembles' steps...)."""
+    return f"{PREFIX}task" in description.parameters
+
+
+def parse_contract(description: ModelDescription) -> ModelContract:
+    """Interpret a model's `modelrouter.*` parameters; raise RouterError naming what is wrong."""
+    name = description.name
+    params = {k[len(PREFIX) :]: v for k, v in description.parameters.items() if k.startswith(PREFIX)}
+    try:
+        task = Task(params.get("task", "").strip().lower())
+    except ValueError:
+        raise _contract_error(name, f"unknown task {params.get('task')!r}") from None
+    for key in ("tokenizer", "max_sequence_length"):
+        if not params.get(key):
+            raise _contract_error(name, f"parameter {PREFIX}{key} is missing")
+    try:
+        max_len = int(params["max_sequence_length"])
+    except ValueError:
+        raise _contract_error(name, f"{PREFIX}max_sequence_length is not an integer") from None
+
+    input_names = tuple(spec.name for spec in description.inputs)
+    if "input_ids" not in input_names:
+        raise _contract_error(name, "the model has no input_ids input")
+    if not description.outputs:
+        raise _contract_error(name, "the model declares no output")
+    wanted = params.get("output")
+    outputs = {spec.name: spec for spec in description.outputs}
+    if wanted and wanted not in outputs:
+        raise _contract_error(name, f"output {wanted!r} is not declared")
+    output = outputs[wanted] if wanted else description.outputs[0]
+
+    default_truncation = _truncation(name, params.get("default_truncation", "CHUNK"))
+    allowed = params.get("truncations")
+    truncations = (
+        frozenset(_truncation(name, part) for part in allowed.split(",") if part.strip())
+        if allowed
+        else frozenset(Truncation)
+    )
+    if default_truncation not in truncations:
+        raise _contract_error(name, "default_truncation is not among the allowed truncations")
+
+    return ModelContract(
+        name=name,
+        version=description.version,
+        task=task,
+        tokenizer_file=params["tokenizer"],
+        max_sequence_length=max_len,
+        max_batch_size=max(1, description.max_batch_size),
+        input_names=input_names,
+        output_name=output.name,
+        output_dims=output.dims,
+        default_truncation=default_truncation,
+        truncations=truncations,
+        pooling=params.get("pooling", "mean"),
+        normalize=params.get("normalize", "true").strip().lower() in ("1", "true", "yes"),
+        dimensions=_int_list(name, "dimensions", params.get("dimensions", "")),
+        served_by=description.served_by,
+    )

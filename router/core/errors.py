@@ -1,0 +1,68 @@
+"""Domain errors. They carry a kind and a reason, never a transport status code.
+
+The gRPC layer maps each kind to a status code with `google.rpc` details (router/grpc/status.py); a
+future HTTP front end would map the same kinds to its own codes.
+"""
+
+from __future__ import annotations
+
+import enum
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+
+
+class ErrorKind(enum.Enum):
+    INVALID_INPUT = "invalid_input"
+    NOT_FOUND = "not_found"
+    OVERLOADED = "overloaded"
+    DEADLINE_EXCEEDED = "deadline_exceeded"
+    NOT_READY = "not_ready"
+    BACKEND_UNAVAILABLE = "backend_unavailable"
+    BACKEND_FAILED = "backend_failed"
+    UNIMPLEMENTED = "unimplemented"
+    CANCELLED = "cancelled"
+
+
+@dataclass(frozen=True)
+class FieldViolation:
+    """One bad field: `field` is a path into the request such as `inputs[3]`."""
+
+    field: str
+    description: str
+
+
+@dataclass
+class RouterError(Exception):
+    """An error a caller should see: what kind, a stable UPPER_SNAKE reason, and the details."""
+
+    kind: ErrorKind
+    reason: str
+    message: str
+    violations: tuple[FieldViolation, ...] = ()
+    retry_after_s: float | None = None
+    metadata: dict[str, str] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        super().__init__(self.message)
+
+    def __str__(self) -> str:
+        return self.message
+
+
+# Reasons, shared by every transport. Clients match on these, never on messages.
+EMPTY_INPUTS = "EMPTY_INPUTS"
+EMPTY_QUERY = "EMPTY_QUERY"
+INPUT_TOO_LONG = "INPUT_TOO_LONG"
+TOO_MANY_INPUTS = "TOO_MANY_INPUTS"
+TOO_MANY_TOKENS = "TOO_MANY_TOKENS"
+UNSUPPORTED_OPTION = "UNSUPPORTED_OPTION"
+MODEL_NOT_FOUND = "MODEL_NOT_FOUND"
+WRONG_TASK = "WRONG_TASK"
+MODEL_NOT_READY = "MODEL_NOT_READY"
+BACKEND_UNAVAILABLE = "BACKEND_UNAVAILABLE"
+BACKEND_FAILED = "BACKEND_FAILED"
+NOT_IMPLEMENTED = "NOT_IMPLEMENTED"
+
+
+def invalid(reason: str, message: str, violations: Iterable[FieldViolation] = ()) -> RouterError:
+    return RouterError(ErrorKind.INVALID_INPUT, reason, message, tuple(violations))

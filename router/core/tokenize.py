@@ -1,0 +1,128 @@
+"""Tokenize with the model's own tokenizer and cut texts into sequences that fit the model.
+
+Windowing is the `tokenizers` library's own: `Encoding.truncate(max_length, stride, direction)` leaves
+the rest of a long text in `Encoding.overflowing`, consecutive windows sharing `stride` tokens, and
+`Tokenizer.post_process` adds the model's special tokens to each window. Texts are first encoded without
+special tokens and without truncation, so the router always knows a text's true length.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+from tokenizers import Encoding, Tokenizer
+
+from router.core.contract import Truncation
+
+
+@dataclass(frozen=True)
+class Window:
+    """One sequence for the model: token ids with special tokens, and where it lies in the text."""
+
+    ids: np.ndarray
+    type_ids: np.ndarray | None
+    start: int
+    end: int
+
+    @property
+    def length(self) -> int:
+        return len(self.ids)
+
+
+@dataclass(frozen=True)
+class Split:
+    """A text cut to fit: `tokens` is its full length with special tokens, before any cut."""
+
+    tokens: int
+    windows: tuple[Window, ...]
+    truncated: bool = False
+
+    @property
+    def chunked(self) -> bool:
+        return len(self.windows) > 1
+
+    @property
+    def too_long(self) -> bool:
+        """Set when truncation NONE left the text whole although it does not fit."""
+        return not self.windows
+
+
+class ModelTokenizer:
+    """A model's tokenizer with padding and truncation off: the router decides both."""
+
+    def __init__(self, tokenizer: Tokenizer) -> None:
+        tokenizer.no_padding()
+        tokenizer.no_truncation()
+        self._tokenizer = tokenizer
+        self.single_specials = tokenizer.num_special_tokens_to_add(is_pair=False)
+        self.pair_specials = tokenizer.num_special_tokens_to_add(is_pair=True)
+
+    @classmethod
+    def from_file(cls, path: Path) -> ModelTokenizer:
+        return cls(Tokenizer.from_file(str(path)))
+
+    def count(self, texts: Sequence[str]) -> list[int]:
+        """Token counts with special tokens, as the model would see each text whole."""
+        return [
+            len(e.ids) + self.single_specials
+            for e in self._tokenizer.encode_batch(list(texts), add_special_tokens=False)
+        ]
+
+    def split(
+        self,
+        texts: Sequence[str],
+        max_length: int,
+        truncation: Truncation,
+        overlap: int,
+        max_windows: int | None = None,
+    ) -> list[Split]:
+        """Cut each text into sequences of at most `max_length` tokens, special tokens included.
+
+        CHUNK: windows sharing `overlap` tokens (at most `max_windows`, from the start); END: the head;
+        START: the tail; NONE: a text that does not fit comes back with no windows (`too_long`).
+        """
+        room = max_length - self.single_specials
+        if room < 1:
+            raise ValueError(f"max_length {max_length} leaves no room for text")
+        encodings = self._tokenizer.encode_batch(list(texts), add_special_tokens=False)
+        return [self._cut(e, room, truncation, overlap, max_windows) for e in encodings]
+
+    def _cut(
+        self, content: Encoding, room: int, truncation: Truncation, overlap: int, max_windows: int | None
+    ) -> Split:
+        tokens = len(content.ids) + self.single_specials
+        if len(content.ids) <= room:
+            return Split(tokens, (self._window(self._tokenizer.post_process(content), content),))
+        if truncation is Truncation.NONE:
+            return Split(tokens, ())
+        if truncation is Truncation.CHUNK:
+            content.truncate(room, stride=_stride(overlap, room), direction="right")
+            processed = self._tokenizer.post_process(content)
+            pieces = list(
+                zip([processed, *processed.overflowing], [content, *content.overflowing], strict=True)
+            )
+            kept = pieces[:max_windows] if max_windows is not None else pieces
+            windows = tuple(self._window(p, c) for p, c in kept)
+            return Split(tokens, windows, truncated=len(kept) < len(pieces))
+        direction = "right" if truncation is Truncation.END else "left"
+        content.truncate(room, direction=direction)
+        return Split(tokens, (self._window(self._tokenizer.post_process(content), content),), True)
+
+    @staticmethod
+    def _window(processed: Encoding, content: Encoding) -> Window:
+        offsets = content.offsets
+        start, end = (offsets[0][0], offsets[-1][1]) if offsets else (0, 0)
+        return Window(
+            ids=np.asarray(processed.ids, dtype=np.int64),
+            type_ids=np.asarray(processed.type_ids, dtype=np.int64),
+            start=start,
+            end=end,
+        )
+
+
+def _stride(overlap: int, room: int) -> int:
+    """Windows must advance: keep the overlap below half a window."""
+    return max(0, min(overlap, room // 2))

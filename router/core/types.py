@@ -1,0 +1,46 @@
+"""Requests and results as the core sees them, free of any transport."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from router.core.contract import Truncation
+
+
+@dataclass
+class Usage:
+    input_tokens: int = 0
+    computed_tokens: int = 0
+    sequences: int = 0
+    batches: int = 0
+    inputs_truncated: int = 0
+    inputs_chunked: int = 0
+
+
+@dataclass
+class Timing:
+    """Seconds spent in each stage of one request."""
+
+    tokenize: float = 0.0
+    queue: float = 0.0
+    inference: float = 0.0
+    total: float = 0.0
+
+
+@dataclass(frozen=True)
+class EmbedRequest:
+    model: str
+    inputs: list[str]
+    truncation: Truncation | None = None
+    normalize: bool | None = None
+    dimensions: int | None = None
+
+
+@dataclass
+class EmbedResult:
+    model: str
+    embeddings: np.ndarray
+    usage: Usage = field(default_factory=Usage)
+    timing: Timing = field(default_factory=Timing)

@@ -1,0 +1,94 @@
+"""All translation between modelrouter.v1 messages and the core's types lives here."""
+
+from __future__ import annotations
+
+from google.protobuf import duration_pb2
+
+from router.core import errors
+from router.core.contract import ModelContract, Task, Truncation
+from router.core.types import EmbedRequest, EmbedResult, Timing, Usage
+from router.grpc.gen.modelrouter.v1 import model_router_service_pb2 as pb
+
+_TRUNCATION_FROM_PB = {
+    pb.TRUNCATION_UNSPECIFIED: None,
+    pb.TRUNCATION_CHUNK: Truncation.CHUNK,
+    pb.TRUNCATION_END: Truncation.END,
+    pb.TRUNCATION_START: Truncation.START,
+    pb.TRUNCATION_NONE: Truncation.NONE,
+}
+_TRUNCATION_TO_PB = {value: key for key, value in _TRUNCATION_FROM_PB.items() if value is not None}
+_TASK_TO_PB = {Task.EMBED: pb.TASK_EMBED, Task.RERANK: pb.TASK_RERANK, Task.GENERATE: pb.TASK_GENERATE}
+
+
+def truncation_from_pb(value: int) -> Truncation | None:
+    """None means UNSPECIFIED (the model's default); a value this build does not know is an error."""
+    try:
+        return _TRUNCATION_FROM_PB[value]
+    except KeyError:
+        raise errors.invalid(
+            errors.UNSUPPORTED_OPTION,
+            f"unknown truncation value {value}",
+            [errors.FieldViolation("truncation", "use a Truncation enum value")],
+        ) from None
+
+
+def embed_request_from_pb(request: pb.EmbedRequest) -> EmbedRequest:
+    return EmbedRequest(
+        model=request.model,
+        inputs=list(request.inputs),
+        truncation=truncation_from_pb(request.truncation),
+        normalize=request.normalize if request.HasField("normalize") else None,
+        dimensions=request.dimensions if request.HasField("dimensions") else None,
+    )
+
+
+def _duration(seconds: float) -> duration_pb2.Duration:
+    duration = duration_pb2.Duration()
+    duration.FromNanoseconds(int(seconds * 1e9))
+    return duration
+
+
+def usage_to_pb(usage: Usage) -> pb.Usage:
+    return pb.Usage(
+        input_tokens=usage.input_tokens,
+        computed_tokens=usage.computed_tokens,
+        sequences=usage.sequences,
+        batches=usage.batches,
+        inputs_truncated=usage.inputs_truncated,
+        inputs_chunked=usage.inputs_chunked,
+    )
+
+
+def timing_to_pb(timing: Timing) -> pb.Timing:
+    return pb.Timing(
+        tokenize=_duration(timing.tokenize),
+        queue=_duration(timing.queue),
+        inference=_duration(timing.inference),
+        total=_duration(timing.total),
+    )
+
+
+def embed_response_to_pb(result: EmbedResult) -> pb.EmbedResponse:
+    return pb.EmbedResponse(
+        model=result.model,
+        embeddings=[pb.Embedding(values=row) for row in result.embeddings.tolist()],
+        usage=usage_to_pb(result.usage),
+        timing=timing_to_pb(result.timing),
+    )
+
+
+def model_info_to_pb(contract: ModelContract) -> pb.ModelInfo:
+    return pb.ModelInfo(
+        name=contract.name,
+        version=contract.version,
+        task=_TASK_TO_PB[contract.task],
+        max_sequence_length=contract.max_sequence_length,
+        max_batch_size=contract.max_batch_size,
+        embedding_dimensions=contract.embedding_dimensions if contract.task is Task.EMBED else 0,
+        normalize=contract.normalize if contract.task is Task.EMBED else False,
+        default_truncation=_TRUNCATION_TO_PB[contract.default_truncation],
+        supported_truncations=sorted(_TRUNCATION_TO_PB[t] for t in contract.truncations),
+        supported_dimensions=list(contract.dimensions),
+        pooling=contract.pooling,
+        served_by=list(contract.served_by),
+    )

@@ -1,0 +1,61 @@
+"""The grpc.aio server: the router's service, standard health, reflection, the interceptor chain."""
+
+from __future__ import annotations
+
+import grpc
+import structlog
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection
+
+from router.app import Router
+from router.grpc.gen.modelrouter.v1 import model_router_service_pb2 as pb
+from router.grpc.gen.modelrouter.v1 import model_router_service_pb2_grpc as pb_grpc
+from router.grpc.interceptors import interceptor_chain
+from router.grpc.servicers import ModelRouterServicer
+from router.settings import Settings
+
+log = structlog.get_logger(__name__)
+
+SERVICE_NAME = pb.DESCRIPTOR.services_by_name["ModelRouterService"].full_name
+
+
+class RouterServer:
+    """Serves a Router over gRPC. Health is NOT_SERVING until Triton and the models are ready."""
+
+    def __init__(self, router: Router, settings: Settings) -> None:
+        self.router = router
+        self.settings = settings
+        self.port: int | None = None
+        options = [
+            ("grpc.max_send_message_length", settings.max_message_bytes),
+            ("grpc.max_receive_message_length", settings.max_message_bytes),
+        ]
+        self.server = grpc.aio.server(interceptors=interceptor_chain(), options=options)
+        pb_grpc.add_ModelRouterServiceServicer_to_server(ModelRouterServicer(router), self.server)
+        self.health = health.aio.HealthServicer()
+        health_pb2_grpc.add_HealthServicer_to_server(self.health, self.server)
+        reflection.enable_server_reflection(
+            [SERVICE_NAME, health.SERVICE_NAME, reflection.SERVICE_NAME], self.server
+        )
+        router.on_readiness(self._set_health)
+
+    async def _set_health(self, ready: bool) -> None:
+        status = (
+            health_pb2.HealthCheckResponse.SERVING if ready else health_pb2.HealthCheckResponse.NOT_SERVING
+        )
+        for service in ("", SERVICE_NAME):
+            await self.health.set(service, status)
+
+    async def start(self) -> int:
+        """Bind and start; return the bound port."""
+        await self._set_health(False)
+        address = f"{self.settings.host}:{self.settings.port}"
+        self.port = self.server.add_insecure_port(address)
+        if self.port == 0:
+            raise RuntimeError(f"could not bind {address}")
+        await self.server.start()
+        log.info("router.listening", address=f"{self.settings.host}:{self.port}")
+        return self.port
+
+    async def stop(self, grace_s: float = 5.0) -> None:
+        await self.server.stop(grace_s)

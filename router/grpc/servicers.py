@@ -1,0 +1,35 @@
+"""ModelRouterService: decode, call the core, encode. No logic and no error handling here."""
+
+from __future__ import annotations
+
+from router.app import Router
+from router.core import errors
+from router.core.errors import ErrorKind, RouterError
+from router.grpc import converters
+from router.grpc.gen.modelrouter.v1 import model_router_service_pb2 as pb
+from router.grpc.gen.modelrouter.v1 import model_router_service_pb2_grpc as pb_grpc
+
+
+def _unimplemented(method: str) -> RouterError:
+    return RouterError(ErrorKind.UNIMPLEMENTED, errors.NOT_IMPLEMENTED, f"{method} is not implemented yet")
+
+
+class ModelRouterServicer(pb_grpc.ModelRouterServiceServicer):
+    def __init__(self, router: Router) -> None:
+        self.router = router
+
+    async def Embed(self, request: pb.EmbedRequest, context) -> pb.EmbedResponse:
+        result = await self.router.embed.embed(converters.embed_request_from_pb(request))
+        return converters.embed_response_to_pb(result)
+
+    async def Rerank(self, request: pb.RerankRequest, context) -> pb.RerankResponse:
+        raise _unimplemented("Rerank")
+
+    async def Generate(self, request: pb.GenerateRequest, context):
+        raise _unimplemented("Generate")
+        yield  # a server-streaming method is an async generator
+
+    async def ListModels(self, request: pb.ListModelsRequest, context) -> pb.ListModelsResponse:
+        return pb.ListModelsResponse(
+            models=[converters.model_info_to_pb(m.contract) for m in self.router.registry.models()]
+        )

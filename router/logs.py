@@ -1,0 +1,25 @@
+"""structlog set-up: context variables first, so every line carries the request's identity."""
+
+from __future__ import annotations
+
+import logging
+
+import structlog
+
+
+def configure(level: str = "info", fmt: str = "console") -> None:
+    rendering = (
+        [structlog.processors.format_exc_info, structlog.processors.JSONRenderer()]
+        if fmt == "json"
+        else [structlog.dev.ConsoleRenderer()]
+    )
+    structlog.configure(
+        processors=[
+            structlog.contextvars.merge_contextvars,
+            structlog.processors.add_log_level,
+            structlog.processors.TimeStamper(fmt="iso", utc=True),
+            *rendering,
+        ],
+        wrapper_class=structlog.make_filtering_bound_logger(logging.getLevelName(level.upper())),
+        cache_logger_on_first_use=True,
+    )

@@ -1,0 +1,83 @@
+"""The router's one settings object: defaults < TOML file < environment (MODELROUTER_*) < CLI flags."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field
+from pydantic_settings import (
+    BaseSettings,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+    TomlConfigSettingsSource,
+)
+
+PROJECT_ROOT = Path(__file__).resolve().parents[1]
+CONFIG_ENV = "MODELROUTER_CONFIG"
+
+
+class Settings(BaseSettings):
+    """Every knob of the router. Set one with an environment variable MODELROUTER_<NAME>, a key in the
+    TOML file named by MODELROUTER_CONFIG (or `router serve --config`), or a `router serve` flag."""
+
+    model_config = SettingsConfigDict(env_prefix="MODELROUTER_", extra="forbid")
+
+    # Where the router listens.
+    host: str = "127.0.0.1"
+    """Address the gRPC server binds. Loopback by default; deployments set it on purpose."""
+    port: int = 50051
+    """gRPC port; 0 picks a free one."""
+    max_message_bytes: int = 64 * 1024 * 1024
+    """Largest request or response message, both ways. 64 MiB holds 5,000 documents of 2,000 tokens
+    (about 10 KiB of text each) or 40,000 embeddings of 384 floats."""
+
+    # Where the models are.
+    triton: list[str] = Field(default_factory=list)
+    """Existing Triton servers (host:gRPC-port) serving the same repository. Empty: start one here."""
+    model_repository: Path = PROJECT_ROOT / "triton_models" / "repository"
+    """The Triton model repository; the router reads each model's tokenizer file from it."""
+    triton_log: Path = PROJECT_ROOT / ".run" / "triton.log"
+    """Log file of the embedded Triton."""
+    triton_grpc_port: int = 0
+    """gRPC port of the embedded Triton; 0 picks a free one."""
+    refresh_interval_s: float = 5.0
+    """How often Triton's health and model list are read again."""
+
+    # How work reaches Triton.
+    max_batch_tokens: int = 8192
+    """Padded tokens (rows x longest row) in one batch sent to a model."""
+    max_inflight_batches: int = 2
+    """Batches in flight to Triton per model; more pile up in the router's queue and pack better."""
+    backend_timeout_s: float = 60.0
+    """Timeout for one batch at Triton."""
+    backend_retries: int = 2
+    """Retries of a batch that Triton answered UNAVAILABLE (it never ran)."""
+
+    # What one request may ask.
+    max_inputs_per_request: int = 10_000
+    """Inputs (Embed) or documents (Rerank) in one request."""
+    max_tokens_per_request: int = 2_000_000
+    """Tokens in one request, counted before truncation."""
+    chunk_overlap_tokens: int = 32
+    """Tokens shared by consecutive windows when an input is chunked (capped at half a window)."""
+
+    # What the router says.
+    log_level: Literal["debug", "info", "warning", "error"] = "info"
+    log_format: Literal["console", "json"] = "console"
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        sources = [init_settings, env_settings]
+        config_file = os.environ.get(CONFIG_ENV)
+        if config_file:
+            sources.append(TomlConfigSettingsSource(settings_cls, toml_file=Path(config_file)))
+        return tuple(sources)
