@@ -26,9 +26,7 @@ def _serve_parser(sub: argparse._SubParsersAction) -> None:
         metavar="HOST:PORT",
         help="use this existing Triton (gRPC) instead of starting one; repeat for several shards",
     )
-    p.add_argument(
-        "--model-repository", type=Path, help="the Triton model repository (tokenizers are read here)"
-    )
+    p.add_argument("--model-repository", type=Path, help="the Triton model repository (tokenizers are read here)")
     p.add_argument("--log-format", choices=["console", "json"])
     p.add_argument("--log-level", choices=["debug", "info", "warning", "error"])
 
@@ -45,9 +43,7 @@ def _client_parsers(sub: argparse._SubParsersAction) -> None:
         sub.add_parser(name, help=help_text)
     for parser in sub.choices.values():
         if parser.prog.split()[-1] != "serve":
-            parser.add_argument(
-                "--target", default=DEFAULT_TARGET, help=f"router address (default {DEFAULT_TARGET})"
-            )
+            parser.add_argument("--target", default=DEFAULT_TARGET, help=f"router address (default {DEFAULT_TARGET})")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -158,9 +154,7 @@ def _client(args: argparse.Namespace) -> int:
                 )
                 vectors = np.array([e.values for e in reply.embeddings])
                 for text, vector in zip(args.texts, vectors, strict=True):
-                    print(
-                        f"{len(vector)} dims  [{', '.join(f'{v:+.4f}' for v in vector[:4])}, ...]  {text[:60]!r}"
-                    )
+                    print(f"{len(vector)} dims  [{', '.join(f'{v:+.4f}' for v in vector[:4])}, ...]  {text[:60]!r}")
                 if len(vectors) > 1:
                     print("cosine similarities:")
                     print(np.array2string(vectors @ vectors.T, precision=3))

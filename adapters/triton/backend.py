@@ -45,9 +45,7 @@ def _as_router_error(error: InferenceServerException, shard: str, model: str) ->
             retry_after_s=1.0,
         )
     if status == "StatusCode.DEADLINE_EXCEEDED":
-        return RouterError(
-            ErrorKind.DEADLINE_EXCEEDED, "BACKEND_DEADLINE", "the model server ran out of time"
-        )
+        return RouterError(ErrorKind.DEADLINE_EXCEEDED, "BACKEND_DEADLINE", "the model server ran out of time")
     if status == "StatusCode.RESOURCE_EXHAUSTED":
         return RouterError(
             ErrorKind.OVERLOADED, "BACKEND_OVERLOADED", "the model server is overloaded", retry_after_s=0.5
@@ -94,15 +92,10 @@ class TritonBackend:
                     continue
                 key = (entry["name"], entry.get("version", ""))
                 if key not in found:
-                    config = await shard.client.get_model_config(
-                        entry["name"], as_json=True, client_timeout=5.0
-                    )
+                    config = await shard.client.get_model_config(entry["name"], as_json=True, client_timeout=5.0)
                     found[key] = config["config"]
                 served_by.setdefault(key, []).append(shard.address)
-        return [
-            _describe(config, version, served_by[(name, version)])
-            for (name, version), config in found.items()
-        ]
+        return [_describe(config, version, served_by[(name, version)]) for (name, version), config in found.items()]
 
     async def infer(
         self, model: str, inputs: dict[str, np.ndarray], output: str, timeout_s: float | None
@@ -135,8 +128,7 @@ class TritonBackend:
 def _describe(config: dict, version: str, served_by: list[str]) -> ModelDescription:
     def specs(entries: list[dict]) -> tuple[TensorSpec, ...]:
         return tuple(
-            TensorSpec(e["name"], e.get("data_type", ""), tuple(int(d) for d in e.get("dims", [])))
-            for e in entries
+            TensorSpec(e["name"], e.get("data_type", ""), tuple(int(d) for d in e.get("dims", []))) for e in entries
         )
 
     parameters = {key: value.get("string_value", "") for key, value in config.get("parameters", {}).items()}

@@ -137,8 +137,7 @@ class EmbeddedTriton:
         while time.monotonic() < deadline:
             if self._process is None or self._process.poll() is not None:
                 raise EmbeddedTritonError(
-                    f"tritonserver exited with {self._process and self._process.returncode}"
-                    f"; its log: {self.log_path}"
+                    f"tritonserver exited with {self._process and self._process.returncode}; its log: {self.log_path}"
                 )
             try:
                 with socket.create_connection((self.host, self.grpc_port), timeout=0.5):

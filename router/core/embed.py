@@ -54,6 +54,9 @@ def check_sizes(field_name: str, splits: list[Split], limits: RequestLimits, max
             errors.INPUT_TOO_LONG,
             f"{len(too_long)} of {len(splits)} {field_name} exceed {max_len} tokens and truncation is NONE",
             violations,
+            model=model,
+            max_sequence_length=max_len,
+            too_long=len(too_long),
         )
     tokens = sum(s.tokens for s in splits)
     if tokens > limits.max_tokens:
@@ -61,6 +64,8 @@ def check_sizes(field_name: str, splits: list[Split], limits: RequestLimits, max
             errors.TOO_MANY_TOKENS,
             f"the request holds {tokens} tokens; the limit is {limits.max_tokens}",
             [FieldViolation(field_name, f"at most {limits.max_tokens} tokens in all; split the request")],
+            tokens=tokens,
+            max_tokens=limits.max_tokens,
         )
     return tokens
 
@@ -133,6 +138,8 @@ class EmbedService:
                 errors.TOO_MANY_INPUTS,
                 f"{len(request.inputs)} inputs; the limit is {self.limits.max_inputs}",
                 [FieldViolation("inputs", f"at most {self.limits.max_inputs} inputs per request")],
+                inputs=len(request.inputs),
+                max_inputs=self.limits.max_inputs,
             )
         if request.dimensions is not None:
             full = served.contract.embedding_dimensions

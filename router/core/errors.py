@@ -64,5 +64,8 @@ BACKEND_FAILED = "BACKEND_FAILED"
 NOT_IMPLEMENTED = "NOT_IMPLEMENTED"
 
 
-def invalid(reason: str, message: str, violations: Iterable[FieldViolation] = ()) -> RouterError:
-    return RouterError(ErrorKind.INVALID_INPUT, reason, message, tuple(violations))
+def invalid(reason: str, message: str, violations: Iterable[FieldViolation] = (), **metadata: object) -> RouterError:
+    """An INVALID_INPUT error; `metadata` lands in ErrorInfo.metadata (values as strings)."""
+    return RouterError(
+        ErrorKind.INVALID_INPUT, reason, message, tuple(violations), metadata={k: str(v) for k, v in metadata.items()}
+    )

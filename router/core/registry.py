@@ -49,9 +49,7 @@ class ModelRegistry:
                 if current is not None and current.contract == contract:
                     models[contract.name] = current
                     continue
-                tokenizer = ModelTokenizer.from_file(
-                    self.repository / contract.name / contract.tokenizer_file
-                )
+                tokenizer = ModelTokenizer.from_file(self.repository / contract.name / contract.tokenizer_file)
             except Exception as error:  # a bad model (contract, tokenizer file) must not stop the others
                 problems[description.name] = str(error)
                 continue

@@ -101,9 +101,7 @@ class ModelTokenizer:
         if truncation is Truncation.CHUNK:
             content.truncate(room, stride=_stride(overlap, room), direction="right")
             processed = self._tokenizer.post_process(content)
-            pieces = list(
-                zip([processed, *processed.overflowing], [content, *content.overflowing], strict=True)
-            )
+            pieces = list(zip([processed, *processed.overflowing], [content, *content.overflowing], strict=True))
             kept = pieces[:max_windows] if max_windows is not None else pieces
             windows = tuple(self._window(p, c) for p, c in kept)
             return Split(tokens, windows, truncated=len(kept) < len(pieces))

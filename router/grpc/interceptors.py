@@ -62,9 +62,7 @@ class ErrorInterceptor(_MethodInterceptor):
 
     async def _abort(self, context, error: Exception) -> None:
         if isinstance(error, RouterError):
-            log.info(
-                "rpc.rejected", reason=error.reason, code=to_status(error).code.name, error=error.message
-            )
+            log.info("rpc.rejected", reason=error.reason, code=to_status(error).code.name, error=error.message)
             status = to_status(error)
         else:
             log.exception("rpc.internal_error", exc_info=error)

@@ -34,9 +34,7 @@ def _pack(message) -> any_pb2.Any:
 
 
 def to_status(error: RouterError) -> grpc.Status:
-    details = [
-        _pack(error_details_pb2.ErrorInfo(reason=error.reason, domain=DOMAIN, metadata=error.metadata))
-    ]
+    details = [_pack(error_details_pb2.ErrorInfo(reason=error.reason, domain=DOMAIN, metadata=error.metadata))]
     if error.violations:
         details.append(
             _pack(
@@ -52,9 +50,7 @@ def to_status(error: RouterError) -> grpc.Status:
         seconds = max(0.0, error.retry_after_s)
         delay = duration_pb2.Duration(seconds=int(seconds), nanos=int(math.modf(seconds)[0] * 1e9))
         details.append(_pack(error_details_pb2.RetryInfo(retry_delay=delay)))
-    return rpc_status.to_status(
-        status_pb2.Status(code=_CODES[error.kind], message=error.message, details=details)
-    )
+    return rpc_status.to_status(status_pb2.Status(code=_CODES[error.kind], message=error.message, details=details))
 
 
 def internal_status() -> grpc.Status:

@@ -22,9 +22,7 @@ class TritonPythonModel:
     def initialize(self, args):
         config = json.loads(args["model_config"])
         params = {key: value["string_value"] for key, value in config.get("parameters", {}).items()}
-        path = os.path.join(
-            args["model_repository"], args["model_version"], params.get("onnx_file", "model.onnx")
-        )
+        path = os.path.join(args["model_repository"], args["model_version"], params.get("onnx_file", "model.onnx"))
         options = ort.SessionOptions()
         options.intra_op_num_threads = int(params.get("onnx_intra_op_threads", "0"))
         options.inter_op_num_threads = 1
@@ -65,6 +63,4 @@ class TritonPythonModel:
         return responses
 
     def _feeds(self, request):
-        return {
-            name: pb_utils.get_input_tensor_by_name(request, name).as_numpy() for name in self.input_names
-        }
+        return {name: pb_utils.get_input_tensor_by_name(request, name).as_numpy() for name in self.input_names}

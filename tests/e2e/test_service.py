@@ -1,0 +1,87 @@
+"""Health, reflection, and `router serve` as a person runs it."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import grpc
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
+
+from adapters.triton.embedded import free_port
+from router.settings import PROJECT_ROOT
+
+
+def test_health_is_serving_for_the_server_and_the_service(channel):
+    stub = health_pb2_grpc.HealthStub(channel)
+    for service in ("", "modelrouter.v1.ModelRouterService"):
+        reply = stub.Check(health_pb2.HealthCheckRequest(service=service), timeout=10)
+        assert reply.status == health_pb2.HealthCheckResponse.SERVING
+
+
+def test_reflection_lists_the_service(channel):
+    stub = reflection_pb2_grpc.ServerReflectionStub(channel)
+    request = reflection_pb2.ServerReflectionRequest(list_services="")
+    [reply] = list(stub.ServerReflectionInfo(iter([request]), timeout=10))
+    names = {s.name for s in reply.list_services_response.service}
+    assert {"modelrouter.v1.ModelRouterService", "grpc.health.v1.Health"} <= names
+
+
+def _children(pid: int) -> list[int]:
+    out = subprocess.run(["pgrep", "-P", str(pid)], capture_output=True, text=True).stdout
+    return [int(p) for p in out.split()]
+
+
+def test_router_serve_starts_triton_serves_and_stops_it_on_ctrl_c(tmp_path):
+    port = free_port()
+    env = dict(os.environ, MODELROUTER_TRITON_LOG=str(tmp_path / "triton.log"))
+    process = subprocess.Popen(
+        [sys.executable, "-m", "router", "serve", "--port", str(port)],
+        cwd=PROJECT_ROOT,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    try:
+        with grpc.insecure_channel(f"127.0.0.1:{port}") as channel:
+            stub = health_pb2_grpc.HealthStub(channel)
+            deadline = time.monotonic() + 120
+            status = None
+            while time.monotonic() < deadline and status != health_pb2.HealthCheckResponse.SERVING:
+                try:
+                    status = stub.Check(health_pb2.HealthCheckRequest(), timeout=2).status
+                except grpc.RpcError:
+                    time.sleep(0.5)
+            assert status == health_pb2.HealthCheckResponse.SERVING
+        cli = subprocess.run(
+            [sys.executable, "-m", "router", "embed", "--target", f"127.0.0.1:{port}", "hello", "hi"],
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+        assert cli.returncode == 0, cli.stderr
+        assert "384 dims" in cli.stdout
+        [triton_pid] = _children(process.pid)
+        process.send_signal(signal.SIGINT)
+        output, _ = process.communicate(timeout=60)
+        assert process.returncode == 0, output
+        assert "model-router is ready on" in output
+        time.sleep(0.5)
+        assert not os.path.exists(f"/proc/{triton_pid}") or _is_zombie(triton_pid)
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait()
+
+
+def _is_zombie(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/stat") as stat:
+            return stat.read().split()[2] == "Z"
+    except FileNotFoundError:
+        return True

@@ -1,0 +1,65 @@
+"""Reading a model's contract from its config parameters."""
+
+from __future__ import annotations
+
+import pytest
+
+from router.core.contract import ModelDescription, Task, TensorSpec, Truncation, is_routed, parse_contract
+from router.core.errors import RouterError
+
+
+def description(**parameters: str) -> ModelDescription:
+    base = {
+        "modelrouter.task": "embed",
+        "modelrouter.tokenizer": "tokenizer.json",
+        "modelrouter.max_sequence_length": "256",
+    }
+    base.update({f"modelrouter.{k}": v for k, v in parameters.items()})
+    return ModelDescription(
+        name="m",
+        version="1",
+        max_batch_size=32,
+        inputs=(TensorSpec("input_ids", "TYPE_INT64", (-1,)), TensorSpec("attention_mask", "TYPE_INT64", (-1,))),
+        outputs=(TensorSpec("embedding", "TYPE_FP32", (384,)),),
+        parameters={k: v for k, v in base.items() if v is not None},
+        served_by=("127.0.0.1:8001",),
+    )
+
+
+def test_defaults():
+    contract = parse_contract(description())
+    assert contract.task is Task.EMBED
+    assert contract.max_sequence_length == 256 and contract.max_batch_size == 32
+    assert contract.default_truncation is Truncation.CHUNK and contract.truncations == frozenset(Truncation)
+    assert contract.embedding_dimensions == 384 and contract.normalize
+    assert contract.wants_attention_mask and not contract.wants_token_type_ids
+
+
+def test_declared_options():
+    contract = parse_contract(
+        description(truncations="end,none", default_truncation="NONE", dimensions="128, 256", normalize="false")
+    )
+    assert contract.truncations == {Truncation.END, Truncation.NONE}
+    assert contract.dimensions == (128, 256) and not contract.normalize
+
+
+@pytest.mark.parametrize(
+    "bad",
+    [
+        {"task": "translate"},
+        {"max_sequence_length": "long"},
+        {"default_truncation": "MIDDLE"},
+        {"truncations": "END", "default_truncation": "CHUNK"},
+        {"output": "missing"},
+        {"dimensions": "a,b"},
+    ],
+)
+def test_bad_contract_names_the_problem(bad):
+    with pytest.raises(RouterError) as caught:
+        parse_contract(description(**bad))
+    assert caught.value.reason == "BAD_MODEL_CONTRACT"
+
+
+def test_models_without_task_are_not_routed():
+    plain = ModelDescription("helper", "1", 0, (), (), {}, ())
+    assert not is_routed(plain)

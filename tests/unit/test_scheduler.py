@@ -1,0 +1,161 @@
+"""The per-model scheduler, behind a fake backend (pure logic: no network)."""
+
+from __future__ import annotations
+
+import asyncio
+
+import numpy as np
+import pytest
+
+from router.core.contract import ModelContract, Task, Truncation
+from router.core.errors import ErrorKind, RouterError
+from router.core.scheduler import ModelScheduler, SchedulerConfig
+from router.core.tokenize import Window
+
+
+def contract(max_batch_size: int = 8, max_len: int = 64) -> ModelContract:
+    return ModelContract(
+        name="fake",
+        version="1",
+        task=Task.EMBED,
+        tokenizer_file="tokenizer.json",
+        max_sequence_length=max_len,
+        max_batch_size=max_batch_size,
+        input_names=("input_ids", "attention_mask"),
+        output_name="out",
+        output_dims=(1,),
+        default_truncation=Truncation.CHUNK,
+        truncations=frozenset(Truncation),
+        pooling="mean",
+        normalize=False,
+        dimensions=(),
+    )
+
+
+def window(length: int, marker: int) -> Window:
+    """A sequence whose ids sum to a known value, so results can be traced back to it."""
+    ids = np.zeros(length, dtype=np.int64)
+    ids[0] = marker
+    return Window(ids=ids, type_ids=None, start=0, end=length)
+
+
+class FakeBackend:
+    """Returns each row's id sum; records batches; can be held shut or made to fail."""
+
+    def __init__(self) -> None:
+        self.batches: list[np.ndarray] = []
+        self.gate = asyncio.Event()
+        self.gate.set()
+        self.inflight = 0
+        self.max_inflight = 0
+        self.fail_with: Exception | None = None
+
+    async def infer(self, model, inputs, output, timeout_s):
+        self.inflight += 1
+        self.max_inflight = max(self.max_inflight, self.inflight)
+        try:
+            await self.gate.wait()
+            await asyncio.sleep(0)
+            if self.fail_with is not None:
+                raise self.fail_with
+            ids, mask = inputs["input_ids"], inputs["attention_mask"]
+            assert (ids * (1 - mask) == 0).all()
+            self.batches.append(mask.sum(axis=1))
+            return ids.sum(axis=1, keepdims=True).astype(np.float32)
+        finally:
+            self.inflight -= 1
+
+
+async def test_rows_come_back_in_order_and_batches_respect_limits():
+    backend = FakeBackend()
+    scheduler = ModelScheduler(contract(max_batch_size=8), backend, SchedulerConfig(max_batch_tokens=256))
+    lengths = np.random.default_rng(0).integers(1, 64, size=100)
+    windows = [window(int(n), marker=i + 1) for i, n in enumerate(lengths)]
+    rows, ticket = await scheduler.run(windows)
+    assert rows[:, 0].tolist() == list(range(1, 101))
+    for batch in backend.batches:
+        assert len(batch) <= 8 and (len(batch) * batch.max() <= 256 or len(batch) == 1)
+    assert len(ticket.batches) == len(backend.batches)
+    assert scheduler.pending_sequences == 0 and scheduler.pending_tokens == 0
+
+
+async def test_concurrent_requests_share_batches():
+    backend = FakeBackend()
+    backend.gate.clear()
+    scheduler = ModelScheduler(contract(max_batch_size=32), backend, SchedulerConfig(max_inflight_batches=1))
+    first = asyncio.create_task(scheduler.run([window(10, 1)]))
+    await asyncio.sleep(0)  # the first request leaves at once: the model was idle
+    others = [asyncio.create_task(scheduler.run([window(10, i)])) for i in range(2, 12)]
+    await asyncio.sleep(0)
+    backend.gate.set()
+    results = await asyncio.gather(first, *others)
+    assert [int(rows[0, 0]) for rows, _ in results] == list(range(1, 12))
+    # One batch for the first, then the ten that queued meanwhile went together.
+    assert [len(b) for b in backend.batches] == [1, 10]
+    assert results[1][1].batches == results[-1][1].batches
+
+
+async def test_inflight_batches_are_bounded():
+    backend = FakeBackend()
+    scheduler = ModelScheduler(
+        contract(max_batch_size=1), backend, SchedulerConfig(max_batch_tokens=64, max_inflight_batches=3)
+    )
+    await scheduler.run([window(5, i) for i in range(20)])
+    assert backend.max_inflight == 3
+
+
+async def test_oldest_sequence_anchors_the_next_batch():
+    backend = FakeBackend()
+    backend.gate.clear()
+    scheduler = ModelScheduler(
+        contract(max_batch_size=4), backend, SchedulerConfig(max_batch_tokens=10_000, max_inflight_batches=1)
+    )
+    blocker = asyncio.create_task(scheduler.run([window(3, 1)]))
+    await asyncio.sleep(0)
+    huge = asyncio.create_task(scheduler.run([window(3, 100 + i) for i in range(40)]))
+    await asyncio.sleep(0)
+    small = asyncio.create_task(scheduler.run([window(60, 7)]))
+    await asyncio.sleep(0)
+    backend.gate.set()
+    await asyncio.gather(blocker, huge, small)
+    # The long sequence of the small request is not starved by 40 short ones of similar age.
+    position = next(i for i, b in enumerate(backend.batches) if 60 in b.tolist())
+    assert position <= 11
+
+
+async def test_budget_below_max_length_still_serves_long_sequences():
+    backend = FakeBackend()
+    scheduler = ModelScheduler(contract(max_len=64), backend, SchedulerConfig(max_batch_tokens=16))
+    rows, _ = await scheduler.run([window(64, 5), window(64, 6)])
+    assert rows[:, 0].tolist() == [5, 6]
+
+
+async def test_backend_failure_reaches_the_request_and_the_queue_recovers():
+    backend = FakeBackend()
+    backend.fail_with = RouterError(ErrorKind.BACKEND_UNAVAILABLE, "BACKEND_UNAVAILABLE", "down")
+    scheduler = ModelScheduler(contract(max_batch_size=2), backend, SchedulerConfig(max_inflight_batches=1))
+    with pytest.raises(RouterError) as caught:
+        await scheduler.run([window(4, i) for i in range(10)])
+    assert caught.value.kind is ErrorKind.BACKEND_UNAVAILABLE
+    assert scheduler.pending_sequences == 0
+    backend.fail_with = None
+    rows, _ = await scheduler.run([window(4, 9)])
+    assert rows[0, 0] == 9
+
+
+async def test_cancelled_request_leaves_no_queued_work():
+    backend = FakeBackend()
+    backend.gate.clear()
+    scheduler = ModelScheduler(
+        contract(max_batch_size=1), backend, SchedulerConfig(max_batch_tokens=64, max_inflight_batches=1)
+    )
+    task = asyncio.create_task(scheduler.run([window(4, i) for i in range(10)]))
+    await asyncio.sleep(0)
+    assert scheduler.pending_sequences == 9
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    assert scheduler.pending_sequences == 0 and scheduler.pending_tokens == 0
+    backend.gate.set()
+    rows, _ = await scheduler.run([window(4, 3)])
+    assert rows[0, 0] == 3

@@ -1,0 +1,89 @@
+"""Tokenizing and cutting into windows, with the model's real tokenizer file."""
+
+from __future__ import annotations
+
+import random
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from bench.corpus import TOKENIZER, text_of
+from router.core.contract import Truncation
+from router.core.tokenize import ModelTokenizer
+
+CLS, SEP = 101, 102
+
+
+@pytest.fixture(scope="module")
+def tokenizer() -> ModelTokenizer:
+    return ModelTokenizer.from_file(TOKENIZER)
+
+
+def content(window) -> list[int]:
+    ids = window.ids.tolist()
+    assert ids[0] == CLS and ids[-1] == SEP
+    return ids[1:-1]
+
+
+def test_shipped_truncation_at_128_is_off(tokenizer):
+    text = text_of(300, random.Random(0))
+    [split] = tokenizer.split([text], 512, Truncation.NONE, overlap=0)
+    assert split.tokens == 302
+    assert split.windows[0].length == 302
+
+
+def test_short_text_is_one_window_with_specials(tokenizer):
+    [split] = tokenizer.split(["hello world"], 256, Truncation.CHUNK, overlap=32)
+    assert not split.chunked and not split.truncated
+    assert split.windows[0].ids.tolist()[0] == CLS and split.windows[0].ids.tolist()[-1] == SEP
+    assert (split.windows[0].start, split.windows[0].end) == (0, len("hello world"))
+
+
+def test_none_leaves_long_text_unsplit(tokenizer):
+    [split] = tokenizer.split([text_of(300, random.Random(1))], 256, Truncation.NONE, overlap=0)
+    assert split.too_long and split.tokens == 302
+
+
+def test_end_keeps_head_and_start_keeps_tail(tokenizer):
+    text = text_of(400, random.Random(2))
+    whole = tokenizer.split([text], 1024, Truncation.NONE, overlap=0)[0].windows[0]
+    [end] = tokenizer.split([text], 128, Truncation.END, overlap=0)
+    [start] = tokenizer.split([text], 128, Truncation.START, overlap=0)
+    assert end.truncated and start.truncated
+    assert content(end.windows[0]) == content(whole)[:126]
+    assert content(start.windows[0]) == content(whole)[-126:]
+    assert end.windows[0].start == 0 and start.windows[0].end == len(text)
+
+
+@settings(max_examples=40, deadline=None)
+@given(tokens=st.integers(1, 1500), max_length=st.integers(8, 300), overlap=st.integers(0, 64), seed=st.integers())
+def test_chunk_windows_fit_overlap_and_cover_everything(tokenizer, tokens, max_length, overlap, seed):
+    text = text_of(tokens, random.Random(seed))
+    whole = content(tokenizer.split([text], 4096, Truncation.NONE, overlap=0)[0].windows[0])
+    [split] = tokenizer.split([text], max_length, Truncation.CHUNK, overlap=overlap)
+    room = max_length - 2
+    stride = min(overlap, room // 2)
+    assert split.tokens == tokens + 2
+    assert all(w.length <= max_length for w in split.windows)
+    # Stitch the windows back, dropping each window's overlap with the previous one: the text, whole.
+    stitched = content(split.windows[0])
+    for window in split.windows[1:]:
+        piece = content(window)
+        assert piece[:stride] == stitched[len(stitched) - stride :]
+        stitched += piece[stride:]
+    assert stitched == whole
+    assert split.chunked == (tokens > room)
+    assert split.windows[0].start == 0 and split.windows[-1].end == len(text)
+
+
+def test_max_windows_caps_and_reports(tokenizer):
+    text = text_of(1000, random.Random(3))
+    [split] = tokenizer.split([text], 128, Truncation.CHUNK, overlap=16, max_windows=3)
+    assert len(split.windows) == 3 and split.truncated
+
+
+def test_ids_are_int64(tokenizer):
+    [split] = tokenizer.split(["a b c"], 16, Truncation.CHUNK, overlap=0)
+    assert split.windows[0].ids.dtype == np.int64
