@@ -15,6 +15,7 @@ BUF_VERSION := 1.75.0
 
 ROUTER_ARGS ?=
 PYTEST_ARGS ?=
+BENCH_ARGS ?=
 
 .PHONY: help setup protos models run test lint bench clean
 
@@ -60,7 +61,7 @@ lint: setup $(BUF) ## buf lint (STANDARD) on protos/, ruff on the Python code
 	$(VENV)/bin/ruff format --check router adapters tests triton_models bench
 
 bench: setup models ## Benchmarks: router vs direct-to-Triton; results land in bench/results/
-	$(PY) -m bench
+	$(PY) -m bench $(BENCH_ARGS)
 
 clean: ## Remove generated code, built models and the venv
 	rm -rf $(GEN_DIR) $(VENV) .tools triton_models/repository/*/1/*.onnx \

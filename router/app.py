@@ -51,6 +51,7 @@ class Router:
             SchedulerConfig(
                 max_batch_tokens=s.max_batch_tokens,
                 max_inflight_batches=s.max_inflight_batches,
+                min_batch_fill=s.min_batch_fill,
                 timeout_s=s.backend_timeout_s,
             ),
         )

@@ -48,6 +48,8 @@ class Settings(BaseSettings):
     # How work reaches Triton.
     max_batch_tokens: int = 8192
     """Padded tokens (rows x longest row) in one batch sent to a model."""
+    min_batch_fill: float = Field(default=0.0, ge=0.0, le=1.0)
+    """Least share of real tokens in a padded batch (a model's config may set its own)."""
     max_inflight_batches: int = 2
     """Batches in flight to Triton per model; more pile up in the router's queue and pack better."""
     backend_timeout_s: float = 60.0

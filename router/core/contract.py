@@ -16,6 +16,8 @@ repository (`model_repository` setting).
 | `modelrouter.normalize`           | embed: L2-normalise unless the request says otherwise     | `true`     |
 | `modelrouter.dimensions`          | embed: comma list of Matryoshka lengths a request may ask | full only  |
 | `modelrouter.output`              | the output tensor to read                                 | first one  |
+| `modelrouter.max_batch_tokens`    | padded tokens per batch, tuned to the serving hardware    | settings   |
+| `modelrouter.min_batch_fill`      | least share of real tokens in a padded batch (0 to 1)     | settings   |
 
 Input tensors are recognised by name: `input_ids` (required), `attention_mask` and `token_type_ids`
 (sent when the model declares them).
@@ -83,6 +85,8 @@ class ModelContract:
     normalize: bool
     dimensions: tuple[int, ...]
     served_by: tuple[str, ...] = field(default=())
+    max_batch_tokens: int | None = None
+    min_batch_fill: float | None = None
 
     @property
     def embedding_dimensions(self) -> int:
@@ -113,6 +117,30 @@ def _int_list(model: str, key: str, value: str) -> tuple[int, ...]:
         return tuple(int(part) for part in value.split(",") if part.strip())
     except ValueError:
         raise _contract_error(model, f"{PREFIX}{key} must be a comma list of integers") from None
+
+
+def _positive(model: str, key: str, value: str | None) -> int | None:
+    if value is None or not value.strip():
+        return None
+    try:
+        number = int(value)
+    except ValueError:
+        number = 0
+    if number < 1:
+        raise _contract_error(model, f"{PREFIX}{key} must be a positive integer")
+    return number
+
+
+def _fraction(model: str, key: str, value: str | None) -> float | None:
+    if value is None or not value.strip():
+        return None
+    try:
+        number = float(value)
+    except ValueError:
+        number = -1.0
+    if not 0.0 <= number <= 1.0:
+        raise _contract_error(model, f"{PREFIX}{key} must be a number from 0 to 1")
+    return number
 
 
 def is_routed(description: ModelDescription) -> bool:
@@ -173,4 +201,6 @@ def parse_contract(description: ModelDescription) -> ModelContract:
         normalize=params.get("normalize", "true").strip().lower() in ("1", "true", "yes"),
         dimensions=_int_list(name, "dimensions", params.get("dimensions", "")),
         served_by=description.served_by,
+        max_batch_tokens=_positive(name, "max_batch_tokens", params.get("max_batch_tokens")),
+        min_batch_fill=_fraction(name, "min_batch_fill", params.get("min_batch_fill")),
     )

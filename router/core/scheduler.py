@@ -6,7 +6,8 @@ length. Whenever a dispatch slot is free it forms one batch:
 
 1. the oldest pending sequence anchors the batch, so nothing waits behind younger work for ever;
 2. the batch grows with the pending sequences closest to the anchor's length, from any request, while
-   `rows x longest` stays within the token budget and `rows` within the model's max batch size.
+   `rows x longest` stays within the token budget, `rows` within the model's max batch size, and real
+   tokens stay at least `min_batch_fill` of the padded batch.
 
 There is no timer. When the model is idle a request's sequences leave at once; while all dispatch slots
 are busy, new sequences pile up and the next batch is formed from a larger, better-sorted pool. The
@@ -38,6 +39,9 @@ class SchedulerConfig:
     """Padded tokens (rows x longest row) per batch."""
     max_inflight_batches: int = 2
     """Batches sent to the backend at once for this model."""
+    min_batch_fill: float = 0.0
+    """Least share of real (unpadded) tokens in a batch: a sequence joins a batch only if the batch
+    stays at least this full. On a CPU, where padding is the whole cost, 0.8 or so; on a GPU, 0."""
     timeout_s: float | None = 60.0
     """Backend timeout for one batch."""
 
@@ -69,8 +73,11 @@ class ModelScheduler:
         self.contract = contract
         self.backend = backend
         self.config = config
-        # A budget below the model's longest sequence would strand long sequences: raise it.
-        self.max_batch_tokens = max(config.max_batch_tokens, contract.max_sequence_length)
+        # The model's own budget (tuned to its hardware) wins over the router-wide default. A budget
+        # below the model's longest sequence would strand long sequences: raise it.
+        budget = contract.max_batch_tokens or config.max_batch_tokens
+        self.max_batch_tokens = max(budget, contract.max_sequence_length)
+        self.min_batch_fill = config.min_batch_fill if contract.min_batch_fill is None else contract.min_batch_fill
         self._pending: dict[int, _Item] = {}
         self._by_length: SortedKeyList = SortedKeyList(key=lambda item: (item.length, item.seq_no))
         self._seq_numbers = itertools.count()
@@ -119,9 +126,9 @@ class ModelScheduler:
         anchor = next(iter(self._pending.values()))
         ordered = self._by_length
         position = ordered.index(anchor)
-        batch, longest = [anchor], anchor.length
+        batch, longest, real = [anchor], anchor.length, anchor.length
         low, high = position - 1, position + 1
-        limit, budget = self.contract.max_batch_size, self.max_batch_tokens
+        limit, budget, fill = self.contract.max_batch_size, self.max_batch_tokens, self.min_batch_fill
         while len(batch) < limit:
             candidates = []
             if low >= 0:
@@ -131,9 +138,11 @@ class ModelScheduler:
             candidates.sort()
             for _, side in candidates:
                 item = ordered[low] if side < 0 else ordered[high]
-                if fits(len(batch) + 1, max(longest, item.length), limit, budget):
+                grown = max(longest, item.length)
+                full_enough = real + item.length >= fill * grown * (len(batch) + 1)
+                if full_enough and fits(len(batch) + 1, grown, limit, budget):
                     batch.append(item)
-                    longest = max(longest, item.length)
+                    longest, real = grown, real + item.length
                     if side < 0:
                         low -= 1
                     else:

@@ -1,0 +1,21 @@
+"""`make bench`: every benchmark, one after the other; results land in bench/results/."""
+
+from __future__ import annotations
+
+import sys
+
+from bench import embed
+
+BENCHMARKS = {"embed": embed.main}
+
+
+def main(argv: list[str]) -> int:
+    names = [a for a in argv if not a.startswith("-")] or list(BENCHMARKS)
+    options = [a for a in argv if a.startswith("-")]
+    for name in names:
+        BENCHMARKS[name](options)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))

@@ -1,0 +1,197 @@
+"""What every benchmark shares: a real Triton, a router in its own process, timing and reporting."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import os
+import subprocess
+import sys
+import time
+from collections.abc import Awaitable, Callable, Iterator, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import grpc
+import numpy as np
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+from adapters.triton.embedded import EmbeddedTriton, free_port
+from router.settings import PROJECT_ROOT
+
+RESULTS = PROJECT_ROOT / "bench" / "results"
+REPOSITORY = PROJECT_ROOT / "triton_models" / "repository"
+SCRATCH = PROJECT_ROOT / "bench" / "out"
+
+
+def say(message: str) -> None:
+    print(f"[bench] {message}", flush=True)
+
+
+@dataclass
+class PathResult:
+    """One path through the system, measured on the same work as the others in its run."""
+
+    name: str
+    items: int
+    wall_s: float
+    latencies_s: list[float] = field(default_factory=list)
+    extra: dict[str, float] = field(default_factory=dict)
+
+    @property
+    def throughput(self) -> float:
+        return self.items / self.wall_s
+
+    def percentile_ms(self, q: float) -> float:
+        return float(np.percentile(self.latencies_s, q) * 1000) if self.latencies_s else float("nan")
+
+    def summary(self) -> dict:
+        return {
+            "name": self.name,
+            "items": self.items,
+            "wall_s": round(self.wall_s, 3),
+            "items_per_s": round(self.throughput, 2),
+            "p50_ms": round(self.percentile_ms(50), 2),
+            "p99_ms": round(self.percentile_ms(99), 2),
+            **{k: round(v, 4) for k, v in self.extra.items()},
+        }
+
+
+async def bounded(jobs: Sequence[Callable[[], Awaitable[object]]], concurrency: int) -> list[float]:
+    """Run the jobs `concurrency` at a time; return each job's latency in seconds."""
+    latencies: list[float] = [0.0] * len(jobs)
+    queue: asyncio.Queue[int] = asyncio.Queue()
+    for index in range(len(jobs)):
+        queue.put_nowait(index)
+
+    async def worker() -> None:
+        while not queue.empty():
+            index = queue.get_nowait()
+            started = time.perf_counter()
+            await jobs[index]()
+            latencies[index] = time.perf_counter() - started
+
+    await asyncio.gather(*(worker() for _ in range(concurrency)))
+    return latencies
+
+
+async def measure(name: str, items: int, jobs, concurrency: int, **extra: float) -> PathResult:
+    say(f"  {name}: {len(jobs)} calls, {concurrency} at a time ...")
+    started = time.perf_counter()
+    latencies = await bounded(jobs, concurrency)
+    result = PathResult(name, items, time.perf_counter() - started, latencies, dict(extra))
+    say(
+        f"  {name}: {result.throughput:.1f}/s, "
+        f"p50 {result.percentile_ms(50):.1f} ms, p99 {result.percentile_ms(99):.1f} ms"
+    )
+    return result
+
+
+@contextlib.contextmanager
+def triton_server() -> Iterator[EmbeddedTriton]:
+    import tritonclient.grpc as triton_grpc
+
+    server = EmbeddedTriton(REPOSITORY.resolve(), log_path=SCRATCH / "triton.log")
+    say("starting Triton on 127.0.0.1 ...")
+    with server:
+        client = triton_grpc.InferenceServerClient(server.grpc_address)
+        while not client.is_server_ready():
+            time.sleep(0.2)
+        client.close()
+        yield server
+
+
+@contextlib.contextmanager
+def router_process(triton_address: str, **settings: str) -> Iterator[str]:
+    """`router serve` in its own process (as deployed), in front of the given Triton."""
+    port = free_port()
+    env = dict(os.environ, **{f"MODELROUTER_{k.upper()}": str(v) for k, v in settings.items()})
+    env["MODELROUTER_LOG_LEVEL"] = "warning"
+    command = [sys.executable, "-m", "router", "serve", "--port", str(port), "--triton", triton_address]
+    SCRATCH.mkdir(parents=True, exist_ok=True)
+    with open(SCRATCH / "router.log", "ab") as log:
+        process = subprocess.Popen(command, cwd=PROJECT_ROOT, env=env, stdout=log, stderr=subprocess.STDOUT)
+    target = f"127.0.0.1:{port}"
+    try:
+        _wait_serving(target, process)
+        yield target
+    finally:
+        process.terminate()
+        process.wait(timeout=30)
+
+
+def _wait_serving(target: str, process: subprocess.Popen, timeout_s: float = 120) -> None:
+    deadline = time.monotonic() + timeout_s
+    with grpc.insecure_channel(target) as channel:
+        stub = health_pb2_grpc.HealthStub(channel)
+        while time.monotonic() < deadline:
+            if process.poll() is not None:
+                raise RuntimeError(f"the router exited with {process.returncode}; see {SCRATCH / 'router.log'}")
+            with contextlib.suppress(grpc.RpcError):
+                if stub.Check(health_pb2.HealthCheckRequest(), timeout=2).status == 1:
+                    return
+            time.sleep(0.3)
+    raise TimeoutError(f"the router at {target} never became SERVING")
+
+
+def machine() -> str:
+    return f"{os.cpu_count()} CPUs, {os.uname().sysname} {os.uname().machine}"
+
+
+def write_report(name: str, title: str, notes: list[str], results: list[PathResult], baseline: str) -> Path:
+    """Markdown and JSON into bench/results/; ratios are against `baseline`, measured in the same run."""
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    base = next(r for r in results if r.name == baseline)
+    rows = [r.summary() | {"ratio": round(r.throughput / base.throughput, 3)} for r in results]
+    stamp = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())
+    lines = [f"# {title}", "", f"Run {stamp} on {machine()}; ratios are throughput / `{baseline}`.", ""]
+    lines += [f"- {note}" for note in notes] + [""]
+    extras = sorted(
+        {k for row in rows for k in row} - {"name", "items", "wall_s", "items_per_s", "p50_ms", "p99_ms", "ratio"}
+    )
+    header = ["path", "items", "wall s", "items/s", "p50 ms", "p99 ms", "ratio", *extras]
+    lines += ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    for row in rows:
+        cells = [
+            row["name"],
+            row["items"],
+            row["wall_s"],
+            row["items_per_s"],
+            row["p50_ms"],
+            row["p99_ms"],
+            row["ratio"],
+        ]
+        cells += [row.get(k, "") for k in extras]
+        lines.append("| " + " | ".join(str(c) for c in cells) + " |")
+    path = RESULTS / f"{name}.md"
+    path.write_text("\n".join(lines) + "\n")
+    (RESULTS / f"{name}.json").write_text(json.dumps({"run": stamp, "baseline": baseline, "paths": rows}, indent=2))
+    say(f"wrote {path.relative_to(PROJECT_ROOT)}")
+    print("\n".join(lines), flush=True)
+    return path
+
+
+def bar_plot(name: str, title: str, results: list[PathResult], unit: str) -> Path:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(8, 0.6 * len(results) + 1.5))
+    names = [r.name for r in results][::-1]
+    values = [r.throughput for r in results][::-1]
+    colors = ["tab:blue" if n.startswith("router") else "tab:gray" for n in names]
+    ax.barh(names, values, color=colors)
+    for y, value in enumerate(values):
+        ax.text(value, y, f" {value:.1f}", va="center")
+    ax.set_xlabel(unit)
+    ax.set_title(title)
+    fig.tight_layout()
+    path = RESULTS / f"{name}.png"
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+__all__ = ["PathResult", "asdict", "bar_plot", "measure", "router_process", "say", "triton_server", "write_report"]
