@@ -9,7 +9,6 @@ VENV_STAMP := $(VENV)/.installed
 GEN_DIR := router/grpc/gen
 GEN_STAMP := $(GEN_DIR)/modelrouter/v1/model_router_service_pb2_grpc.py
 PROTOS := $(wildcard protos/modelrouter/v1/*.proto)
-MODEL_STAMPS := triton_models/repository/all-minilm-l6-v2/.built
 BUF := .tools/node_modules/.bin/buf
 BUF_VERSION := 1.75.0
 
