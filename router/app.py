@@ -10,9 +10,11 @@ import structlog
 
 from adapters.triton.backend import TritonBackend
 from adapters.triton.embedded import EmbeddedTriton
-from router.core.embed import EmbedService, RequestLimits
+from router.core.embed import EmbedService
 from router.core.registry import ModelRegistry
+from router.core.rerank import RerankService
 from router.core.scheduler import SchedulerConfig
+from router.core.validation import RequestLimits
 from router.settings import Settings
 
 log = structlog.get_logger(__name__)
@@ -25,6 +27,7 @@ class Router:
         self.backend: TritonBackend | None = None
         self.registry: ModelRegistry | None = None
         self.embed: EmbedService | None = None
+        self.rerank: RerankService | None = None
         self.ready = False
         self._ready_event = asyncio.Event()
         self._watch_task: asyncio.Task | None = None
@@ -61,6 +64,7 @@ class Router:
             chunk_overlap=s.chunk_overlap_tokens,
         )
         self.embed = EmbedService(self.registry, limits)
+        self.rerank = RerankService(self.registry, limits)
         self._watch_task = asyncio.create_task(self._watch())
 
     async def wait_ready(self, timeout_s: float = 120.0) -> None:

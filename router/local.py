@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import threading
 
+from router import logs
 from router.app import Router
 from router.grpc.server import RouterServer
 from router.settings import Settings
@@ -29,6 +30,7 @@ class LocalRouter:
         return f"{self.settings.host}:{self.port}"
 
     def start(self) -> str:
+        logs.configure(self.settings.log_level, self.settings.log_format)
         self._thread.start()
         self._started.wait()
         if self._error is not None:

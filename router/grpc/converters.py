@@ -6,7 +6,7 @@ from google.protobuf import duration_pb2
 
 from router.core import errors
 from router.core.contract import ModelContract, Task, Truncation
-from router.core.types import EmbedRequest, EmbedResult, Timing, Usage
+from router.core.types import EmbedRequest, EmbedResult, RerankRequest, RerankResult, Timing, Usage
 from router.grpc.gen.modelrouter.v1 import model_router_service_pb2 as pb
 
 _TRUNCATION_FROM_PB = {
@@ -39,6 +39,37 @@ def embed_request_from_pb(request: pb.EmbedRequest) -> EmbedRequest:
         truncation=truncation_from_pb(request.truncation),
         normalize=request.normalize if request.HasField("normalize") else None,
         dimensions=request.dimensions if request.HasField("dimensions") else None,
+    )
+
+
+def rerank_request_from_pb(request: pb.RerankRequest) -> RerankRequest:
+    return RerankRequest(
+        model=request.model,
+        query=request.query,
+        documents=list(request.documents),
+        top_n=request.top_n if request.HasField("top_n") else None,
+        return_documents=request.return_documents,
+        truncation=truncation_from_pb(request.truncation),
+        max_chunks_per_doc=request.max_chunks_per_doc if request.HasField("max_chunks_per_doc") else None,
+    )
+
+
+def rerank_response_to_pb(result: RerankResult) -> pb.RerankResponse:
+    return pb.RerankResponse(
+        model=result.model,
+        results=[
+            pb.RerankResult(
+                index=r.index,
+                score=r.score,
+                document=r.document,
+                best_window_start=r.window_start,
+                best_window_end=r.window_end,
+            )
+            for r in result.results
+        ],
+        usage=usage_to_pb(result.usage),
+        timing=timing_to_pb(result.timing),
+        query_truncated=result.query_truncated,
     )
 
 
@@ -91,4 +122,5 @@ def model_info_to_pb(contract: ModelContract) -> pb.ModelInfo:
         supported_dimensions=list(contract.dimensions),
         pooling=contract.pooling,
         served_by=list(contract.served_by),
+        max_query_tokens=contract.max_query_tokens if contract.task is Task.RERANK else 0,
     )

@@ -23,7 +23,8 @@ class ModelRouterServicer(pb_grpc.ModelRouterServiceServicer):
         return converters.embed_response_to_pb(result)
 
     async def Rerank(self, request: pb.RerankRequest, context) -> pb.RerankResponse:
-        raise _unimplemented("Rerank")
+        result = await self.router.rerank.rerank(converters.rerank_request_from_pb(request))
+        return converters.rerank_response_to_pb(result)
 
     async def Generate(self, request: pb.GenerateRequest, context):
         raise _unimplemented("Generate")

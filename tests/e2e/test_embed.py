@@ -178,10 +178,9 @@ def test_list_models_reports_the_contract(stub, triton):
 @pytest.mark.parametrize(
     "call",
     [
-        lambda stub: stub.Rerank(pb.RerankRequest(model="x", query="q", documents=["d"]), timeout=30),
         lambda stub: list(stub.Generate(pb.GenerateRequest(model="x", prompt="p"), timeout=30)),
     ],
-    ids=["rerank", "generate"],
+    ids=["generate"],
 )
 def test_not_yet_built_methods_are_unimplemented(stub, call):
     with pytest.raises(grpc.RpcError) as caught:

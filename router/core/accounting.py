@@ -1,0 +1,28 @@
+"""Usage and timing of one request, from its splits and its scheduler ticket."""
+
+from __future__ import annotations
+
+from router.core.scheduler import Ticket
+from router.core.tokenize import Split
+from router.core.types import Timing, Usage
+
+
+def usage_of(splits: list[Split], input_tokens: int, ticket: Ticket) -> Usage:
+    return Usage(
+        input_tokens=input_tokens,
+        computed_tokens=sum(w.length for s in splits for w in s.windows),
+        sequences=sum(len(s.windows) for s in splits),
+        batches=len(ticket.batches),
+        inputs_truncated=sum(1 for s in splits if s.truncated),
+        inputs_chunked=sum(1 for s in splits if s.chunked),
+    )
+
+
+def timing_of(started: float, tokenized: float, ticket: Ticket, finished: float) -> Timing:
+    dispatched = ticket.first_dispatch or tokenized
+    return Timing(
+        tokenize=tokenized - started,
+        queue=dispatched - tokenized,
+        inference=(ticket.finished or finished) - dispatched,
+        total=finished - started,
+    )
