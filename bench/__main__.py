@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import sys
 
-from bench import embed
+from bench import embed, rerank
 
-BENCHMARKS = {"embed": embed.main}
+BENCHMARKS = {"embed": embed.main, "rerank": rerank.main}
 
 
 def main(argv: list[str]) -> int:

@@ -172,7 +172,8 @@ def write_report(name: str, title: str, notes: list[str], results: list[PathResu
     return path
 
 
-def bar_plot(name: str, title: str, results: list[PathResult], unit: str) -> Path:
+def bar_plot(name: str, title: str, results: list[PathResult], unit: str, value: str | None = None) -> Path:
+    """A horizontal bar per path: its throughput, or `extra[value]` when given."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -180,7 +181,7 @@ def bar_plot(name: str, title: str, results: list[PathResult], unit: str) -> Pat
 
     fig, ax = plt.subplots(figsize=(8, 0.6 * len(results) + 1.5))
     names = [r.name for r in results][::-1]
-    values = [r.throughput for r in results][::-1]
+    values = [r.extra[value] if value else r.throughput for r in results][::-1]
     colors = ["tab:blue" if n.startswith("router") else "tab:gray" for n in names]
     ax.barh(names, values, color=colors)
     for y, value in enumerate(values):

@@ -6,10 +6,12 @@ import asyncio
 import contextlib
 from collections.abc import Callable
 
+import prometheus_client
 import structlog
 
 from adapters.triton.backend import TritonBackend
 from adapters.triton.embedded import EmbeddedTriton
+from router.core.cache import OutputCache
 from router.core.embed import EmbedService
 from router.core.registry import ModelRegistry
 from router.core.rerank import RerankService
@@ -39,6 +41,9 @@ class Router:
 
     async def start(self) -> None:
         s = self.settings
+        if s.metrics_port is not None:
+            prometheus_client.start_http_server(s.metrics_port, addr=s.host)
+            log.info("router.metrics", address=f"{s.host}:{s.metrics_port}")
         addresses = list(s.triton)
         if not addresses:
             self.embedded = EmbeddedTriton(
@@ -55,8 +60,10 @@ class Router:
                 max_batch_tokens=s.max_batch_tokens,
                 max_inflight_batches=s.max_inflight_batches,
                 min_batch_fill=s.min_batch_fill,
+                max_batch_wait_s=s.max_batch_wait_s,
                 timeout_s=s.backend_timeout_s,
             ),
+            OutputCache(s.cache_max_bytes) if s.cache_max_bytes > 0 else None,
         )
         limits = RequestLimits(
             max_inputs=s.max_inputs_per_request,

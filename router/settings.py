@@ -50,12 +50,18 @@ class Settings(BaseSettings):
     """Padded tokens (rows x longest row) in one batch sent to a model."""
     min_batch_fill: float = Field(default=0.0, ge=0.0, le=1.0)
     """Least share of real tokens in a padded batch (a model's config may set its own)."""
+    max_batch_wait_s: float = Field(default=0.0, ge=0.0, le=1.0)
+    """While other batches are in flight, hold a batch that would leave less than full up to this long
+    (seconds) for more work to join; an idle model never waits. Worth a few ms on a GPU, 0 on a CPU."""
     max_inflight_batches: int = 2
     """Batches in flight to Triton per model; more pile up in the router's queue and pack better."""
     backend_timeout_s: float = 60.0
     """Timeout for one batch at Triton."""
     backend_retries: int = 2
     """Retries of a batch that Triton answered UNAVAILABLE (it never ran)."""
+
+    cache_max_bytes: int = Field(default=0, ge=0)
+    """Bytes of model outputs kept in the output cache (LRU); 0 turns the cache off."""
 
     # What one request may ask.
     max_inputs_per_request: int = 10_000
@@ -66,6 +72,8 @@ class Settings(BaseSettings):
     """Tokens shared by consecutive windows when an input is chunked (capped at half a window)."""
 
     # What the router says.
+    metrics_port: int | None = None
+    """Serve Prometheus metrics on host:metrics_port (unset: no metrics endpoint)."""
     log_level: Literal["debug", "info", "warning", "error"] = "info"
     log_format: Literal["console", "json"] = "console"
 

@@ -161,7 +161,7 @@ def build_minilm_reranker(model_dir: Path, force: bool) -> None:
     No cross-encoder ships inside a PyPI package. This graph takes what a cross-encoder takes
     (`[CLS] query [SEP] document [SEP]` as input_ids, attention_mask, token_type_ids) and returns what
     it returns (one logit per pair), so a real cross-encoder ONNX drops in with no router change.
-    Inside, it splits the pair into its two segments, encodes both in one batch of 2B, and scores by
+    Inside, it splits the pair into its two segments, encodes each on its own, and scores by
     late interaction (ColBERT-style MaxSim): for each query token, the best cosine with any document
     token, averaged over the query. Scores are similarities in [-1, 1], not trained relevance logits.
     """
@@ -187,6 +187,12 @@ def build_minilm_reranker(model_dir: Path, force: bool) -> None:
             super().__init__()
             self.encoder = encoder
 
+        def encode(self, ids, mask):
+            hidden = self.encoder(
+                input_ids=ids, attention_mask=mask.long(), token_type_ids=torch.zeros_like(ids)
+            ).last_hidden_state
+            return torch.nn.functional.normalize(hidden, dim=-1)
+
         def forward(self, input_ids, attention_mask, token_type_ids):
             batch, length = input_ids.shape
             positions = torch.arange(length, device=input_ids.device).unsqueeze(0)
@@ -199,18 +205,17 @@ def build_minilm_reranker(model_dir: Path, force: bool) -> None:
             doc_len = (real & (token_type_ids == 1)).sum(dim=1, keepdim=True) + 1
             doc_part = positions < doc_len
 
-            hidden = self.encoder(
-                input_ids=torch.cat([input_ids, doc_ids]),
-                attention_mask=torch.cat([query_part, doc_part]).long(),
-                token_type_ids=torch.zeros_like(torch.cat([input_ids, doc_ids])),
-            ).last_hidden_state
-            hidden = torch.nn.functional.normalize(hidden, dim=-1)
-            query_vecs, doc_vecs = hidden[:batch], hidden[batch:]
+            # The query is encoded only as far as the longest query in the batch reaches.
+            query_span = torch.arange(query_len.max(), device=input_ids.device)
+            query_ids = input_ids.index_select(1, query_span)
+            query_part = query_part.index_select(1, query_span)
+            query_vecs = self.encode(query_ids, query_part)
+            doc_vecs = self.encode(doc_ids, doc_part)
 
             def content(ids, part):
                 return part & (ids != cls_id) & (ids != sep_id)
 
-            query_tokens = content(input_ids, query_part)
+            query_tokens = content(query_ids, query_part)
             doc_tokens = content(doc_ids, doc_part)
             similarity = query_vecs @ doc_vecs.transpose(1, 2)
             similarity = similarity.masked_fill(~doc_tokens.unsqueeze(1), -1.0)

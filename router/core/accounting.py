@@ -10,11 +10,13 @@ from router.core.types import Timing, Usage
 def usage_of(splits: list[Split], input_tokens: int, ticket: Ticket) -> Usage:
     return Usage(
         input_tokens=input_tokens,
-        computed_tokens=sum(w.length for s in splits for w in s.windows),
+        computed_tokens=ticket.computed_tokens,
         sequences=sum(len(s.windows) for s in splits),
         batches=len(ticket.batches),
         inputs_truncated=sum(1 for s in splits if s.truncated),
         inputs_chunked=sum(1 for s in splits if s.chunked),
+        padded_tokens=ticket.padded_tokens,
+        cached_sequences=ticket.cache_hits,
     )
 
 

@@ -9,6 +9,7 @@ import structlog
 
 from router.core import errors
 from router.core.backend import Backend
+from router.core.cache import OutputCache
 from router.core.contract import ModelContract, Task, is_routed, parse_contract
 from router.core.errors import ErrorKind, RouterError
 from router.core.scheduler import ModelScheduler, SchedulerConfig
@@ -25,10 +26,14 @@ class ServedModel:
 
 
 class ModelRegistry:
-    def __init__(self, backend: Backend, repository: Path, scheduling: SchedulerConfig) -> None:
+    def __init__(
+        self, backend: Backend, repository: Path, scheduling: SchedulerConfig, cache: OutputCache | None = None
+    ) -> None:
         self.backend = backend
         self.repository = repository
         self.scheduling = scheduling
+        self.cache = cache
+        """One output cache shared by every model (keys hold the model's name and version)."""
         self._models: dict[str, ServedModel] = {}
         self.problems: dict[str, str] = {}
         """Models the backend has but the router cannot serve, with why (shown in logs and health)."""
@@ -54,7 +59,7 @@ class ModelRegistry:
                 problems[description.name] = str(error)
                 continue
             models[contract.name] = ServedModel(
-                contract, tokenizer, ModelScheduler(contract, self.backend, self.scheduling)
+                contract, tokenizer, ModelScheduler(contract, self.backend, self.scheduling, self.cache)
             )
             log.info("model.ready", model=contract.name, version=contract.version, task=contract.task.value)
         for name, problem in problems.items():

@@ -1,19 +1,23 @@
 """One scheduler per model: a single queue of sequences from every request, batched across requests.
 
 Requests hand their sequences (whole inputs, truncated inputs or windows) to `ModelScheduler.run` and
-await their rows. The scheduler keeps every pending sequence twice: in arrival order and sorted by
-length. Whenever a dispatch slot is free it forms one batch:
+await their rows. The scheduler keeps every pending sequence in its request's queue and in one list
+sorted by length. Whenever a dispatch slot is free it forms one batch:
 
-1. the oldest pending sequence anchors the batch, so nothing waits behind younger work for ever;
+1. the request that has received the least service so far (tokens dispatched for it) gives the batch
+   its anchor, its oldest pending sequence. A request that arrives while others wait starts level with
+   the least-served of them, so a 5,000-document request and a one-text request take turns: the small
+   one waits for at most about one batch, and neither can starve the other;
 2. the batch grows with the pending sequences closest to the anchor's length, from any request, while
    `rows x longest` stays within the token budget, `rows` within the model's max batch size, and real
    tokens stay at least `min_batch_fill` of the padded batch.
 
-There is no timer. When the model is idle a request's sequences leave at once; while all dispatch slots
-are busy, new sequences pile up and the next batch is formed from a larger, better-sorted pool. The
-wait thus adapts to load by itself. A huge request cannot hold small ones back for long: its sequences
-are spread over many batches, and every new batch starts from the oldest sequence, which is soon a
-small request's.
+Batches leave as soon as a dispatch slot is free, so an idle model never waits; while all slots are
+busy, new sequences pile up and the next batch is formed from a larger, better-sorted pool: the wait
+adapts to load by itself. `max_batch_wait_s` can add a short hold, only while other batches are in
+flight, for a batch that would otherwise leave less than full (worth it on a GPU, not on a CPU).
+Identical sequences in one batch are computed once, and with an output cache a sequence computed
+before (same model, version and token ids) is not computed again.
 """
 
 from __future__ import annotations
@@ -27,7 +31,9 @@ from dataclasses import dataclass, field
 import numpy as np
 from sortedcontainers import SortedKeyList
 
+from router import metrics
 from router.core.backend import Backend
+from router.core.cache import OutputCache
 from router.core.contract import ModelContract
 from router.core.packing import fits, pad_rows
 from router.core.tokenize import Window
@@ -42,18 +48,28 @@ class SchedulerConfig:
     min_batch_fill: float = 0.0
     """Least share of real (unpadded) tokens in a batch: a sequence joins a batch only if the batch
     stays at least this full. On a CPU, where padding is the whole cost, 0.8 or so; on a GPU, 0."""
+    max_batch_wait_s: float = 0.0
+    """While other batches are in flight, hold a batch that would leave less than full for up to this
+    long, for more sequences to join. An idle model never waits."""
     timeout_s: float | None = 60.0
     """Backend timeout for one batch."""
 
 
-@dataclass
+@dataclass(eq=False)
 class Ticket:
-    """One request's passage through the scheduler."""
+    """One request's passage through the scheduler (compared by identity)."""
 
     submitted: float
     first_dispatch: float | None = None
     finished: float | None = None
     batches: set[int] = field(default_factory=set)
+    padded_tokens: int = 0
+    """Each of the request's rows costs its batch's longest row."""
+    computed_tokens: int = 0
+    """Tokens of the request's sequences sent to the model (cache hits are not)."""
+    cache_hits: int = 0
+    served: float = 0.0
+    """Service received, in tokens, on the scheduler's fair-share clock."""
 
 
 @dataclass(eq=False)
@@ -62,6 +78,8 @@ class _Item:
     window: Window
     ticket: Ticket
     future: asyncio.Future
+    enqueued: float
+    cache_key: bytes | None = None
 
     @property
     def length(self) -> int:
@@ -69,17 +87,28 @@ class _Item:
 
 
 class ModelScheduler:
-    def __init__(self, contract: ModelContract, backend: Backend, config: SchedulerConfig) -> None:
+    def __init__(
+        self, contract: ModelContract, backend: Backend, config: SchedulerConfig, cache: OutputCache | None = None
+    ) -> None:
         self.contract = contract
         self.backend = backend
         self.config = config
+        self.cache = cache
+        name = contract.name
+        self._batches = metrics.BATCHES.labels(name)
+        self._batch_rows = metrics.BATCH_ROWS.labels(name)
+        self._real_tokens = metrics.REAL_TOKENS.labels(name)
+        self._padded_tokens = metrics.PADDED_TOKENS.labels(name)
+        self._queued_tokens = metrics.QUEUED_TOKENS.labels(name)
         # The model's own budget (tuned to its hardware) wins over the router-wide default. A budget
         # below the model's longest sequence would strand long sequences: raise it.
         budget = contract.max_batch_tokens or config.max_batch_tokens
         self.max_batch_tokens = max(budget, contract.max_sequence_length)
         self.min_batch_fill = config.min_batch_fill if contract.min_batch_fill is None else contract.min_batch_fill
-        self._pending: dict[int, _Item] = {}
+        # Pending sequences per request, each in arrival order; and all of them sorted by length.
+        self._queues: dict[Ticket, dict[int, _Item]] = {}
         self._by_length: SortedKeyList = SortedKeyList(key=lambda item: (item.length, item.seq_no))
+        self._timer: asyncio.TimerHandle | None = None
         self._seq_numbers = itertools.count()
         self._batch_numbers = itertools.count()
         self._inflight = 0
@@ -87,20 +116,33 @@ class ModelScheduler:
 
     @property
     def pending_sequences(self) -> int:
-        return len(self._pending)
+        return len(self._by_length)
 
     async def run(self, windows: Sequence[Window]) -> tuple[np.ndarray, Ticket]:
         """Compute every window; return the output rows in window order and the request's ticket."""
         loop = asyncio.get_running_loop()
-        ticket = Ticket(submitted=time.monotonic())
-        items = [_Item(next(self._seq_numbers), w, ticket, loop.create_future()) for w in windows]
-        for item in items:
-            self._pending[item.seq_no] = item
-            self._by_length.add(item)
-            self.pending_tokens += item.length
+        now = time.monotonic()
+        # A request joins level with the least-served waiting request: no debt, no credit.
+        ticket = Ticket(submitted=now, served=min((t.served for t in self._queues), default=0.0))
+        futures: list[asyncio.Future] = []
+        items: list[_Item] = []
+        for window in windows:
+            future = loop.create_future()
+            futures.append(future)
+            key = OutputCache.key(self.contract, window) if self.cache is not None else None
+            cached = self.cache.get(key, self.contract.name) if key is not None else None
+            if cached is not None:
+                future.set_result(cached)
+                ticket.cache_hits += 1
+            else:
+                items.append(_Item(next(self._seq_numbers), window, ticket, future, now, key))
+        if items:
+            self._queues[ticket] = {item.seq_no: item for item in items}
+            self._by_length.update(items)
+            self.pending_tokens += sum(item.length for item in items)
         self._pump()
         try:
-            rows = await asyncio.gather(*(item.future for item in items))
+            rows = await asyncio.gather(*futures)
         except BaseException:
             # Cancelled, or a batch failed: the request is over, so its queued work is dropped.
             self._withdraw(items)
@@ -110,20 +152,48 @@ class ModelScheduler:
 
     def _withdraw(self, items: Sequence[_Item]) -> None:
         for item in items:
-            if self._pending.pop(item.seq_no, None) is not None:
+            queue = self._queues.get(item.ticket)
+            if queue is not None and queue.pop(item.seq_no, None) is not None:
                 self._by_length.remove(item)
                 self.pending_tokens -= item.length
+                if not queue:
+                    del self._queues[item.ticket]
             if not item.future.done():
                 item.future.cancel()
 
     def _pump(self) -> None:
-        while self._pending and self._inflight < self.config.max_inflight_batches:
+        while self._queues and self._inflight < self.config.max_inflight_batches:
+            if self._hold():
+                break
             batch = self._take_batch()
             self._inflight += 1
             asyncio.get_running_loop().create_task(self._dispatch(batch))
+        self._queued_tokens.set(self.pending_tokens)
+
+    def _hold(self) -> bool:
+        """Under load, let a batch that would leave less than full wait a little (see max_batch_wait_s)."""
+        wait = self.config.max_batch_wait_s
+        if wait <= 0 or self._inflight == 0 or self.pending_tokens >= self.max_batch_tokens:
+            return False
+        if len(self._by_length) >= self.contract.max_batch_size:
+            return False
+        oldest = min(next(iter(q.values())).enqueued for q in self._queues.values())
+        remaining = oldest + wait - time.monotonic()
+        if remaining <= 0:
+            return False
+        if self._timer is None:
+            self._timer = asyncio.get_running_loop().call_later(remaining, self._release)
+        return True
+
+    def _release(self) -> None:
+        self._timer = None
+        self._pump()
 
     def _take_batch(self) -> list[_Item]:
-        anchor = next(iter(self._pending.values()))
+        # Least service on the fair-share clock first; on a tie, the request that has had less actual
+        # service (a newcomer has had none), then the older one.
+        ticket = min(self._queues, key=lambda t: (t.served, t.computed_tokens, t.submitted))
+        anchor = next(iter(self._queues[ticket].values()))
         ordered = self._by_length
         position = ordered.index(anchor)
         batch, longest, real = [anchor], anchor.length, anchor.length
@@ -151,7 +221,11 @@ class ModelScheduler:
             else:
                 break
         for item in batch:
-            del self._pending[item.seq_no]
+            queue = self._queues[item.ticket]
+            del queue[item.seq_no]
+            if not queue:
+                del self._queues[item.ticket]
+            item.ticket.served += item.length
             self.pending_tokens -= item.length
         del ordered[low + 1 : high]
         return batch
@@ -159,13 +233,22 @@ class ModelScheduler:
     async def _dispatch(self, batch: list[_Item]) -> None:
         number = next(self._batch_numbers)
         now = time.monotonic()
+        longest = max(item.length for item in batch)
         for item in batch:
             item.ticket.batches.add(number)
+            item.ticket.padded_tokens += longest
+            item.ticket.computed_tokens += item.length
             if item.ticket.first_dispatch is None:
                 item.ticket.first_dispatch = now
+        # Identical sequences in one batch are computed once: `rows[i]` is item i's row in `unique`.
+        unique, rows = _deduplicate(batch)
+        self._batches.inc()
+        self._batch_rows.observe(len(unique))
+        self._real_tokens.inc(sum(item.length for item in unique))
+        self._padded_tokens.inc(len(unique) * longest)
         try:
             output = await self.backend.infer(
-                self.contract.name, self._tensors(batch), self.contract.output_name, self.config.timeout_s
+                self.contract.name, self._tensors(unique), self.contract.output_name, self.config.timeout_s
             )
         except BaseException as error:
             for item in batch:
@@ -174,9 +257,12 @@ class ModelScheduler:
             if not isinstance(error, Exception):
                 raise
         else:
-            for row, item in enumerate(batch):
+            for row, item in zip(rows, batch, strict=True):
                 if not item.future.done():
                     item.future.set_result(output[row])
+            if self.cache is not None:
+                for row, item in enumerate(unique):
+                    self.cache.put(item.cache_key, output[row])
         finally:
             self._inflight -= 1
             self._pump()
@@ -190,3 +276,18 @@ class ModelScheduler:
             type_ids, _ = pad_rows([item.window.type_ids for item in batch])
             tensors["token_type_ids"] = type_ids
         return tensors
+
+
+def _deduplicate(batch: list[_Item]) -> tuple[list[_Item], list[int]]:
+    first: dict[bytes, int] = {}
+    unique: list[_Item] = []
+    rows: list[int] = []
+    for item in batch:
+        window = item.window
+        key = window.ids.tobytes() + (b"" if window.type_ids is None else b"|" + window.type_ids.tobytes())
+        row = first.get(key)
+        if row is None:
+            row = first[key] = len(unique)
+            unique.append(item)
+        rows.append(row)
+    return unique, rows

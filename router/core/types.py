@@ -17,6 +17,8 @@ class Usage:
     batches: int = 0
     inputs_truncated: int = 0
     inputs_chunked: int = 0
+    padded_tokens: int = 0
+    cached_sequences: int = 0
 
 
 @dataclass

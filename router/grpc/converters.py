@@ -87,6 +87,8 @@ def usage_to_pb(usage: Usage) -> pb.Usage:
         batches=usage.batches,
         inputs_truncated=usage.inputs_truncated,
         inputs_chunked=usage.inputs_chunked,
+        padded_tokens=usage.padded_tokens,
+        cached_sequences=usage.cached_sequences,
     )
 
 

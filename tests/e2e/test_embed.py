@@ -53,6 +53,7 @@ def test_three_hundred_mixed_inputs_come_back_in_order(stub, reference_model):
     assert len(ours) == 300
     assert cosines(ours, reference).min() >= 0.999
     assert reply.usage.sequences == 300 and reply.usage.batches >= 2
+    assert reply.usage.computed_tokens <= reply.usage.padded_tokens
     assert reply.usage.input_tokens == sum(len(t.split()) + 2 for t in texts)
     assert reply.timing.total.ToNanoseconds() > 0
 

@@ -66,6 +66,12 @@ class FakeBackend:
             self.inflight -= 1
 
 
+async def settle() -> None:
+    """Let every ready task run (dispatch tasks start one loop turn after they are created)."""
+    for _ in range(5):
+        await asyncio.sleep(0)
+
+
 async def test_rows_come_back_in_order_and_batches_respect_limits():
     backend = FakeBackend()
     scheduler = ModelScheduler(contract(max_batch_size=8), backend, SchedulerConfig(max_batch_tokens=256))
@@ -76,6 +82,7 @@ async def test_rows_come_back_in_order_and_batches_respect_limits():
     for batch in backend.batches:
         assert len(batch) <= 8 and (len(batch) * batch.max() <= 256 or len(batch) == 1)
     assert len(ticket.batches) == len(backend.batches)
+    assert ticket.padded_tokens == sum(len(b) * int(b.max()) for b in backend.batches)
     assert scheduler.pending_sequences == 0 and scheduler.pending_tokens == 0
 
 
@@ -104,23 +111,69 @@ async def test_inflight_batches_are_bounded():
     assert backend.max_inflight == 3
 
 
-async def test_oldest_sequence_anchors_the_next_batch():
+async def test_a_small_request_does_not_wait_behind_a_huge_one():
     backend = FakeBackend()
     backend.gate.clear()
     scheduler = ModelScheduler(
         contract(max_batch_size=4), backend, SchedulerConfig(max_batch_tokens=10_000, max_inflight_batches=1)
     )
-    blocker = asyncio.create_task(scheduler.run([window(3, 1)]))
-    await asyncio.sleep(0)
-    huge = asyncio.create_task(scheduler.run([window(3, 100 + i) for i in range(40)]))
-    await asyncio.sleep(0)
+    huge = asyncio.create_task(scheduler.run([window(3, 100 + i) for i in range(400)]))
+    await asyncio.sleep(0)  # the huge request's first batch is in flight; 396 sequences wait
     small = asyncio.create_task(scheduler.run([window(60, 7)]))
     await asyncio.sleep(0)
     backend.gate.set()
-    await asyncio.gather(blocker, huge, small)
-    # The long sequence of the small request is not starved by 40 short ones of similar age.
+    await asyncio.gather(huge, small)
+    # The small request anchors the very next batch: it does not wait for the other 99 batches.
     position = next(i for i, b in enumerate(backend.batches) if 60 in b.tolist())
-    assert position <= 11
+    assert position == 1
+
+
+async def test_two_big_requests_take_turns():
+    backend = FakeBackend()
+    backend.gate.clear()
+    scheduler = ModelScheduler(
+        contract(max_batch_size=2), backend, SchedulerConfig(max_batch_tokens=10_000, max_inflight_batches=1)
+    )
+    first = asyncio.create_task(scheduler.run([window(5, 100 + i) for i in range(20)]))
+    await asyncio.sleep(0)
+    second = asyncio.create_task(scheduler.run([window(9, 200 + i) for i in range(20)]))
+    await asyncio.sleep(0)
+    backend.gate.set()
+    await asyncio.gather(first, second)
+    # Lengths tell the requests apart: 5 and 9 never share a batch, their neighbours are closer.
+    # Service is shared in tokens: while both wait, neither gets more than one batch (18 tokens) ahead.
+    served = {5: 0, 9: 0}
+    for batch in backend.batches:
+        served[int(batch.max())] += int(batch.sum())
+        if served[5] < 100 and served[9] < 180:
+            assert abs(served[5] - served[9]) <= 18 + 10  # + the first request's head start
+
+
+async def test_identical_sequences_in_a_batch_are_computed_once():
+    backend = FakeBackend()
+    scheduler = ModelScheduler(contract(max_batch_size=8), backend, SchedulerConfig())
+    rows, ticket = await scheduler.run([window(4, 5), window(4, 6), window(4, 5), window(4, 5)])
+    assert rows[:, 0].tolist() == [5, 6, 5, 5]
+    assert [len(b) for b in backend.batches] == [2]
+
+
+async def test_hold_waits_for_more_work_only_under_load():
+    backend = FakeBackend()
+    backend.gate.clear()
+    config = SchedulerConfig(max_batch_tokens=10_000, max_inflight_batches=2, max_batch_wait_s=0.05)
+    scheduler = ModelScheduler(contract(max_batch_size=8), backend, config)
+    first = asyncio.create_task(scheduler.run([window(4, 1)]))
+    await settle()
+    assert backend.inflight == 1  # idle model: no wait
+    second = asyncio.create_task(scheduler.run([window(4, 2)]))
+    await settle()
+    assert backend.inflight == 1 and scheduler.pending_sequences == 1  # under load: held
+    third = asyncio.create_task(scheduler.run([window(4, 3)]))
+    await asyncio.sleep(0.1)
+    assert backend.inflight == 2 and scheduler.pending_sequences == 0  # released together
+    backend.gate.set()
+    await asyncio.gather(first, second, third)
+    assert [len(b) for b in backend.batches] == [1, 2]
 
 
 async def test_budget_below_max_length_still_serves_long_sequences():

@@ -1,0 +1,18 @@
+"""Prometheus metrics, served on `metrics_port` (router/settings.py). Names start with modelrouter_."""
+
+from __future__ import annotations
+
+from prometheus_client import Counter, Gauge, Histogram
+
+CACHE_HITS = Counter("modelrouter_cache_hits_total", "Sequences answered from the output cache.", ["model"])
+CACHE_MISSES = Counter("modelrouter_cache_misses_total", "Sequences looked up and not found in the cache.", ["model"])
+CACHE_EVICTIONS = Counter("modelrouter_cache_evictions_total", "Outputs evicted to stay within the byte bound.")
+CACHE_BYTES = Gauge("modelrouter_cache_bytes", "Bytes of model outputs held in the cache.")
+
+BATCHES = Counter("modelrouter_batches_total", "Batches sent to the backend.", ["model"])
+BATCH_ROWS = Histogram(
+    "modelrouter_batch_rows", "Sequences per batch.", ["model"], buckets=(1, 2, 4, 8, 16, 32, 64, 128, 256)
+)
+REAL_TOKENS = Counter("modelrouter_real_tokens_total", "Tokens computed, without padding.", ["model"])
+PADDED_TOKENS = Counter("modelrouter_padded_tokens_total", "Tokens computed, padding included.", ["model"])
+QUEUED_TOKENS = Gauge("modelrouter_queued_tokens", "Tokens waiting in the model's scheduler.", ["model"])
