@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import sys
 
-from bench import embed, rerank
+from bench import batching, embed, rerank
 
-BENCHMARKS = {"embed": embed.main, "rerank": rerank.main}
+BENCHMARKS = {"embed": embed.main, "rerank": rerank.main, "batching": batching.main}
 
 
 def main(argv: list[str]) -> int:

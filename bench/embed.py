@@ -23,7 +23,7 @@ from router.grpc.gen.modelrouter.v1 import model_router_service_pb2_grpc as pb_g
 
 MODEL = "all-minilm-l6-v2"
 SEED = 1234
-DIRECT_BUDGET = 2048  # the same token budget the model's contract gives the router
+DIRECT_BUDGET = 1024  # the same token budget the model's contract gives the router
 
 
 class Direct:

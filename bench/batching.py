@@ -1,0 +1,125 @@
+"""Cross-request batching: many small callers through the router vs the same callers straight to Triton
+(one Triton call per caller call, Triton's dynamic batcher on), in one run; the output cache's second
+pass; and how long small calls wait while a huge request is being served.
+
+Texts: 1,024 of 6-130 tokens (fixed seed). Callers send their calls one after another.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import time
+
+import grpc
+
+from bench.corpus import mixed_texts
+from bench.embed import MODEL, Direct
+from bench.harness import PathResult, bar_plot, router_process, say, triton_server, write_report
+from router.grpc.gen.modelrouter.v1 import model_router_service_pb2 as pb
+from router.grpc.gen.modelrouter.v1 import model_router_service_pb2_grpc as pb_grpc
+
+SEED = 777
+
+
+async def callers(name: str, calls_per_caller: list[list[list[str]]], send) -> PathResult:
+    """Each caller sends its calls in turn; all callers at once. Latency per call."""
+    latencies: list[float] = []
+
+    async def caller(calls: list[list[str]]) -> None:
+        for texts in calls:
+            started = time.perf_counter()
+            await send(texts)
+            latencies.append(time.perf_counter() - started)
+
+    say(f"  {name} ...")
+    started = time.perf_counter()
+    await asyncio.gather(*(caller(calls) for calls in calls_per_caller))
+    wall = time.perf_counter() - started
+    items = sum(len(texts) for calls in calls_per_caller for texts in calls)
+    result = PathResult(name, items, wall, latencies)
+    say(
+        f"  {name}: {result.throughput:.1f} texts/s, p50 {result.percentile_ms(50):.0f} ms, "
+        f"p99 {result.percentile_ms(99):.0f} ms"
+    )
+    return result
+
+
+def split_among(texts: list[str], callers_count: int, per_call: int) -> list[list[list[str]]]:
+    calls = [texts[i : i + per_call] for i in range(0, len(texts), per_call)]
+    return [calls[c::callers_count] for c in range(callers_count)]
+
+
+async def run(count: int) -> list[PathResult]:
+    texts = mixed_texts(count, 4, 128, SEED)
+    huge = mixed_texts(1000, 4, 254, SEED + 1)
+    shapes = [("64 callers x 1 text", 64, 1), ("8 callers x 16 texts", 8, 16)]
+    results: list[PathResult] = []
+    with triton_server() as triton:
+        direct = Direct(triton.grpc_address)
+        await direct.texts(texts[:32])
+        for label, n, per_call in shapes:
+            results.append(await callers(f"direct: {label}", split_among(texts, n, per_call), direct.texts))
+
+        with router_process(triton.grpc_address) as target:
+            async with grpc.aio.insecure_channel(target) as channel:
+                stub = pb_grpc.ModelRouterServiceStub(channel)
+
+                async def via_router(batch: list[str]) -> None:
+                    await stub.Embed(pb.EmbedRequest(model=MODEL, inputs=batch), timeout=600)
+
+                await via_router(texts[:32])
+                for label, n, per_call in shapes:
+                    results.append(await callers(f"router: {label}", split_among(texts, n, per_call), via_router))
+
+                # Small calls alone, then the same small calls while one 1,000-text request is served.
+                small = split_among(texts[:128], 8, 1)
+                results.append(await callers("router: 8 callers x 1 text, idle model", small, via_router))
+                say("  one 1,000-text request, and the same small callers meanwhile ...")
+                started = time.perf_counter()
+                big = asyncio.create_task(via_router(huge))
+                await asyncio.sleep(0.5)
+                crowded = await callers("router: 8 callers x 1 text, during a 1,000-text call", small, via_router)
+                await big
+                crowded.extra["huge_call_s"] = time.perf_counter() - started
+                results.append(crowded)
+
+        with router_process(triton.grpc_address, cache_max_bytes=64 * 1024 * 1024) as target:
+            async with grpc.aio.insecure_channel(target) as channel:
+                stub = pb_grpc.ModelRouterServiceStub(channel)
+
+                async def cached(batch: list[str]) -> None:
+                    await stub.Embed(pb.EmbedRequest(model=MODEL, inputs=batch), timeout=600)
+
+                shape = split_among(texts, 64, 1)
+                results.append(await callers("router+cache: 64 callers x 1 text, first pass", shape, cached))
+                results.append(await callers("router+cache: 64 callers x 1 text, second pass", shape, cached))
+        await direct.client.close()
+    return results
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--count", type=int, default=1024, help="texts per path (default 1,024)")
+    args = parser.parse_args(argv)
+    say(f"batching: {args.count} texts of 6-130 tokens, seed {SEED}")
+    results = asyncio.run(run(args.count))
+    write_report(
+        "batching",
+        "Many small callers: router vs direct to Triton (all-MiniLM-L6-v2, CPU)",
+        [
+            f"{args.count} texts of 6-130 tokens (fixed seed {SEED}); each caller sends its calls one after another.",
+            "Direct: one Triton call per caller call (the caller pads its own texts), Triton's dynamic batcher on.",
+            "Router: `router serve` as its own process; its scheduler batches sequences across callers.",
+            "The two `8 callers x 1 text` rows show how long a one-text call waits while a 1,000-text call is "
+            "served (fair share across requests: the small call anchors the next batch).",
+            "`router+cache`: output cache on (64 MiB); the second pass sends the same texts again.",
+        ],
+        results,
+        baseline="direct: 64 callers x 1 text",
+    )
+    bar_plot("batching", "Small callers: texts/s, higher is better", results, "texts/s")
+
+
+if __name__ == "__main__":
+    main()
