@@ -11,6 +11,7 @@ import structlog
 
 from adapters.triton.backend import TritonBackend
 from adapters.triton.embedded import EmbeddedTriton
+from router.core.admission import AdmissionConfig, TenantLimiter, TenantLimits
 from router.core.cache import OutputCache
 from router.core.embed import EmbedService
 from router.core.registry import ModelRegistry
@@ -64,6 +65,16 @@ class Router:
                 timeout_s=s.backend_timeout_s,
             ),
             OutputCache(s.cache_max_bytes) if s.cache_max_bytes > 0 else None,
+            AdmissionConfig(
+                enabled=s.admission_enabled,
+                max_queued_tokens=s.queue_max_tokens,
+                max_queued_requests=s.queue_max_requests,
+                shed_on_deadline=s.shed_on_deadline,
+            ),
+            TenantLimiter(
+                TenantLimits(s.tenant_requests_per_s, s.tenant_tokens_per_s, s.tenant_burst_s),
+                {name: TenantLimits(t.requests_per_s, t.tokens_per_s, t.burst_s) for name, t in s.tenants.items()},
+            ),
         )
         limits = RequestLimits(
             max_inputs=s.max_inputs_per_request,

@@ -15,4 +15,5 @@ BATCH_ROWS = Histogram(
 )
 REAL_TOKENS = Counter("modelrouter_real_tokens_total", "Tokens computed, without padding.", ["model"])
 PADDED_TOKENS = Counter("modelrouter_padded_tokens_total", "Tokens computed, padding included.", ["model"])
+SHED = Counter("modelrouter_shed_total", "Requests refused or dropped before reaching the model.", ["model", "reason"])
 QUEUED_TOKENS = Gauge("modelrouter_queued_tokens", "Tokens waiting in the model's scheduler.", ["model"])

@@ -6,7 +6,7 @@ import os
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field
+from pydantic import BaseModel, Field
 from pydantic_settings import (
     BaseSettings,
     PydanticBaseSettingsSource,
@@ -16,6 +16,14 @@ from pydantic_settings import (
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
 CONFIG_ENV = "MODELROUTER_CONFIG"
+
+
+class TenantLimitSettings(BaseModel):
+    """One tenant's rates (unset: unlimited)."""
+
+    requests_per_s: float | None = Field(default=None, gt=0)
+    tokens_per_s: float | None = Field(default=None, gt=0)
+    burst_s: float = Field(default=2.0, gt=0)
 
 
 class Settings(BaseSettings):
@@ -62,6 +70,27 @@ class Settings(BaseSettings):
 
     cache_max_bytes: int = Field(default=0, ge=0)
     """Bytes of model outputs kept in the output cache (LRU); 0 turns the cache off."""
+
+    # Admission: what each model lets in, and each tenant.
+    admission_enabled: bool = True
+    """Off: every request is queued whatever the queue holds (benchmarks compare with it)."""
+    queue_max_tokens: int | None = Field(default=None, gt=0)
+    """Tokens waiting per model before new work is refused with RESOURCE_EXHAUSTED; unset: 4 x the
+    model's max batch size x its max sequence length (65,536 for both models here)."""
+    queue_max_requests: int = Field(default=256, gt=0)
+    """Requests waiting per model before new work is refused."""
+    shed_on_deadline: bool = True
+    """Refuse at once (DEADLINE_EXCEEDED) a request that the measured drain rate says cannot finish
+    before the caller's deadline."""
+    tenant_requests_per_s: float | None = Field(default=None, gt=0)
+    """Default rate per tenant (call metadata x-tenant-id) in requests/s; unset: unlimited."""
+    tenant_tokens_per_s: float | None = Field(default=None, gt=0)
+    """Default rate per tenant in tokens/s (tokens sent to models); unset: unlimited."""
+    tenant_burst_s: float = Field(default=2.0, gt=0)
+    """How long a tenant may burst above its rates (bucket capacity = rate x this)."""
+    tenants: dict[str, TenantLimitSettings] = Field(default_factory=dict)
+    """Rates of named tenants, overriding the defaults: in TOML `[tenants.search] requests_per_s = 50`,
+    or MODELROUTER_TENANTS='{"search": {"requests_per_s": 50}}'."""
 
     # What one request may ask.
     max_inputs_per_request: int = 10_000

@@ -110,7 +110,15 @@ class TritonBackend:
         while True:
             shard = self.shards[next(self._turn)]
             try:
-                result = await shard.client.infer(model, tensors, outputs=wanted, client_timeout=timeout_s)
+                result = await shard.client.infer(
+                    model,
+                    tensors,
+                    outputs=wanted,
+                    # Triton drops the request from its queue once the caller's deadline has passed
+                    # (the model's queue policy allows the override); the client stops waiting too.
+                    timeout=None if timeout_s is None else max(1, int(timeout_s * 1_000_000)),
+                    client_timeout=timeout_s,
+                )
                 return result.as_numpy(output)
             except InferenceServerException as error:
                 if _status(error) in _RETRYABLE and attempt < self.retries:

@@ -13,7 +13,7 @@ from router.core.contract import Task
 from router.core.errors import FieldViolation
 from router.core.pooling import combine_windows, l2_normalize
 from router.core.registry import ModelRegistry, ServedModel
-from router.core.types import EmbedRequest, EmbedResult
+from router.core.types import NO_CALL_CONTEXT, CallContext, EmbedRequest, EmbedResult
 from router.core.validation import RequestLimits, check_count, check_sizes, resolve_truncation
 
 
@@ -22,7 +22,7 @@ class EmbedService:
         self.registry = registry
         self.limits = limits
 
-    async def embed(self, request: EmbedRequest) -> EmbedResult:
+    async def embed(self, request: EmbedRequest, call: CallContext = NO_CALL_CONTEXT) -> EmbedResult:
         started = time.monotonic()
         served = self.registry.get(request.model, Task.EMBED)
         contract = served.contract
@@ -40,7 +40,7 @@ class EmbedService:
         tokens = check_sizes("inputs", splits, self.limits, contract.max_sequence_length, contract.name)
         tokenized = time.monotonic()
 
-        rows, ticket = await served.scheduler.run([w for s in splits for w in s.windows])
+        rows, ticket = await served.scheduler.run([w for s in splits for w in s.windows], call.tenant, call.deadline)
 
         vectors = np.empty((len(splits), rows.shape[1]), dtype=np.float32)
         start = 0

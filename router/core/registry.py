@@ -8,6 +8,7 @@ from pathlib import Path
 import structlog
 
 from router.core import errors
+from router.core.admission import AdmissionConfig, TenantLimiter
 from router.core.backend import Backend
 from router.core.cache import OutputCache
 from router.core.contract import ModelContract, Task, is_routed, parse_contract
@@ -27,11 +28,20 @@ class ServedModel:
 
 class ModelRegistry:
     def __init__(
-        self, backend: Backend, repository: Path, scheduling: SchedulerConfig, cache: OutputCache | None = None
+        self,
+        backend: Backend,
+        repository: Path,
+        scheduling: SchedulerConfig,
+        cache: OutputCache | None = None,
+        admission: AdmissionConfig | None = None,
+        tenants: TenantLimiter | None = None,
     ) -> None:
         self.backend = backend
         self.repository = repository
         self.scheduling = scheduling
+        self.admission = admission
+        self.tenants = tenants
+        """Tenant rate limits, shared by every model."""
         self.cache = cache
         """One output cache shared by every model (keys hold the model's name and version)."""
         self._models: dict[str, ServedModel] = {}
@@ -59,7 +69,9 @@ class ModelRegistry:
                 problems[description.name] = str(error)
                 continue
             models[contract.name] = ServedModel(
-                contract, tokenizer, ModelScheduler(contract, self.backend, self.scheduling, self.cache)
+                contract,
+                tokenizer,
+                ModelScheduler(contract, self.backend, self.scheduling, self.cache, self.admission, self.tenants),
             )
             log.info("model.ready", model=contract.name, version=contract.version, task=contract.task.value)
         for name, problem in problems.items():

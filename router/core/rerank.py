@@ -14,7 +14,7 @@ from router.core.accounting import timing_of, usage_of
 from router.core.contract import Task, Truncation
 from router.core.errors import FieldViolation
 from router.core.registry import ModelRegistry
-from router.core.types import RankedDocument, RerankRequest, RerankResult
+from router.core.types import NO_CALL_CONTEXT, CallContext, RankedDocument, RerankRequest, RerankResult
 from router.core.validation import RequestLimits, check_count, check_positive, check_sizes, resolve_truncation
 
 
@@ -23,7 +23,7 @@ class RerankService:
         self.registry = registry
         self.limits = limits
 
-    async def rerank(self, request: RerankRequest) -> RerankResult:
+    async def rerank(self, request: RerankRequest, call: CallContext = NO_CALL_CONTEXT) -> RerankResult:
         started = time.monotonic()
         served = self.registry.get(request.model, Task.RERANK)
         contract = served.contract
@@ -59,7 +59,7 @@ class RerankService:
         tokenized = time.monotonic()
 
         windows = [w for s in splits for w in s.windows]
-        rows, ticket = await served.scheduler.run(windows)
+        rows, ticket = await served.scheduler.run(windows, call.tenant, call.deadline)
         scores = rows.reshape(len(windows), -1)[:, 0].astype(np.float64)
 
         ranked: list[RankedDocument] = []

@@ -4,10 +4,11 @@ Requests hand their sequences (whole inputs, truncated inputs or windows) to `Mo
 await their rows. The scheduler keeps every pending sequence in its request's queue and in one list
 sorted by length. Whenever a dispatch slot is free it forms one batch:
 
-1. the request that has received the least service so far (tokens dispatched for it) gives the batch
-   its anchor, its oldest pending sequence. A request that arrives while others wait starts level with
-   the least-served of them, so a 5,000-document request and a one-text request take turns: the small
-   one waits for at most about one batch, and neither can starve the other;
+1. the tenant that has received the least service so far (tokens dispatched for it), and within it the
+   least-served request, gives the batch its anchor: that request's oldest pending sequence. A tenant
+   or request that arrives while others wait starts level with the least-served of them (and wins the
+   tie: it has had nothing yet), so a 5,000-document request and a one-text request take turns, the
+   small one waiting for about one batch, and a noisy tenant's burst cannot starve a quiet tenant;
 2. the batch grows with the pending sequences closest to the anchor's length, from any request, while
    `rows x longest` stays within the token budget, `rows` within the model's max batch size, and real
    tokens stay at least `min_batch_fill` of the padded batch.
@@ -18,6 +19,11 @@ adapts to load by itself. `max_batch_wait_s` can add a short hold, only while ot
 flight, for a batch that would otherwise leave less than full (worth it on a GPU, not on a CPU).
 Identical sequences in one batch are computed once, and with an output cache a sequence computed
 before (same model, version and token ids) is not computed again.
+
+Admission happens here too (admission.py): a request is let in only while the queue holds fewer tokens
+and requests than its bounds, and only if the measured drain rate says it can finish before its
+deadline; a request whose deadline passes while it waits is dropped before it reaches the model; and
+each batch's Triton timeout is the longest deadline left among its requests.
 """
 
 from __future__ import annotations
@@ -32,6 +38,8 @@ import numpy as np
 from sortedcontainers import SortedKeyList
 
 from router import metrics
+from router.core import admission
+from router.core.admission import AdmissionConfig, DrainRate, TenantLimiter
 from router.core.backend import Backend
 from router.core.cache import OutputCache
 from router.core.contract import ModelContract
@@ -60,6 +68,9 @@ class Ticket:
     """One request's passage through the scheduler (compared by identity)."""
 
     submitted: float
+    tenant: str = ""
+    deadline: float | None = None
+    """time.monotonic() by which the caller stops waiting."""
     first_dispatch: float | None = None
     finished: float | None = None
     batches: set[int] = field(default_factory=set)
@@ -88,18 +99,33 @@ class _Item:
 
 class ModelScheduler:
     def __init__(
-        self, contract: ModelContract, backend: Backend, config: SchedulerConfig, cache: OutputCache | None = None
+        self,
+        contract: ModelContract,
+        backend: Backend,
+        config: SchedulerConfig,
+        cache: OutputCache | None = None,
+        admission_config: AdmissionConfig | None = None,
+        tenants: TenantLimiter | None = None,
     ) -> None:
         self.contract = contract
         self.backend = backend
         self.config = config
         self.cache = cache
+        self.admission = admission_config or AdmissionConfig()
+        self.tenants = tenants
+        self.max_queued_tokens = self.admission.queue_tokens_for(contract.max_batch_size, contract.max_sequence_length)
+        self.drain = DrainRate()
+        self._tenant_served: dict[str, float] = {}
+        self._tenant_joined: dict[str, float] = {}
+        # Queued tokens and requests per tenant with work waiting.
+        self._tenant_queued: dict[str, list[int]] = {}
         name = contract.name
         self._batches = metrics.BATCHES.labels(name)
         self._batch_rows = metrics.BATCH_ROWS.labels(name)
         self._real_tokens = metrics.REAL_TOKENS.labels(name)
         self._padded_tokens = metrics.PADDED_TOKENS.labels(name)
         self._queued_tokens = metrics.QUEUED_TOKENS.labels(name)
+        self._shed = {reason: metrics.SHED.labels(name, reason) for reason in admission.REASONS}
         # The model's own budget (tuned to its hardware) wins over the router-wide default. A budget
         # below the model's longest sequence would strand long sequences: raise it.
         budget = contract.max_batch_tokens or config.max_batch_tokens
@@ -118,12 +144,19 @@ class ModelScheduler:
     def pending_sequences(self) -> int:
         return len(self._by_length)
 
-    async def run(self, windows: Sequence[Window]) -> tuple[np.ndarray, Ticket]:
-        """Compute every window; return the output rows in window order and the request's ticket."""
+    async def run(
+        self, windows: Sequence[Window], tenant: str = "", deadline: float | None = None
+    ) -> tuple[np.ndarray, Ticket]:
+        """Compute every window; return the output rows in window order and the request's ticket.
+
+        Raises RouterError OVERLOADED (queue full, tenant over its rate) or DEADLINE_EXCEEDED (the
+        deadline cannot be met, or passed while waiting) without sending anything to the model.
+        """
         loop = asyncio.get_running_loop()
         now = time.monotonic()
-        # A request joins level with the least-served waiting request: no debt, no credit.
-        ticket = Ticket(submitted=now, served=min((t.served for t in self._queues), default=0.0))
+        if deadline is not None and deadline <= now:
+            raise self._shed_error(admission.deadline_expired(self.contract.name))
+        ticket = Ticket(submitted=now, tenant=tenant, deadline=deadline)
         futures: list[asyncio.Future] = []
         items: list[_Item] = []
         for window in windows:
@@ -137,9 +170,15 @@ class ModelScheduler:
             else:
                 items.append(_Item(next(self._seq_numbers), window, ticket, future, now, key))
         if items:
+            tokens = sum(item.length for item in items)
+            self._admit(ticket, tokens, now)
+            self._join(ticket)
             self._queues[ticket] = {item.seq_no: item for item in items}
             self._by_length.update(items)
-            self.pending_tokens += sum(item.length for item in items)
+            self.pending_tokens += tokens
+            queued = self._tenant_queued.setdefault(tenant, [0, 0])
+            queued[0] += tokens
+            queued[1] += 1
         self._pump()
         try:
             rows = await asyncio.gather(*futures)
@@ -150,6 +189,83 @@ class ModelScheduler:
         ticket.finished = time.monotonic()
         return np.stack(rows), ticket
 
+    def _admit(self, ticket: Ticket, tokens: int, now: float) -> None:
+        if self.admission.enabled and self._queues and not self._has_room(ticket.tenant, tokens):
+            over_tokens = self.pending_tokens + tokens - self.max_queued_tokens
+            raise self._shed_error(
+                admission.queue_full(
+                    self.contract.name,
+                    tokens,
+                    self.pending_tokens,
+                    len(self._queues),
+                    max(over_tokens, tokens),
+                    self.drain.rate,
+                )
+            )
+        if self.admission.enabled and self.admission.shed_on_deadline and ticket.deadline and self.drain.rate:
+            # Under fair share, work ahead of this request is at most its own size per waiting tenant.
+            tenants = len({t.tenant for t in self._queues} | {ticket.tenant})
+            estimate = (min(self.pending_tokens, tokens * tenants) + tokens) / self.drain.rate
+            if now + estimate > ticket.deadline:
+                raise self._shed_error(
+                    admission.deadline_too_short(self.contract.name, estimate, ticket.deadline - now)
+                )
+        if self.tenants is not None:
+            try:
+                self.tenants.charge(ticket.tenant, tokens)
+            except Exception as error:
+                raise self._shed_error(error) from None
+
+    def _has_room(self, tenant: str, tokens: int) -> bool:
+        """Within the bounds, anyone gets in. Past them, a tenant holding less than its fair share of
+        the queue still does, up to twice the bounds: a noisy tenant cannot lock a quiet one out."""
+        max_tokens, max_requests = self.max_queued_tokens, self.admission.max_queued_requests
+        requests = len(self._queues) + 1
+        if self.pending_tokens + tokens <= max_tokens and requests <= max_requests:
+            return True
+        if self.pending_tokens + tokens > 2 * max_tokens or requests > 2 * max_requests:
+            return False
+        tenants = len(self._tenant_queued.keys() | {tenant})
+        own_tokens, own_requests = self._tenant_queued.get(tenant, (0, 0))
+        return own_tokens + tokens <= max_tokens / tenants and own_requests + 1 <= max_requests / tenants
+
+    def _dequeued(self, ticket: Ticket, tokens: int, request_done: bool) -> None:
+        queued = self._tenant_queued[ticket.tenant]
+        queued[0] -= tokens
+        if request_done:
+            queued[1] -= 1
+            if queued[1] == 0:
+                del self._tenant_queued[ticket.tenant]
+
+    def _shed_error(self, error):
+        reason = getattr(error, "reason", "")
+        if reason in self._shed:
+            self._shed[reason].inc()
+        return error
+
+    def _join(self, ticket: Ticket) -> None:
+        """A tenant or request that joins the queue starts level with the least-served one waiting."""
+        waiting = {t.tenant for t in self._queues}
+        if ticket.tenant not in waiting:
+            self._tenant_served[ticket.tenant] = min((self._tenant_served[n] for n in waiting), default=0.0)
+            self._tenant_joined[ticket.tenant] = ticket.submitted
+            if len(self._tenant_served) > 4 * len(waiting) + 1024:
+                keep = waiting | {ticket.tenant}
+                self._tenant_served = {n: self._tenant_served[n] for n in keep}
+                self._tenant_joined = {n: self._tenant_joined[n] for n in keep}
+        ticket.served = min((t.served for t in self._queues if t.tenant == ticket.tenant), default=0.0)
+
+    def _expire(self, now: float) -> None:
+        """Fail and drop queued requests whose deadline has passed: they never reach the model."""
+        expired = [t for t in self._queues if t.deadline is not None and t.deadline <= now]
+        for ticket in expired:
+            error = self._shed_error(admission.deadline_expired(self.contract.name))
+            items = list(self._queues[ticket].values())
+            for item in items:
+                if not item.future.done():
+                    item.future.set_exception(error)
+            self._withdraw(items)
+
     def _withdraw(self, items: Sequence[_Item]) -> None:
         for item in items:
             queue = self._queues.get(item.ticket)
@@ -158,14 +274,17 @@ class ModelScheduler:
                 self.pending_tokens -= item.length
                 if not queue:
                     del self._queues[item.ticket]
+                self._dequeued(item.ticket, item.length, not queue)
             if not item.future.done():
                 item.future.cancel()
 
     def _pump(self) -> None:
         while self._queues and self._inflight < self.config.max_inflight_batches:
-            if self._hold():
+            self._expire(time.monotonic())
+            if not self._queues or self._hold():
                 break
             batch = self._take_batch()
+            self.drain.started(time.monotonic())
             self._inflight += 1
             asyncio.get_running_loop().create_task(self._dispatch(batch))
         self._queued_tokens.set(self.pending_tokens)
@@ -190,9 +309,14 @@ class ModelScheduler:
         self._pump()
 
     def _take_batch(self) -> list[_Item]:
-        # Least service on the fair-share clock first; on a tie, the request that has had less actual
+        # Least service on the fair-share clock first: the tenant, then its request. On a tie, the
+        # tenant that joined last (it has had nothing since), and the request that has had less actual
         # service (a newcomer has had none), then the older one.
-        ticket = min(self._queues, key=lambda t: (t.served, t.computed_tokens, t.submitted))
+        tenants: dict[str, list[Ticket]] = {}
+        for waiting in self._queues:
+            tenants.setdefault(waiting.tenant, []).append(waiting)
+        tenant = min(tenants, key=lambda n: (self._tenant_served[n], -self._tenant_joined[n]))
+        ticket = min(tenants[tenant], key=lambda t: (t.served, t.computed_tokens, t.submitted))
         anchor = next(iter(self._queues[ticket].values()))
         ordered = self._by_length
         position = ordered.index(anchor)
@@ -225,7 +349,9 @@ class ModelScheduler:
             del queue[item.seq_no]
             if not queue:
                 del self._queues[item.ticket]
+            self._dequeued(item.ticket, item.length, not queue)
             item.ticket.served += item.length
+            self._tenant_served[item.ticket.tenant] += item.length
             self.pending_tokens -= item.length
         del ordered[low + 1 : high]
         return batch
@@ -242,14 +368,17 @@ class ModelScheduler:
                 item.ticket.first_dispatch = now
         # Identical sequences in one batch are computed once: `rows[i]` is item i's row in `unique`.
         unique, rows = _deduplicate(batch)
+        computed = sum(item.length for item in unique)
         self._batches.inc()
         self._batch_rows.observe(len(unique))
-        self._real_tokens.inc(sum(item.length for item in unique))
+        self._real_tokens.inc(computed)
         self._padded_tokens.inc(len(unique) * longest)
+        done = 0
         try:
             output = await self.backend.infer(
-                self.contract.name, self._tensors(unique), self.contract.output_name, self.config.timeout_s
+                self.contract.name, self._tensors(unique), self.contract.output_name, self._timeout(batch, now)
             )
+            done = computed
         except BaseException as error:
             for item in batch:
                 if not item.future.done():
@@ -265,7 +394,16 @@ class ModelScheduler:
                     self.cache.put(item.cache_key, output[row])
         finally:
             self._inflight -= 1
+            self.drain.finished(done, time.monotonic(), self._inflight)
             self._pump()
+
+    def _timeout(self, batch: list[_Item], now: float) -> float | None:
+        """The backend timeout: the longest deadline left among the batch's requests, within the setting."""
+        deadlines = [item.ticket.deadline for item in batch]
+        if any(d is None for d in deadlines):
+            return self.config.timeout_s
+        left = max(deadlines) - now
+        return left if self.config.timeout_s is None else min(left, self.config.timeout_s)
 
     def _tensors(self, batch: list[_Item]) -> dict[str, np.ndarray]:
         ids, mask = pad_rows([item.window.ids for item in batch])

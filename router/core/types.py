@@ -9,6 +9,19 @@ import numpy as np
 from router.core.contract import Truncation
 
 
+@dataclass(frozen=True)
+class CallContext:
+    """Who is calling and until when: the tenant (call metadata x-tenant-id) and the caller's deadline
+    as a time.monotonic() value (None: the caller set none)."""
+
+    tenant: str = ""
+    deadline: float | None = None
+
+
+NO_CALL_CONTEXT = CallContext()
+"""For calls from inside the process: no tenant, no deadline."""
+
+
 @dataclass
 class Usage:
     input_tokens: int = 0

@@ -2,11 +2,21 @@
 
 from __future__ import annotations
 
+import time
+
 from google.protobuf import duration_pb2
 
 from router.core import errors
 from router.core.contract import ModelContract, Task, Truncation
-from router.core.types import EmbedRequest, EmbedResult, RerankRequest, RerankResult, Timing, Usage
+from router.core.types import (
+    CallContext,
+    EmbedRequest,
+    EmbedResult,
+    RerankRequest,
+    RerankResult,
+    Timing,
+    Usage,
+)
 from router.grpc.gen.modelrouter.v1 import model_router_service_pb2 as pb
 
 _TRUNCATION_FROM_PB = {
@@ -18,6 +28,19 @@ _TRUNCATION_FROM_PB = {
 }
 _TRUNCATION_TO_PB = {value: key for key, value in _TRUNCATION_FROM_PB.items() if value is not None}
 _TASK_TO_PB = {Task.EMBED: pb.TASK_EMBED, Task.RERANK: pb.TASK_RERANK, Task.GENERATE: pb.TASK_GENERATE}
+
+
+TENANT_KEY = "x-tenant-id"
+
+
+def call_context(context) -> CallContext:
+    """The tenant from the call's metadata and the caller's deadline, from a grpc.aio context."""
+    metadata = dict(context.invocation_metadata() or ())
+    remaining = context.time_remaining()
+    return CallContext(
+        tenant=metadata.get(TENANT_KEY, ""),
+        deadline=None if remaining is None else time.monotonic() + remaining,
+    )
 
 
 def truncation_from_pb(value: int) -> Truncation | None:

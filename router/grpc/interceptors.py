@@ -18,13 +18,13 @@ from opentelemetry import trace
 from opentelemetry.instrumentation.grpc import aio_server_interceptor
 
 from router.core.errors import RouterError
+from router.grpc.converters import TENANT_KEY
 from router.grpc.status import internal_status, to_status
 
 log = structlog.get_logger("router.rpc")
 
 SERVICE_PREFIX = "/modelrouter.v1.ModelRouterService/"
 REQUEST_ID_KEY = "x-request-id"
-TENANT_KEY = "x-tenant-id"
 
 
 class _MethodInterceptor(grpc.aio.ServerInterceptor):

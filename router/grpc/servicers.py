@@ -19,11 +19,15 @@ class ModelRouterServicer(pb_grpc.ModelRouterServiceServicer):
         self.router = router
 
     async def Embed(self, request: pb.EmbedRequest, context) -> pb.EmbedResponse:
-        result = await self.router.embed.embed(converters.embed_request_from_pb(request))
+        result = await self.router.embed.embed(
+            converters.embed_request_from_pb(request), converters.call_context(context)
+        )
         return converters.embed_response_to_pb(result)
 
     async def Rerank(self, request: pb.RerankRequest, context) -> pb.RerankResponse:
-        result = await self.router.rerank.rerank(converters.rerank_request_from_pb(request))
+        result = await self.router.rerank.rerank(
+            converters.rerank_request_from_pb(request), converters.call_context(context)
+        )
         return converters.rerank_response_to_pb(result)
 
     async def Generate(self, request: pb.GenerateRequest, context):

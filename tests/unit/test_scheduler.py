@@ -7,6 +7,7 @@ import asyncio
 import numpy as np
 import pytest
 
+from router.core.admission import AdmissionConfig
 from router.core.contract import ModelContract, Task, Truncation
 from router.core.errors import ErrorKind, RouterError
 from router.core.scheduler import ModelScheduler, SchedulerConfig
@@ -115,7 +116,10 @@ async def test_a_small_request_does_not_wait_behind_a_huge_one():
     backend = FakeBackend()
     backend.gate.clear()
     scheduler = ModelScheduler(
-        contract(max_batch_size=4), backend, SchedulerConfig(max_batch_tokens=10_000, max_inflight_batches=1)
+        contract(max_batch_size=4),
+        backend,
+        SchedulerConfig(max_batch_tokens=10_000, max_inflight_batches=1),
+        admission_config=AdmissionConfig(max_queued_tokens=100_000),
     )
     huge = asyncio.create_task(scheduler.run([window(3, 100 + i) for i in range(400)]))
     await asyncio.sleep(0)  # the huge request's first batch is in flight; 396 sequences wait

@@ -1,0 +1,164 @@
+"""Admission in the scheduler: queue bounds, deadlines, tenant rates and fairness (fake backend)."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+
+import pytest
+
+from router.core.admission import AdmissionConfig, DrainRate, TenantLimiter, TenantLimits
+from router.core.errors import ErrorKind, RouterError
+from router.core.scheduler import ModelScheduler, SchedulerConfig
+from tests.unit.test_scheduler import FakeBackend, contract, settle, window
+
+
+def blocked(admission: AdmissionConfig, tenants: TenantLimiter | None = None, **config) -> tuple:
+    """A scheduler whose backend holds every batch until its gate opens."""
+    backend = FakeBackend()
+    backend.gate.clear()
+    scheduler = ModelScheduler(
+        contract(max_batch_size=4),
+        backend,
+        SchedulerConfig(max_batch_tokens=1000, max_inflight_batches=1, **config),
+        admission_config=admission,
+        tenants=tenants,
+    )
+    return scheduler, backend
+
+
+def windows(count: int, length: int = 10, marker: int = 1000) -> list:
+    return [window(length, marker + i) for i in range(count)]
+
+
+async def test_past_the_token_bound_work_is_refused_with_a_retry_delay():
+    scheduler, backend = blocked(AdmissionConfig(max_queued_tokens=100))
+    first = asyncio.create_task(scheduler.run(windows(4)))  # leaves at once
+    second = asyncio.create_task(scheduler.run(windows(9, marker=2000)))  # 90 tokens wait
+    await settle()
+    with pytest.raises(RouterError) as caught:
+        await scheduler.run(windows(2, marker=3000))  # 110 > 100
+    assert caught.value.kind is ErrorKind.OVERLOADED and caught.value.reason == "QUEUE_FULL"
+    assert caught.value.retry_after_s is not None and caught.value.retry_after_s > 0
+    assert scheduler.pending_tokens == 90  # nothing of the refused request was queued
+    small = asyncio.create_task(scheduler.run(windows(1, marker=4000)))  # 100 fits
+    backend.gate.set()
+    await asyncio.gather(first, second, small)
+
+
+async def test_a_request_bigger_than_the_bound_runs_when_the_queue_is_empty():
+    scheduler, backend = blocked(AdmissionConfig(max_queued_tokens=50))
+    backend.gate.set()
+    rows, _ = await scheduler.run(windows(30))
+    assert len(rows) == 30
+
+
+async def test_request_count_bound():
+    scheduler, backend = blocked(AdmissionConfig(max_queued_requests=2))
+    tasks = [asyncio.create_task(scheduler.run(windows(1, marker=100 * i))) for i in range(3)]
+    await settle()  # one in flight, two waiting
+    with pytest.raises(RouterError) as caught:
+        await scheduler.run(windows(1, marker=9000))
+    assert caught.value.reason == "QUEUE_FULL"
+    backend.gate.set()
+    await asyncio.gather(*tasks)
+
+
+async def test_admission_off_queues_everything():
+    scheduler, backend = blocked(AdmissionConfig(enabled=False, max_queued_tokens=10, max_queued_requests=1))
+    tasks = [asyncio.create_task(scheduler.run(windows(5, marker=100 * i))) for i in range(6)]
+    await settle()
+    backend.gate.set()
+    assert len(await asyncio.gather(*tasks)) == 6
+
+
+async def test_a_quiet_tenant_still_gets_in_past_the_bound():
+    scheduler, backend = blocked(AdmissionConfig(max_queued_tokens=100))
+    first = asyncio.create_task(scheduler.run(windows(5), "noisy"))  # 4 leave, 1 waits
+    await settle()
+    second = asyncio.create_task(scheduler.run(windows(9, marker=2000), "noisy"))  # 100 tokens wait
+    await settle()
+    with pytest.raises(RouterError):
+        await scheduler.run(windows(1, marker=3000), "noisy")  # past the bound, and noisy holds it all
+    quiet = asyncio.create_task(scheduler.run(windows(1, marker=4000), "quiet"))
+    await settle()
+    assert not quiet.done() and scheduler.pending_tokens == 110  # admitted: waiting, not refused
+    backend.gate.set()
+    await asyncio.gather(first, second, quiet)
+
+
+async def test_a_quiet_tenant_is_served_before_a_noisy_tenants_backlog():
+    scheduler, backend = blocked(AdmissionConfig(max_queued_tokens=10_000))
+    noisy = [asyncio.create_task(scheduler.run(windows(4, marker=100 * i), "noisy")) for i in range(10)]
+    await settle()
+    quiet = asyncio.create_task(scheduler.run([window(30, 7)], "quiet"))
+    await settle()
+    backend.gate.set()
+    await asyncio.gather(*noisy, quiet)
+    # The first batch (noisy) was in flight when the quiet request came; the quiet one went next.
+    position = next(i for i, b in enumerate(backend.batches) if 30 in b.tolist())
+    assert position == 1
+
+
+async def test_a_request_past_its_deadline_is_never_sent():
+    scheduler, backend = blocked(AdmissionConfig())
+    with pytest.raises(RouterError) as caught:
+        await scheduler.run(windows(1), deadline=time.monotonic() - 0.001)
+    assert caught.value.kind is ErrorKind.DEADLINE_EXCEEDED and caught.value.reason == "DEADLINE_EXPIRED"
+
+    first = asyncio.create_task(scheduler.run(windows(4)))
+    await settle()
+    late = asyncio.create_task(scheduler.run(windows(1, 10, 5000), deadline=time.monotonic() + 0.05))
+    await asyncio.sleep(0.1)
+    backend.gate.set()
+    await first
+    with pytest.raises(RouterError) as caught:
+        await late
+    assert caught.value.reason == "DEADLINE_EXPIRED"
+    assert all(int(b.sum()) == 40 for b in backend.batches)  # only the first request's batch ran
+    assert scheduler.pending_sequences == 0
+
+
+async def test_a_deadline_the_drain_rate_cannot_meet_is_refused_at_once():
+    scheduler, backend = blocked(AdmissionConfig())
+    scheduler.drain.rate = 100.0  # tokens/s, as if measured
+    with pytest.raises(RouterError) as caught:
+        await scheduler.run(windows(10), deadline=time.monotonic() + 0.5)  # needs ~1 s
+    assert caught.value.reason == "DEADLINE_TOO_SHORT"
+    assert backend.batches == [] and backend.inflight == 0
+
+
+async def test_the_backend_timeout_is_the_longest_deadline_left():
+    scheduler, _ = blocked(AdmissionConfig())
+    now = time.monotonic()
+    items = [type("I", (), {"ticket": type("T", (), {"deadline": now + d})()})() for d in (0.2, 1.5)]
+    assert scheduler._timeout(items, now) == pytest.approx(1.5)
+
+
+async def test_tenant_rates():
+    limiter = TenantLimiter(
+        TenantLimits(requests_per_s=2, burst_s=1), {"big": TenantLimits(tokens_per_s=100, burst_s=1)}
+    )
+    scheduler, backend = blocked(AdmissionConfig(), limiter)
+    backend.gate.set()
+    await scheduler.run(windows(1), "small")
+    await scheduler.run(windows(1, marker=2000), "small")
+    with pytest.raises(RouterError) as caught:
+        await scheduler.run(windows(1, marker=3000), "small")
+    assert caught.value.reason == "TENANT_RATE_LIMITED" and 0 < caught.value.retry_after_s <= 1
+    assert caught.value.metadata["tenant"] == "small"
+    await scheduler.run(windows(9, marker=4000), "big")  # 90 of 100 tokens
+    with pytest.raises(RouterError):
+        await scheduler.run(windows(2, marker=5000), "big")
+    await scheduler.run(windows(1, marker=6000), "other")  # others are not affected
+
+
+def test_drain_rate_counts_busy_time_only():
+    drain = DrainRate(smoothing=1.0)
+    drain.started(10.0)
+    drain.finished(1000, 10.5, still_inflight=0)
+    assert drain.rate == pytest.approx(2000)
+    drain.started(100.0)  # idle for a long while in between: not counted
+    drain.finished(500, 100.25, still_inflight=1)
+    drain.finished(500, 100.5, still_inflight=0)
+    assert drain.rate == pytest.approx(2000)
