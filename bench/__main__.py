@@ -4,9 +4,14 @@ from __future__ import annotations
 
 import sys
 
-from bench import batching, embed, rerank
+from bench import admission, batching, embed, rerank
 
-BENCHMARKS = {"embed": embed.main, "rerank": rerank.main, "batching": batching.main}
+BENCHMARKS = {
+    "embed": embed.main,
+    "rerank": rerank.main,
+    "batching": batching.main,
+    "admission": admission.main,
+}
 
 
 def main(argv: list[str]) -> int:

@@ -58,8 +58,15 @@ def prepare_backends(root: Path) -> Path:
     return root / "backends"
 
 
-def _die_with_parent() -> None:
-    """Runs in the child before exec: the kernel sends SIGTERM if the router process dies first."""
+# Niceness of the embedded server. On a machine it shares with the router, Triton's compute would
+# otherwise take every core, starve the router's event loop, and leave requests (and their deadlines)
+# waiting unread in socket buffers. The router needs little CPU but needs it at once.
+TRITON_NICENESS = 10
+
+
+def _prepare_child() -> None:
+    """Runs in the child before exec: lower priority, and SIGTERM from the kernel if the router dies."""
+    os.nice(TRITON_NICENESS)
     libc = ctypes.CDLL("libc.so.6", use_errno=True)
     libc.prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
 
@@ -128,7 +135,7 @@ class EmbeddedTriton:
             # Its own process group: a Ctrl-C at the terminal reaches the router, which stops Triton in
             # order; the parent-death signal covers a router that dies without stopping it.
             process_group=0,
-            preexec_fn=_die_with_parent,
+            preexec_fn=_prepare_child,
         )
 
     def wait_ready(self, timeout_s: float = 120.0) -> None:

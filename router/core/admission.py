@@ -33,13 +33,15 @@ MAX_RETRY_S = 30.0
 @dataclass(frozen=True)
 class AdmissionConfig:
     enabled: bool = True
-    """Off: every request is queued, whatever the queue holds (for comparison only)."""
+    """Off: every request is queued whatever the queue holds, and kept there past its deadline until
+    its caller goes away: a plain proxy, for comparison only."""
     max_queued_tokens: int | None = None
     """Tokens waiting per model; unset: 4 x the model's max batch size x its max sequence length."""
     max_queued_requests: int = 256
     """Requests waiting per model."""
     shed_on_deadline: bool = True
-    """Refuse at once a request whose deadline the queue's measured drain rate says it cannot meet."""
+    """Refuse at once a request whose deadline the measured drain rate says it cannot meet: the work
+    ahead of it (in flight, its tenant's queue, a fair share of the others') would take too long."""
 
     def queue_tokens_for(self, max_batch_size: int, max_sequence_length: int) -> int:
         return self.max_queued_tokens or 4 * max_batch_size * max_sequence_length
@@ -60,16 +62,20 @@ def retry_delay(excess_tokens: float, rate: float | None) -> float:
 
 
 class DrainRate:
-    """Tokens per second the model completes while it is busy: an EWMA over batch completions.
+    """Tokens per second the model completes while it is busy, smoothed over spans of busy time.
 
-    Only busy time counts, so a lightly loaded model is not mistaken for a slow one.
+    Only busy time counts, so a lightly loaded model is not mistaken for a slow one. Samples span at
+    least `min_span_s`: completions can arrive in clumps (Triton may hand several queued batches to one
+    model execution and answer them together), and a rate over one clump's gap would be nonsense.
     """
 
-    def __init__(self, smoothing: float = 0.2) -> None:
+    def __init__(self, smoothing: float = 0.3, min_span_s: float = 0.5) -> None:
         self.smoothing = smoothing
+        self.min_span_s = min_span_s
         self.rate: float | None = None
         self._busy_since: float | None = None
-        self._last_done: float | None = None
+        self._busy_s = 0.0
+        self._tokens = 0
 
     def started(self, now: float) -> None:
         """A batch left; call before counting it in flight."""
@@ -77,16 +83,39 @@ class DrainRate:
             self._busy_since = now
 
     def finished(self, tokens: int, now: float, still_inflight: int) -> None:
-        """A batch of `tokens` came back (0: it failed): the time since the last completion, or since
-        the model got busy, produced them."""
-        begin = self._busy_since if self._last_done is None else self._last_done
-        if tokens and begin is not None and now > begin:
-            sample = tokens / (now - begin)
+        """A batch of `tokens` came back (0: it failed), leaving `still_inflight` batches out."""
+        self._tokens += tokens
+        span = self._busy_s + (now - self._busy_since if self._busy_since is not None else 0.0)
+        if still_inflight == 0 and self._busy_since is not None:
+            self._busy_s, self._busy_since = span, None
+        if span >= self.min_span_s and self._tokens:
+            sample = self._tokens / span
             self.rate = sample if self.rate is None else (1 - self.smoothing) * self.rate + self.smoothing * sample
-        if still_inflight:
-            self._last_done = now
-        else:
-            self._busy_since = self._last_done = None
+            self._tokens, self._busy_s = 0, 0.0
+            if self._busy_since is not None:
+                self._busy_since = now
+
+
+class Calibration:
+    """How far off the drain-rate estimates run: the ratio of actual to estimated time of admitted
+    requests, smoothed. Estimates are scaled by its mean plus one deviation, so most admitted requests
+    finish within their deadline, whatever the model's per-batch overheads and packing under load."""
+
+    def __init__(self, smoothing: float = 0.1) -> None:
+        self.smoothing = smoothing
+        self.mean = 1.0
+        self.deviation = 0.0
+
+    @property
+    def factor(self) -> float:
+        return min(4.0, max(1.0, self.mean + self.deviation))
+
+    def observe(self, estimate_s: float, actual_s: float) -> None:
+        if estimate_s <= 0:
+            return
+        ratio = min(10.0, actual_s / estimate_s)
+        self.deviation += self.smoothing * (abs(ratio - self.mean) - self.deviation)
+        self.mean += self.smoothing * (ratio - self.mean)
 
 
 @dataclass

@@ -4,11 +4,12 @@ Requests hand their sequences (whole inputs, truncated inputs or windows) to `Mo
 await their rows. The scheduler keeps every pending sequence in its request's queue and in one list
 sorted by length. Whenever a dispatch slot is free it forms one batch:
 
-1. the tenant that has received the least service so far (tokens dispatched for it), and within it the
-   least-served request, gives the batch its anchor: that request's oldest pending sequence. A tenant
-   or request that arrives while others wait starts level with the least-served of them (and wins the
-   tie: it has had nothing yet), so a 5,000-document request and a one-text request take turns, the
-   small one waiting for about one batch, and a noisy tenant's burst cannot starve a quiet tenant;
+1. the anchor is the oldest pending sequence of the request chosen by fair queuing: between tenants,
+   start-time fair queuing in tokens (a quiet tenant is never starved by a noisy one's backlog: service
+   between them alternates); within a tenant, deficit round robin with a quantum of two batches' worth
+   of tokens. So a tenant's small requests are served in arrival order (which keeps their latency low
+   under overload), and a 5,000-document request yields to a one-text request that arrives meanwhile
+   after at most one quantum;
 2. the batch grows with the pending sequences closest to the anchor's length, from any request, while
    `rows x longest` stays within the token budget, `rows` within the model's max batch size, and real
    tokens stay at least `min_batch_fill` of the padded batch.
@@ -39,7 +40,7 @@ from sortedcontainers import SortedKeyList
 
 from router import metrics
 from router.core import admission
-from router.core.admission import AdmissionConfig, DrainRate, TenantLimiter
+from router.core.admission import AdmissionConfig, Calibration, DrainRate, TenantLimiter
 from router.core.backend import Backend
 from router.core.cache import OutputCache
 from router.core.contract import ModelContract
@@ -79,8 +80,12 @@ class Ticket:
     computed_tokens: int = 0
     """Tokens of the request's sequences sent to the model (cache hits are not)."""
     cache_hits: int = 0
+    start: float = 0.0
+    """The virtual time the request joined the queue at."""
+    estimate: float | None = None
+    """Seconds the drain rate said the request would take, when it was admitted."""
     served: float = 0.0
-    """Service received, in tokens, on the scheduler's fair-share clock."""
+    """Tokens dispatched for the request since it joined."""
 
 
 @dataclass(eq=False)
@@ -115,8 +120,12 @@ class ModelScheduler:
         self.tenants = tenants
         self.max_queued_tokens = self.admission.queue_tokens_for(contract.max_batch_size, contract.max_sequence_length)
         self.drain = DrainRate()
+        self.calibration = Calibration()
+        self._inflight_tokens = 0
+        # Fair-share tags (start-time fair queuing), per tenant and per request, and the virtual clocks.
         self._tenant_served: dict[str, float] = {}
-        self._tenant_joined: dict[str, float] = {}
+        self._tenant_clock = 0.0
+        self._request_clock = 0.0
         # Queued tokens and requests per tenant with work waiting.
         self._tenant_queued: dict[str, list[int]] = {}
         name = contract.name
@@ -131,6 +140,7 @@ class ModelScheduler:
         budget = contract.max_batch_tokens or config.max_batch_tokens
         self.max_batch_tokens = max(budget, contract.max_sequence_length)
         self.min_batch_fill = config.min_batch_fill if contract.min_batch_fill is None else contract.min_batch_fill
+        self.quantum = 2 * self.max_batch_tokens
         # Pending sequences per request, each in arrival order; and all of them sorted by length.
         self._queues: dict[Ticket, dict[int, _Item]] = {}
         self._by_length: SortedKeyList = SortedKeyList(key=lambda item: (item.length, item.seq_no))
@@ -187,6 +197,8 @@ class ModelScheduler:
             self._withdraw(items)
             raise
         ticket.finished = time.monotonic()
+        if ticket.estimate is not None:
+            self.calibration.observe(ticket.estimate, ticket.finished - ticket.submitted)
         return np.stack(rows), ticket
 
     def _admit(self, ticket: Ticket, tokens: int, now: float) -> None:
@@ -203,9 +215,8 @@ class ModelScheduler:
                 )
             )
         if self.admission.enabled and self.admission.shed_on_deadline and ticket.deadline and self.drain.rate:
-            # Under fair share, work ahead of this request is at most its own size per waiting tenant.
-            tenants = len({t.tenant for t in self._queues} | {ticket.tenant})
-            estimate = (min(self.pending_tokens, tokens * tenants) + tokens) / self.drain.rate
+            ticket.estimate = self._work_ahead(ticket.tenant, tokens) / self.drain.rate
+            estimate = ticket.estimate * self.calibration.factor
             if now + estimate > ticket.deadline:
                 raise self._shed_error(
                     admission.deadline_too_short(self.contract.name, estimate, ticket.deadline - now)
@@ -215,6 +226,16 @@ class ModelScheduler:
                 self.tenants.charge(ticket.tenant, tokens)
             except Exception as error:
                 raise self._shed_error(error) from None
+
+    def _work_ahead(self, tenant: str, tokens: int) -> float:
+        """Tokens the model must get through before this request is done: what is in flight, the
+        tenant's own queue with the request, and as much of each other tenant's queue (fair share
+        between tenants). Within a tenant requests share the model, so all of its queue counts: keeping
+        that within what drains before the deadline is what lets every admitted request finish."""
+        own = self._tenant_queued.get(tenant, (0, 0))[0] + tokens
+        others = self.pending_tokens + tokens - own
+        other_tenants = len(self._tenant_queued.keys() - {tenant})
+        return self._inflight_tokens + own + min(others, own * other_tenants)
 
     def _has_room(self, tenant: str, tokens: int) -> bool:
         """Within the bounds, anyone gets in. Past them, a tenant holding less than its fair share of
@@ -244,16 +265,23 @@ class ModelScheduler:
         return error
 
     def _join(self, ticket: Ticket) -> None:
-        """A tenant or request that joins the queue starts level with the least-served one waiting."""
+        """Start-time fair queuing between tenants: a tenant with nothing waiting joins at the current
+        virtual time (the tag of the tenant served last), unless its own earlier tag is later; its tag
+        then grows by the tokens dispatched for it. Within the tenant, a request joins at the request
+        clock and keeps its place until it has had a quantum (see _tag)."""
         waiting = {t.tenant for t in self._queues}
         if ticket.tenant not in waiting:
-            self._tenant_served[ticket.tenant] = min((self._tenant_served[n] for n in waiting), default=0.0)
-            self._tenant_joined[ticket.tenant] = ticket.submitted
+            earlier = self._tenant_served.get(ticket.tenant, 0.0)
+            self._tenant_served[ticket.tenant] = max(self._tenant_clock, earlier)
             if len(self._tenant_served) > 4 * len(waiting) + 1024:
-                keep = waiting | {ticket.tenant}
-                self._tenant_served = {n: self._tenant_served[n] for n in keep}
-                self._tenant_joined = {n: self._tenant_joined[n] for n in keep}
-        ticket.served = min((t.served for t in self._queues if t.tenant == ticket.tenant), default=0.0)
+                self._tenant_served = {n: self._tenant_served[n] for n in waiting | {ticket.tenant}}
+        ticket.start = self._request_clock
+
+    def _tag(self, ticket: Ticket) -> float:
+        """A request's tag moves only in whole quanta (two batches' worth of tokens): until it has had
+        a quantum it keeps its place, so requests are served in arrival order; a request bigger than
+        that yields to the next one after each quantum (deficit round robin)."""
+        return ticket.start + self.quantum * (ticket.served // self.quantum)
 
     def _expire(self, now: float) -> None:
         """Fail and drop queued requests whose deadline has passed: they never reach the model."""
@@ -280,7 +308,8 @@ class ModelScheduler:
 
     def _pump(self) -> None:
         while self._queues and self._inflight < self.config.max_inflight_batches:
-            self._expire(time.monotonic())
+            if self.admission.enabled:
+                self._expire(time.monotonic())
             if not self._queues or self._hold():
                 break
             batch = self._take_batch()
@@ -309,14 +338,14 @@ class ModelScheduler:
         self._pump()
 
     def _take_batch(self) -> list[_Item]:
-        # Least service on the fair-share clock first: the tenant, then its request. On a tie, the
-        # tenant that joined last (it has had nothing since), and the request that has had less actual
-        # service (a newcomer has had none), then the older one.
+        # The smallest tag first: the tenant's, then the request's within it; on a tie, the older.
         tenants: dict[str, list[Ticket]] = {}
         for waiting in self._queues:
             tenants.setdefault(waiting.tenant, []).append(waiting)
-        tenant = min(tenants, key=lambda n: (self._tenant_served[n], -self._tenant_joined[n]))
-        ticket = min(tenants[tenant], key=lambda t: (t.served, t.computed_tokens, t.submitted))
+        tenant = min(tenants, key=lambda n: (self._tenant_served[n], min(t.submitted for t in tenants[n])))
+        ticket = min(tenants[tenant], key=lambda t: (self._tag(t), t.submitted))
+        self._tenant_clock = max(self._tenant_clock, self._tenant_served[tenant])
+        self._request_clock = max(self._request_clock, self._tag(ticket))
         anchor = next(iter(self._queues[ticket].values()))
         ordered = self._by_length
         position = ordered.index(anchor)
@@ -373,6 +402,7 @@ class ModelScheduler:
         self._batch_rows.observe(len(unique))
         self._real_tokens.inc(computed)
         self._padded_tokens.inc(len(unique) * longest)
+        self._inflight_tokens += computed
         done = 0
         try:
             output = await self.backend.infer(
@@ -394,6 +424,7 @@ class ModelScheduler:
                     self.cache.put(item.cache_key, output[row])
         finally:
             self._inflight -= 1
+            self._inflight_tokens -= computed
             self.drain.finished(done, time.monotonic(), self._inflight)
             self._pump()
 

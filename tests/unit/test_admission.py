@@ -7,7 +7,7 @@ import time
 
 import pytest
 
-from router.core.admission import AdmissionConfig, DrainRate, TenantLimiter, TenantLimits
+from router.core.admission import AdmissionConfig, Calibration, DrainRate, TenantLimiter, TenantLimits
 from router.core.errors import ErrorKind, RouterError
 from router.core.scheduler import ModelScheduler, SchedulerConfig
 from tests.unit.test_scheduler import FakeBackend, contract, settle, window
@@ -153,12 +153,23 @@ async def test_tenant_rates():
     await scheduler.run(windows(1, marker=6000), "other")  # others are not affected
 
 
-def test_drain_rate_counts_busy_time_only():
-    drain = DrainRate(smoothing=1.0)
+def test_drain_rate_counts_busy_time_only_over_spans():
+    drain = DrainRate(smoothing=1.0, min_span_s=0.5)
     drain.started(10.0)
-    drain.finished(1000, 10.5, still_inflight=0)
-    assert drain.rate == pytest.approx(2000)
+    drain.finished(400, 10.2, still_inflight=1)
+    drain.finished(600, 10.2, still_inflight=0)  # two batches answered together: no sample yet
+    assert drain.rate is None
     drain.started(100.0)  # idle for a long while in between: not counted
-    drain.finished(500, 100.25, still_inflight=1)
-    drain.finished(500, 100.5, still_inflight=0)
-    assert drain.rate == pytest.approx(2000)
+    drain.finished(1000, 100.4, still_inflight=0)
+    assert drain.rate == pytest.approx(2000 / 0.6)
+
+
+def test_calibration_learns_how_optimistic_estimates_are():
+    calibration = Calibration(smoothing=0.5)
+    assert calibration.factor == 1.0
+    for _ in range(20):
+        calibration.observe(estimate_s=1.0, actual_s=1.5)
+    assert calibration.factor == pytest.approx(1.5, rel=0.01)
+    for _ in range(20):
+        calibration.observe(estimate_s=1.0, actual_s=0.5)  # pessimistic estimates never lower it below 1
+    assert calibration.factor == 1.0

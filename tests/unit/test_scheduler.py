@@ -116,41 +116,56 @@ async def test_a_small_request_does_not_wait_behind_a_huge_one():
     backend = FakeBackend()
     backend.gate.clear()
     scheduler = ModelScheduler(
-        contract(max_batch_size=4),
+        contract(max_batch_size=4, max_len=12),
         backend,
-        SchedulerConfig(max_batch_tokens=10_000, max_inflight_batches=1),
+        SchedulerConfig(max_batch_tokens=12, max_inflight_batches=1),  # quantum: 24 tokens, two batches
         admission_config=AdmissionConfig(max_queued_tokens=100_000),
     )
     huge = asyncio.create_task(scheduler.run([window(3, 100 + i) for i in range(400)]))
     await asyncio.sleep(0)  # the huge request's first batch is in flight; 396 sequences wait
-    small = asyncio.create_task(scheduler.run([window(60, 7)]))
+    small = asyncio.create_task(scheduler.run([window(12, 7)]))
     await asyncio.sleep(0)
     backend.gate.set()
     await asyncio.gather(huge, small)
-    # The small request anchors the very next batch: it does not wait for the other 99 batches.
-    position = next(i for i, b in enumerate(backend.batches) if 60 in b.tolist())
-    assert position == 1
+    # The huge request finishes its quantum (one more batch), then the small one goes: it does not
+    # wait for the other 98 batches.
+    position = next(i for i, b in enumerate(backend.batches) if 12 in b.tolist())
+    assert position == 2
 
 
-async def test_two_big_requests_take_turns():
+async def test_a_tenants_small_requests_go_in_arrival_order():
+    backend = FakeBackend()
+    backend.gate.clear()
+    scheduler = ModelScheduler(contract(max_batch_size=1), backend, SchedulerConfig(max_inflight_batches=1))
+    tasks = []
+    for i in range(6):
+        tasks.append(asyncio.create_task(scheduler.run([window(5 + i, 100 * i + j) for j in range(3)])))
+        await asyncio.sleep(0)
+    backend.gate.set()
+    await asyncio.gather(*tasks)
+    lengths = [int(b.max()) for b in backend.batches]
+    assert lengths == sorted(lengths)  # request i (length 5 + i) completes before request i + 1 starts
+
+
+async def test_two_tenants_take_turns():
     backend = FakeBackend()
     backend.gate.clear()
     scheduler = ModelScheduler(
         contract(max_batch_size=2), backend, SchedulerConfig(max_batch_tokens=10_000, max_inflight_batches=1)
     )
-    first = asyncio.create_task(scheduler.run([window(5, 100 + i) for i in range(20)]))
+    first = asyncio.create_task(scheduler.run([window(5, 100 + i) for i in range(20)], "a"))
     await asyncio.sleep(0)
-    second = asyncio.create_task(scheduler.run([window(9, 200 + i) for i in range(20)]))
+    second = asyncio.create_task(scheduler.run([window(9, 200 + i) for i in range(20)], "b"))
     await asyncio.sleep(0)
     backend.gate.set()
     await asyncio.gather(first, second)
-    # Lengths tell the requests apart: 5 and 9 never share a batch, their neighbours are closer.
+    # Lengths tell the tenants apart: 5 and 9 never share a batch, their neighbours are closer.
     # Service is shared in tokens: while both wait, neither gets more than one batch (18 tokens) ahead.
     served = {5: 0, 9: 0}
     for batch in backend.batches:
         served[int(batch.max())] += int(batch.sum())
         if served[5] < 100 and served[9] < 180:
-            assert abs(served[5] - served[9]) <= 18 + 10  # + the first request's head start
+            assert abs(served[5] - served[9]) <= 18 + 10  # + the first tenant's head start
 
 
 async def test_identical_sequences_in_a_batch_are_computed_once():

@@ -1,0 +1,195 @@
+"""Admission under overload: offered load at 0.5x, 1x, 2x and 4x of measured capacity, with the router's
+admission control on and off, in one run; goodput, latency of the calls that succeeded, shed rate.
+
+Open loop: calls arrive as a Poisson process (fixed seed) whatever happens to earlier ones, as traffic
+from many services does. Each call embeds 4 texts of 20-120 tokens and carries a 2 s deadline. The load
+is bounded in count and time and stays on loopback. "Off" is a plain proxy: every call is queued, and
+a call leaves the queue only when its caller gives up.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import random
+import time
+
+import grpc
+
+from bench.corpus import mixed_texts
+from bench.harness import RESULTS, PathResult, router_process, say, triton_server, write_report
+from router.grpc.gen.modelrouter.v1 import model_router_service_pb2 as pb
+from router.grpc.gen.modelrouter.v1 import model_router_service_pb2_grpc as pb_grpc
+
+MODEL = "all-minilm-l6-v2"
+SEED = 99
+DEADLINE_S = 2.0
+TEXTS_PER_CALL = 4
+LOADS = (0.5, 1.0, 2.0, 4.0)
+MAX_OPEN_CALLS = 1000
+
+
+class Outcomes:
+    def __init__(self) -> None:
+        self.ok: list[float] = []
+        self.shed: list[float] = []  # refused by the router: RESOURCE_EXHAUSTED, or its DEADLINE_TOO_SHORT
+        self.timed_out = 0  # the caller's deadline passed while it waited
+        self.other: dict[str, int] = {}
+
+
+async def one_call(stub, texts: list[str], outcomes: Outcomes) -> None:
+    started = time.perf_counter()
+    try:
+        await stub.Embed(pb.EmbedRequest(model=MODEL, inputs=texts), timeout=DEADLINE_S)
+        outcomes.ok.append(time.perf_counter() - started)
+    except grpc.aio.AioRpcError as error:
+        code = error.code()
+        refused = code is grpc.StatusCode.RESOURCE_EXHAUSTED or (
+            code is grpc.StatusCode.DEADLINE_EXCEEDED and time.perf_counter() - started < DEADLINE_S * 0.9
+        )
+        if refused:
+            outcomes.shed.append(time.perf_counter() - started)
+        elif code is grpc.StatusCode.DEADLINE_EXCEEDED:
+            outcomes.timed_out += 1
+        else:
+            outcomes.other[code.name] = outcomes.other.get(code.name, 0) + 1
+
+
+async def capacity(stub, pool: list[list[str]], seconds: float) -> float:
+    """Closed loop, 16 callers: calls completed per second when the model is kept busy."""
+    done = 0
+    stop = time.perf_counter() + seconds
+
+    async def caller(index: int) -> None:
+        nonlocal done
+        while time.perf_counter() < stop:
+            await stub.Embed(pb.EmbedRequest(model=MODEL, inputs=pool[index % len(pool)]), timeout=60)
+            done += 1
+            index += 16
+
+    started = time.perf_counter()
+    await asyncio.gather(*(caller(i) for i in range(16)))
+    return done / (time.perf_counter() - started)
+
+
+async def open_loop(stub, pool: list[list[str]], rate: float, seconds: float, seed: int) -> tuple[Outcomes, float]:
+    rng = random.Random(seed)
+    outcomes = Outcomes()
+    tasks: list[asyncio.Task] = []
+    started = time.perf_counter()
+    next_at = 0.0
+    index = 0
+    while next_at < seconds:
+        delay = started + next_at - time.perf_counter()
+        if delay > 0:
+            await asyncio.sleep(delay)
+        if sum(not t.done() for t in tasks[-MAX_OPEN_CALLS:]) < MAX_OPEN_CALLS:
+            tasks.append(asyncio.create_task(one_call(stub, pool[index % len(pool)], outcomes)))
+        index += 1
+        next_at += rng.expovariate(rate)
+    await asyncio.gather(*tasks)
+    return outcomes, index / seconds
+
+
+async def run(seconds: float) -> tuple[list[PathResult], float]:
+    pool = [mixed_texts(TEXTS_PER_CALL, 18, 118, SEED + i) for i in range(2000)]
+    results: list[PathResult] = []
+    with triton_server() as triton:
+        measured = None
+        for label, settings in (("on", {}), ("off", {"admission_enabled": "false"})):
+            with router_process(triton.grpc_address, **settings) as target:
+                async with grpc.aio.insecure_channel(target) as channel:
+                    stub = pb_grpc.ModelRouterServiceStub(channel)
+                    await capacity(stub, pool, 2.0)  # warm-up
+                    if measured is None:
+                        measured = await capacity(stub, pool, seconds)
+                        say(f"capacity: {measured:.1f} calls/s ({measured * TEXTS_PER_CALL:.0f} texts/s)")
+                    for load in LOADS:
+                        rate = load * measured
+                        say(f"  admission {label}, {load}x = {rate:.1f} calls/s for {seconds:.0f} s ...")
+                        outcomes, offered = await open_loop(stub, pool, rate, seconds, SEED + int(load * 10))
+                        total = len(outcomes.ok) + len(outcomes.shed) + outcomes.timed_out + sum(outcomes.other.values())
+                        result = PathResult(
+                            f"admission {label}, {load}x load",
+                            len(outcomes.ok),
+                            seconds,
+                            outcomes.ok,
+                            {
+                                "offered_per_s": offered,
+                                "load": load,
+                                "shed_rate": len(outcomes.shed) / max(total, 1),
+                                "timeout_rate": outcomes.timed_out / max(total, 1),
+                                "shed_p99_ms": _p99_ms(outcomes.shed),
+                                "other_errors": sum(outcomes.other.values()),
+                            },
+                        )
+                        say(
+                            f"    goodput {result.throughput:.1f}/s, p50 {result.percentile_ms(50):.0f} ms, "
+                            f"p99 {result.percentile_ms(99):.0f} ms, shed {result.extra['shed_rate']:.0%}, "
+                            f"timed out {result.extra['timeout_rate']:.0%}, other {outcomes.other}"
+                        )
+                        results.append(result)
+                        await asyncio.sleep(DEADLINE_S + 1)  # let the queue drain between levels
+    return results, measured
+
+
+def _p99_ms(values: list[float]) -> float:
+    if not values:
+        return 0.0
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(0.99 * len(ordered)))] * 1000
+
+
+def plot(results: list[PathResult]) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, (latency, goodput) = plt.subplots(1, 2, figsize=(11, 4.2))
+    for label, color in (("on", "tab:blue"), ("off", "tab:red")):
+        rows = [r for r in results if r.name.startswith(f"admission {label},")]
+        loads = [r.extra["load"] for r in rows]
+        latency.plot(loads, [r.percentile_ms(50) for r in rows], "o--", color=color, label=f"{label}: p50")
+        latency.plot(loads, [r.percentile_ms(99) for r in rows], "o-", color=color, label=f"{label}: p99")
+        goodput.plot(loads, [r.throughput for r in rows], "o-", color=color, label=f"admission {label}")
+    latency.axhline(DEADLINE_S * 1000, color="gray", lw=0.8, ls=":")
+    latency.text(0.5, DEADLINE_S * 1000, " caller deadline", va="bottom", color="gray")
+    latency.set(xscale="log", xlabel="offered load (x capacity)", ylabel="latency of successful calls (ms)")
+    latency.set_xticks(LOADS, [f"{x}x" for x in LOADS])
+    latency.set_title("Latency vs offered load")
+    latency.legend()
+    goodput.set(xscale="log", xlabel="offered load (x capacity)", ylabel="successful calls/s")
+    goodput.set_xticks(LOADS, [f"{x}x" for x in LOADS])
+    goodput.set_title("Goodput vs offered load")
+    goodput.legend()
+    fig.tight_layout()
+    fig.savefig(RESULTS / "admission.png", dpi=110)
+    plt.close(fig)
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--seconds", type=float, default=10.0, help="seconds per load level (default 10)")
+    args = parser.parse_args(argv)
+    say(f"admission: {TEXTS_PER_CALL} texts per call, {DEADLINE_S:.0f} s deadline, loads {LOADS}")
+    results, measured = asyncio.run(run(args.seconds))
+    write_report(
+        "admission",
+        "Admission control under overload: on vs off (all-MiniLM-L6-v2, CPU)",
+        [
+            f"Capacity measured first (16 closed-loop callers): {measured:.1f} calls/s of {TEXTS_PER_CALL} texts.",
+            f"Open-loop Poisson arrivals at 0.5x-4x of it for {args.seconds:.0f} s each; every call has a "
+            f"{DEADLINE_S:.0f} s deadline.",
+            "items = successful calls; items/s = goodput; p50/p99 = latency of successful calls;",
+            "shed_rate = refused at once by the router (RESOURCE_EXHAUSTED or DEADLINE_TOO_SHORT);",
+            "timeout_rate = the caller's deadline passed while waiting. Ratios are goodput / `admission off, 1.0x`.",
+        ],
+        results,
+        baseline="admission off, 1.0x load",
+    )
+    plot(results)
+
+
+if __name__ == "__main__":
+    main()
