@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import json
 import random
 import time
 
@@ -108,7 +109,9 @@ async def run(seconds: float) -> tuple[list[PathResult], float]:
                         rate = load * measured
                         say(f"  admission {label}, {load}x = {rate:.1f} calls/s for {seconds:.0f} s ...")
                         outcomes, offered = await open_loop(stub, pool, rate, seconds, SEED + int(load * 10))
-                        total = len(outcomes.ok) + len(outcomes.shed) + outcomes.timed_out + sum(outcomes.other.values())
+                        total = (
+                            len(outcomes.ok) + len(outcomes.shed) + outcomes.timed_out + sum(outcomes.other.values())
+                        )
                         result = PathResult(
                             f"admission {label}, {load}x load",
                             len(outcomes.ok),
@@ -140,7 +143,8 @@ def _p99_ms(values: list[float]) -> float:
     return ordered[min(len(ordered) - 1, int(0.99 * len(ordered)))] * 1000
 
 
-def plot(results: list[PathResult]) -> None:
+def plot(rows: list[dict]) -> None:
+    """Latency and goodput against offered load, from the report's rows (bench/results/admission.json)."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -148,21 +152,21 @@ def plot(results: list[PathResult]) -> None:
 
     fig, (latency, goodput) = plt.subplots(1, 2, figsize=(11, 4.2))
     for label, color in (("on", "tab:blue"), ("off", "tab:red")):
-        rows = [r for r in results if r.name.startswith(f"admission {label},")]
-        loads = [r.extra["load"] for r in rows]
-        latency.plot(loads, [r.percentile_ms(50) for r in rows], "o--", color=color, label=f"{label}: p50")
-        latency.plot(loads, [r.percentile_ms(99) for r in rows], "o-", color=color, label=f"{label}: p99")
-        goodput.plot(loads, [r.throughput for r in rows], "o-", color=color, label=f"admission {label}")
+        mine = [r for r in rows if r["name"].startswith(f"admission {label},")]
+        loads = [r["load"] for r in mine]
+        latency.plot(loads, [r["p50_ms"] for r in mine], "o--", color=color, label=f"{label}: p50")
+        latency.plot(loads, [r["p99_ms"] for r in mine], "o-", color=color, label=f"{label}: p99")
+        goodput.plot(loads, [r["items_per_s"] for r in mine], "o-", color=color, label=f"admission {label}")
     latency.axhline(DEADLINE_S * 1000, color="gray", lw=0.8, ls=":")
     latency.text(0.5, DEADLINE_S * 1000, " caller deadline", va="bottom", color="gray")
-    latency.set(xscale="log", xlabel="offered load (x capacity)", ylabel="latency of successful calls (ms)")
-    latency.set_xticks(LOADS, [f"{x}x" for x in LOADS])
-    latency.set_title("Latency vs offered load")
-    latency.legend()
-    goodput.set(xscale="log", xlabel="offered load (x capacity)", ylabel="successful calls/s")
-    goodput.set_xticks(LOADS, [f"{x}x" for x in LOADS])
-    goodput.set_title("Goodput vs offered load")
-    goodput.legend()
+    latency.set(ylabel="latency of successful calls (ms)", title="Latency vs offered load")
+    goodput.set(ylabel="successful calls/s", title="Goodput vs offered load")
+    for ax in (latency, goodput):
+        ax.set_xscale("log")
+        ax.set_xticks(LOADS, [f"{x}x" for x in LOADS])
+        ax.minorticks_off()
+        ax.set_xlabel("offered load (x measured capacity)")
+        ax.legend()
     fig.tight_layout()
     fig.savefig(RESULTS / "admission.png", dpi=110)
     plt.close(fig)
@@ -188,7 +192,7 @@ def main(argv: list[str] | None = None) -> None:
         results,
         baseline="admission off, 1.0x load",
     )
-    plot(results)
+    plot(json.loads((RESULTS / "admission.json").read_text())["paths"])
 
 
 if __name__ == "__main__":

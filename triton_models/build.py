@@ -90,13 +90,7 @@ def export(module, sample: tuple, path: Path, inputs: list[str], output: str) ->
         )
 
 
-def build_minilm_embedder(model_dir: Path, force: bool) -> None:
-    weights, version = minilm_weights()
-    digest = recipe_digest(version, "embedder")
-    if not force and is_fresh(model_dir, digest):
-        log(f"{model_dir.name}: up to date")
-        return
-
+def build_minilm_embedder(model_dir: Path, weights: Path) -> None:
     import numpy as np
     import torch
 
@@ -152,10 +146,9 @@ def build_minilm_embedder(model_dir: Path, force: bool) -> None:
         f"{model_dir.name}: [4/4] done in {time.perf_counter() - started:.1f}s "
         f"({onnx_path.stat().st_size / 1e6:.0f} MB)"
     )
-    (model_dir / ".built").write_text(digest + "\n")
 
 
-def build_minilm_reranker(model_dir: Path, force: bool) -> None:
+def build_minilm_reranker(model_dir: Path, weights: Path) -> None:
     """A reranker in the cross-encoder tensor contract, built from the MiniLM embedding weights.
 
     No cross-encoder ships inside a PyPI package. This graph takes what a cross-encoder takes
@@ -165,12 +158,6 @@ def build_minilm_reranker(model_dir: Path, force: bool) -> None:
     late interaction (ColBERT-style MaxSim): for each query token, the best cosine with any document
     token, averaged over the query. Scores are similarities in [-1, 1], not trained relevance logits.
     """
-    weights, version = minilm_weights()
-    digest = recipe_digest(version, "reranker")
-    if not force and is_fresh(model_dir, digest):
-        log(f"{model_dir.name}: up to date")
-        return
-
     import numpy as np
     import torch
     from tokenizers import Tokenizer
@@ -264,12 +251,12 @@ def build_minilm_reranker(model_dir: Path, force: bool) -> None:
         f"{model_dir.name}: [4/4] done in {time.perf_counter() - started:.1f}s "
         f"({onnx_path.stat().st_size / 1e6:.0f} MB)"
     )
-    (model_dir / ".built").write_text(digest + "\n")
 
 
+# Each model folder, the recipe that builds it, and its builder. Both start from the MiniLM weights.
 BUILDERS = {
-    "all-minilm-l6-v2": build_minilm_embedder,
-    "minilm-reranker": build_minilm_reranker,
+    "all-minilm-l6-v2": ("embedder", build_minilm_embedder),
+    "minilm-reranker": ("reranker", build_minilm_reranker),
 }
 
 
@@ -284,7 +271,15 @@ def main() -> int:
             print(f"unknown model {name!r}; known: {sorted(BUILDERS)}", file=sys.stderr)
             return 2
         log(f"({index}/{len(names)}) {name}")
-        BUILDERS[name](REPOSITORY / name, args.force)
+        recipe, builder = BUILDERS[name]
+        model_dir = REPOSITORY / name
+        weights, version = minilm_weights()
+        digest = recipe_digest(version, recipe)
+        if not args.force and is_fresh(model_dir, digest):
+            log(f"{name}: up to date")
+            continue
+        builder(model_dir, weights)
+        (model_dir / ".built").write_text(digest + "\n")
     return 0
 
 

@@ -44,6 +44,7 @@ from router.core.admission import AdmissionConfig, Calibration, DrainRate, Tenan
 from router.core.backend import Backend
 from router.core.cache import OutputCache
 from router.core.contract import ModelContract
+from router.core.errors import RouterError
 from router.core.packing import fits, pad_rows
 from router.core.tokenize import Window
 
@@ -84,6 +85,8 @@ class Ticket:
     """The virtual time the request joined the queue at."""
     estimate: float | None = None
     """Seconds the drain rate said the request would take, when it was admitted."""
+    queued: int = 0
+    """Tokens of the request still waiting in the queue."""
     served: float = 0.0
     """Tokens dispatched for the request since it joined."""
 
@@ -126,8 +129,6 @@ class ModelScheduler:
         self._tenant_served: dict[str, float] = {}
         self._tenant_clock = 0.0
         self._request_clock = 0.0
-        # Queued tokens and requests per tenant with work waiting.
-        self._tenant_queued: dict[str, list[int]] = {}
         name = contract.name
         self._batches = metrics.BATCHES.labels(name)
         self._batch_rows = metrics.BATCH_ROWS.labels(name)
@@ -186,9 +187,7 @@ class ModelScheduler:
             self._queues[ticket] = {item.seq_no: item for item in items}
             self._by_length.update(items)
             self.pending_tokens += tokens
-            queued = self._tenant_queued.setdefault(tenant, [0, 0])
-            queued[0] += tokens
-            queued[1] += 1
+            ticket.queued = tokens
         self._pump()
         try:
             rows = await asyncio.gather(*futures)
@@ -224,44 +223,44 @@ class ModelScheduler:
         if self.tenants is not None:
             try:
                 self.tenants.charge(ticket.tenant, tokens)
-            except Exception as error:
+            except RouterError as error:
                 raise self._shed_error(error) from None
 
+    def _turn(self, ticket: Ticket) -> int:
+        """Tokens a waiting request takes before a newcomer's first turn: at most one quantum."""
+        return min(ticket.queued, self.quantum)
+
     def _work_ahead(self, tenant: str, tokens: int) -> float:
-        """Tokens the model must get through before this request is done: what is in flight, the
-        tenant's own queue with the request, and as much of each other tenant's queue (fair share
-        between tenants). Within a tenant requests share the model, so all of its queue counts: keeping
-        that within what drains before the deadline is what lets every admitted request finish."""
-        own = self._tenant_queued.get(tenant, (0, 0))[0] + tokens
-        others = self.pending_tokens + tokens - own
-        other_tenants = len(self._tenant_queued.keys() - {tenant})
+        """Tokens the model must get through before this request is done: what is in flight, a turn of
+        each request of its tenant already waiting (deficit round robin), the request itself, and as
+        much of each other tenant's waiting turns (fair share between tenants)."""
+        own = tokens + sum(self._turn(t) for t in self._queues if t.tenant == tenant)
+        others = sum(self._turn(t) for t in self._queues if t.tenant != tenant)
+        other_tenants = len({t.tenant for t in self._queues} - {tenant})
         return self._inflight_tokens + own + min(others, own * other_tenants)
 
     def _has_room(self, tenant: str, tokens: int) -> bool:
-        """Within the bounds, anyone gets in. Past them, a tenant holding less than its fair share of
-        the queue still does, up to twice the bounds: a noisy tenant cannot lock a quiet one out."""
+        """Queued work is counted as it will be served, a turn (at most a quantum) per request, so a
+        huge request admitted into an empty queue does not lock later ones out. Within the bounds,
+        anyone gets in. Past them, a tenant holding less than its fair share still does, up to twice the
+        bounds: a noisy tenant cannot lock a quiet one out."""
         max_tokens, max_requests = self.max_queued_tokens, self.admission.max_queued_requests
+        turn = min(tokens, self.quantum)
+        queued = sum(self._turn(t) for t in self._queues) + turn
         requests = len(self._queues) + 1
-        if self.pending_tokens + tokens <= max_tokens and requests <= max_requests:
+        if queued <= max_tokens and requests <= max_requests:
             return True
-        if self.pending_tokens + tokens > 2 * max_tokens or requests > 2 * max_requests:
+        if queued > 2 * max_tokens or requests > 2 * max_requests:
             return False
-        tenants = len(self._tenant_queued.keys() | {tenant})
-        own_tokens, own_requests = self._tenant_queued.get(tenant, (0, 0))
-        return own_tokens + tokens <= max_tokens / tenants and own_requests + 1 <= max_requests / tenants
+        tenants = len({t.tenant for t in self._queues} | {tenant})
+        mine = [t for t in self._queues if t.tenant == tenant]
+        own_tokens = sum(self._turn(t) for t in mine) + turn
+        return own_tokens <= max_tokens / tenants and len(mine) + 1 <= max_requests / tenants
 
-    def _dequeued(self, ticket: Ticket, tokens: int, request_done: bool) -> None:
-        queued = self._tenant_queued[ticket.tenant]
-        queued[0] -= tokens
-        if request_done:
-            queued[1] -= 1
-            if queued[1] == 0:
-                del self._tenant_queued[ticket.tenant]
-
-    def _shed_error(self, error):
-        reason = getattr(error, "reason", "")
-        if reason in self._shed:
-            self._shed[reason].inc()
+    def _shed_error(self, error: RouterError) -> RouterError:
+        """Count a refusal by its reason, and hand the error back for raising."""
+        if error.reason in self._shed:
+            self._shed[error.reason].inc()
         return error
 
     def _join(self, ticket: Ticket) -> None:
@@ -302,7 +301,7 @@ class ModelScheduler:
                 self.pending_tokens -= item.length
                 if not queue:
                     del self._queues[item.ticket]
-                self._dequeued(item.ticket, item.length, not queue)
+                item.ticket.queued -= item.length
             if not item.future.done():
                 item.future.cancel()
 
@@ -378,7 +377,7 @@ class ModelScheduler:
             del queue[item.seq_no]
             if not queue:
                 del self._queues[item.ticket]
-            self._dequeued(item.ticket, item.length, not queue)
+            item.ticket.queued -= item.length
             item.ticket.served += item.length
             self._tenant_served[item.ticket.tenant] += item.length
             self.pending_tokens -= item.length

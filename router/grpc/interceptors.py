@@ -62,8 +62,8 @@ class ErrorInterceptor(_MethodInterceptor):
 
     async def _abort(self, context, error: Exception) -> None:
         if isinstance(error, RouterError):
-            log.info("rpc.rejected", reason=error.reason, code=to_status(error).code.name, error=error.message)
             status = to_status(error)
+            log.info("rpc.rejected", reason=error.reason, code=status.code.name, error=error.message)
         else:
             log.exception("rpc.internal_error", exc_info=error)
             status = internal_status()

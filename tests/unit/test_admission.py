@@ -173,3 +173,14 @@ def test_calibration_learns_how_optimistic_estimates_are():
     for _ in range(20):
         calibration.observe(estimate_s=1.0, actual_s=0.5)  # pessimistic estimates never lower it below 1
     assert calibration.factor == 1.0
+
+
+async def test_a_huge_request_in_the_queue_does_not_lock_small_ones_out():
+    scheduler, backend = blocked(AdmissionConfig(max_queued_tokens=3000))  # quantum: 2 x 1000 tokens
+    huge = asyncio.create_task(scheduler.run(windows(400, marker=10_000)))  # 4,000 tokens: empty queue
+    await settle()
+    assert scheduler.pending_tokens > scheduler.max_queued_tokens
+    small = [asyncio.create_task(scheduler.run(windows(1, marker=20_000 + i))) for i in range(5)]
+    await settle()
+    backend.gate.set()
+    await asyncio.gather(huge, *small)  # none refused
