@@ -97,7 +97,6 @@ class _Item:
     window: Window
     ticket: Ticket
     future: asyncio.Future
-    enqueued: float
     cache_key: bytes | None = None
 
     @property
@@ -179,7 +178,7 @@ class ModelScheduler:
                 future.set_result(cached)
                 ticket.cache_hits += 1
             else:
-                items.append(_Item(next(self._seq_numbers), window, ticket, future, now, key))
+                items.append(_Item(next(self._seq_numbers), window, ticket, future, key))
         if items:
             tokens = sum(item.length for item in items)
             self._admit(ticket, tokens, now)
@@ -202,14 +201,17 @@ class ModelScheduler:
 
     def _admit(self, ticket: Ticket, tokens: int, now: float) -> None:
         if self.admission.enabled and self._queues and not self._has_room(ticket.tenant, tokens):
-            over_tokens = self.pending_tokens + tokens - self.max_queued_tokens
+            # Room opens as queued turns drain: the retry delay counts them as _has_room does. Refused
+            # for the request count or the tenant's share instead, wait for about one turn.
+            turn = min(tokens, self.quantum)
+            excess = self._queued_turns() + turn - self.max_queued_tokens
             raise self._shed_error(
                 admission.queue_full(
                     self.contract.name,
                     tokens,
                     self.pending_tokens,
                     len(self._queues),
-                    max(over_tokens, tokens),
+                    excess if excess > 0 else turn,
                     self.drain.rate,
                 )
             )
@@ -230,6 +232,9 @@ class ModelScheduler:
         """Tokens a waiting request takes before a newcomer's first turn: at most one quantum."""
         return min(ticket.queued, self.quantum)
 
+    def _queued_turns(self) -> int:
+        return sum(self._turn(t) for t in self._queues)
+
     def _work_ahead(self, tenant: str, tokens: int) -> float:
         """Tokens the model must get through before this request is done: what is in flight, a turn of
         each request of its tenant already waiting (deficit round robin), the request itself, and as
@@ -246,7 +251,7 @@ class ModelScheduler:
         bounds: a noisy tenant cannot lock a quiet one out."""
         max_tokens, max_requests = self.max_queued_tokens, self.admission.max_queued_requests
         turn = min(tokens, self.quantum)
-        queued = sum(self._turn(t) for t in self._queues) + turn
+        queued = self._queued_turns() + turn
         requests = len(self._queues) + 1
         if queued <= max_tokens and requests <= max_requests:
             return True
@@ -324,7 +329,7 @@ class ModelScheduler:
             return False
         if len(self._by_length) >= self.contract.max_batch_size:
             return False
-        oldest = min(next(iter(q.values())).enqueued for q in self._queues.values())
+        oldest = min(ticket.submitted for ticket in self._queues)
         remaining = oldest + wait - time.monotonic()
         if remaining <= 0:
             return False

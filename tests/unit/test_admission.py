@@ -184,3 +184,18 @@ async def test_a_huge_request_in_the_queue_does_not_lock_small_ones_out():
     await settle()
     backend.gate.set()
     await asyncio.gather(huge, *small)  # none refused
+
+
+async def test_retry_delay_counts_queued_work_as_the_bound_does():
+    scheduler, backend = blocked(AdmissionConfig(max_queued_tokens=3000))  # quantum: 2 x 1000 tokens
+    scheduler.drain.rate = 1000.0  # tokens/s, as if measured
+    huge = asyncio.create_task(scheduler.run(windows(400, marker=10_000)))  # one turn: 2,000 tokens
+    await settle()
+    small = [asyncio.create_task(scheduler.run(windows(10, marker=20_000 + 100 * i))) for i in range(9)]
+    await settle()  # queued turns: 2,000 + 9 x 100
+    with pytest.raises(RouterError) as caught:
+        await scheduler.run(windows(20, marker=30_000))  # 2,900 + 200 is 100 over the bound
+    assert caught.value.reason == "QUEUE_FULL"
+    assert caught.value.retry_after_s == pytest.approx(0.1)  # not the huge request's whole backlog
+    backend.gate.set()
+    await asyncio.gather(huge, *small)
