@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import itertools
+import time
 from collections.abc import Sequence
 
 import numpy as np
@@ -106,9 +107,11 @@ class TritonBackend:
             tensor.set_data_from_numpy(array)
             tensors.append(tensor)
         wanted = [triton_grpc.InferRequestedOutput(output)]
+        deadline = None if timeout_s is None else time.monotonic() + timeout_s
         attempt = 0
         while True:
             shard = self.shards[next(self._turn)]
+            left = None if deadline is None else max(0.001, deadline - time.monotonic())
             try:
                 result = await shard.client.infer(
                     model,
@@ -116,15 +119,17 @@ class TritonBackend:
                     outputs=wanted,
                     # Triton drops the request from its queue once the caller's deadline has passed
                     # (the model's queue policy allows the override); the client stops waiting too.
-                    timeout=None if timeout_s is None else max(1, int(timeout_s * 1_000_000)),
-                    client_timeout=timeout_s,
+                    timeout=None if left is None else max(1, int(left * 1_000_000)),
+                    client_timeout=left,
                 )
                 return result.as_numpy(output)
             except InferenceServerException as error:
-                if _status(error) in _RETRYABLE and attempt < self.retries:
+                backoff = self.backoff_s * 2**attempt
+                in_time = deadline is None or time.monotonic() + backoff < deadline
+                if _status(error) in _RETRYABLE and attempt < self.retries and in_time:
                     attempt += 1
                     log.info("triton.retry", shard=shard.address, model=model, attempt=attempt)
-                    await asyncio.sleep(self.backoff_s * 2 ** (attempt - 1))
+                    await asyncio.sleep(backoff)
                     continue
                 raise _as_router_error(error, shard.address, model) from error
 
