@@ -10,7 +10,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Awaitable, Callable, Iterator, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import grpc
@@ -193,6 +193,3 @@ def bar_plot(name: str, title: str, results: list[PathResult], unit: str, value:
     fig.savefig(path, dpi=110)
     plt.close(fig)
     return path
-
-
-__all__ = ["PathResult", "asdict", "bar_plot", "measure", "router_process", "say", "triton_server", "write_report"]
