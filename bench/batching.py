@@ -56,7 +56,7 @@ async def run(count: int) -> list[PathResult]:
     shapes = [("64 callers x 1 text", 64, 1), ("8 callers x 16 texts", 8, 16)]
     results: list[PathResult] = []
     with triton_server() as triton:
-        direct = Direct(triton.grpc_address)
+        direct = await Direct(triton.grpc_address, MODEL).start()
         await direct.texts(texts[:32])
         for label, n, per_call in shapes:
             results.append(await callers(f"direct: {label}", split_among(texts, n, per_call), direct.texts))
@@ -94,7 +94,7 @@ async def run(count: int) -> list[PathResult]:
                 shape = split_among(texts, 64, 1)
                 results.append(await callers("router+cache: 64 callers x 1 text, first pass", shape, cached))
                 results.append(await callers("router+cache: 64 callers x 1 text, second pass", shape, cached))
-        await direct.client.close()
+        await direct.close()
     return results
 
 

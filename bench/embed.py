@@ -11,13 +11,13 @@ import asyncio
 
 import grpc
 import numpy as np
-import tritonclient.grpc.aio as triton_grpc
 
-from bench.corpus import TOKENIZER, mixed_texts
+from bench.corpus import mixed_texts
+from bench.direct import DirectClient
 from bench.harness import PathResult, bar_plot, measure, router_process, say, triton_server, write_report
+from router.core.batching import BatchLimits, pack, padded_cost
 from router.core.contract import Truncation
-from router.core.packing import pack_by_length, pad_rows, padded_cost
-from router.core.tokenize import ModelTokenizer
+from router.core.tokenize import Window
 from router.grpc.gen.modelrouter.v1 import model_router_service_pb2 as pb
 from router.grpc.gen.modelrouter.v1 import model_router_service_pb2_grpc as pb_grpc
 
@@ -26,28 +26,14 @@ SEED = 1234
 DIRECT_BUDGET = 1024  # the same token budget the model's contract gives the router
 
 
-class Direct:
+class Direct(DirectClient):
     """A client that talks to Triton itself: tokenizes, pads, sends."""
 
-    def __init__(self, address: str) -> None:
-        self.client = triton_grpc.InferenceServerClient(address)
-        self.tokenizer = ModelTokenizer.from_file(TOKENIZER)
-
-    def ids(self, texts: list[str]) -> list[np.ndarray]:
-        return [s.windows[0].ids for s in self.tokenizer.split(texts, 256, Truncation.END, 0)]
-
-    async def infer(self, rows: list[np.ndarray]) -> np.ndarray:
-        ids, mask = pad_rows(rows)
-        inputs = []
-        for name, array in (("input_ids", ids), ("attention_mask", mask)):
-            tensor = triton_grpc.InferInput(name, list(array.shape), "INT64")
-            tensor.set_data_from_numpy(array)
-            inputs.append(tensor)
-        result = await self.client.infer(MODEL, inputs)
-        return result.as_numpy("embedding")
+    def windows(self, texts: list[str]) -> list[Window]:
+        return [s.windows[0] for s in self.tokenizer.split(texts, 256, Truncation.END, 0)]
 
     async def texts(self, texts: list[str]) -> np.ndarray:
-        return await self.infer(self.ids(texts))
+        return await self.infer(self.windows(texts))
 
 
 def efficiency(lengths: list[int], batches: list[list[int]]) -> float:
@@ -57,7 +43,7 @@ def efficiency(lengths: list[int], batches: list[list[int]]) -> float:
 async def run(count: int) -> list[PathResult]:
     texts = mixed_texts(count, 4, 254, SEED)
     with triton_server() as triton, router_process(triton.grpc_address) as target:
-        direct = Direct(triton.grpc_address)
+        direct = await Direct(triton.grpc_address, MODEL).start()
         channel = grpc.aio.insecure_channel(target)
         stub = pb_grpc.ModelRouterServiceStub(channel)
 
@@ -68,9 +54,9 @@ async def run(count: int) -> list[PathResult]:
         await direct.texts(texts[:64])
         await router_call(texts[:64])
 
-        lengths = [len(r) for r in direct.ids(texts)]
+        lengths = [w.length for w in direct.windows(texts)]
         fixed = [list(range(i, min(i + 32, count))) for i in range(0, count, 32)]
-        packed = pack_by_length(lengths, 64, DIRECT_BUDGET)
+        packed = pack(lengths, BatchLimits(64, DIRECT_BUDGET))
         results = [
             await measure(
                 "direct: one request per text (16 concurrent)",
@@ -108,7 +94,7 @@ async def run(count: int) -> list[PathResult]:
             ),
         ]
         await channel.close()
-        await direct.client.close()
+        await direct.close()
     return results
 
 

@@ -11,16 +11,43 @@ import structlog
 
 from adapters.triton.backend import TritonBackend
 from adapters.triton.embedded import EmbeddedTriton
-from router.core.admission import AdmissionConfig, TenantLimiter, TenantLimits
+from router.core.admission import TenantLimiter, TenantLimits
 from router.core.cache import OutputCache
+from router.core.config import AdmissionConfig, BatchingConfig, RequestLimits
 from router.core.embed import EmbedService
+from router.core.pipeline import RequestPipeline
 from router.core.registry import ModelRegistry
 from router.core.rerank import RerankService
-from router.core.scheduler import SchedulerConfig
-from router.core.validation import RequestLimits
 from router.settings import Settings
 
 log = structlog.get_logger(__name__)
+
+
+def core_configs(s: Settings) -> tuple[BatchingConfig, AdmissionConfig, RequestLimits]:
+    """The core's configs from the settings (each checks itself; the settings were checked already)."""
+    return (
+        BatchingConfig(
+            max_batch_tokens=s.max_batch_tokens,
+            max_inflight_batches=s.max_inflight_batches,
+            min_batch_fill=s.min_batch_fill,
+            max_batch_wait_s=s.max_batch_wait_s,
+            timeout_s=s.backend_timeout_s,
+        ),
+        AdmissionConfig(
+            enabled=s.admission_enabled,
+            max_queued_tokens=s.queue_max_tokens,
+            max_queued_requests=s.queue_max_requests,
+            shed_on_deadline=s.shed_on_deadline,
+            queue_delay_target_s=s.queue_delay_target_s,
+            queue_delay_interval_s=s.queue_delay_interval_s,
+            queue_delay_deadline_share=s.queue_delay_deadline_share,
+        ),
+        RequestLimits(
+            max_inputs=s.max_inputs_per_request,
+            max_tokens=s.max_tokens_per_request,
+            chunk_overlap=s.chunk_overlap_tokens,
+        ),
+    )
 
 
 class Router:
@@ -29,15 +56,19 @@ class Router:
         self.embedded: EmbeddedTriton | None = None
         self.backend: TritonBackend | None = None
         self.registry: ModelRegistry | None = None
+        self.pipeline: RequestPipeline | None = None
         self.embed: EmbedService | None = None
         self.rerank: RerankService | None = None
         self.ready = False
+        self.closing = False
         self._ready_event = asyncio.Event()
         self._watch_task: asyncio.Task | None = None
-        self._listeners: list[Callable[[bool], object]] = []
+        self._listeners: list[Callable[[bool, dict[str, bool]], object]] = []
+        self._model_health: dict[str, bool] = {}
 
-    def on_readiness(self, listener: Callable[[bool], object]) -> None:
-        """Call `listener(ready)` whenever readiness changes (it may return an awaitable)."""
+    def on_readiness(self, listener: Callable[[bool, dict[str, bool]], object]) -> None:
+        """Call `listener(ready, model_health)` whenever readiness or a model's health changes (it may
+        return an awaitable). `model_health` maps each routed model to whether it is served."""
         self._listeners.append(listener)
 
     async def start(self) -> None:
@@ -54,67 +85,68 @@ class Router:
             await asyncio.to_thread(self.embedded.wait_ready)
             addresses = [self.embedded.grpc_address]
         self.backend = TritonBackend(addresses, retries=s.backend_retries)
+        batching, admission, limits = core_configs(s)
         self.registry = ModelRegistry(
             self.backend,
             s.model_repository,
-            SchedulerConfig(
-                max_batch_tokens=s.max_batch_tokens,
-                max_inflight_batches=s.max_inflight_batches,
-                min_batch_fill=s.min_batch_fill,
-                max_batch_wait_s=s.max_batch_wait_s,
-                timeout_s=s.backend_timeout_s,
-            ),
+            batching,
             OutputCache(s.cache_max_bytes) if s.cache_max_bytes > 0 else None,
-            AdmissionConfig(
-                enabled=s.admission_enabled,
-                max_queued_tokens=s.queue_max_tokens,
-                max_queued_requests=s.queue_max_requests,
-                shed_on_deadline=s.shed_on_deadline,
-            ),
+            admission,
             TenantLimiter(
                 TenantLimits(s.tenant_requests_per_s, s.tenant_tokens_per_s, s.tenant_burst_s),
                 {name: TenantLimits(t.requests_per_s, t.tokens_per_s, t.burst_s) for name, t in s.tenants.items()},
             ),
         )
-        limits = RequestLimits(
-            max_inputs=s.max_inputs_per_request,
-            max_tokens=s.max_tokens_per_request,
-            chunk_overlap=s.chunk_overlap_tokens,
-        )
-        self.embed = EmbedService(self.registry, limits)
-        self.rerank = RerankService(self.registry, limits)
+        self.pipeline = RequestPipeline(self.registry, limits)
+        self.embed = EmbedService(self.pipeline)
+        self.rerank = RerankService(self.pipeline)
         self._watch_task = asyncio.create_task(self._watch())
 
     async def wait_ready(self, timeout_s: float = 120.0) -> None:
         await asyncio.wait_for(self._ready_event.wait(), timeout_s)
 
     async def _watch(self) -> None:
-        """Follow Triton's health and model list; readiness = Triton ready and every routed model usable."""
+        """Follow Triton's health and model list. Ready: Triton ready and at least one model served (a
+        model with a broken config is reported on its own, and does not take the others down)."""
         while True:
             try:
                 ready = await self.backend.is_ready()
                 if ready:
                     await self.registry.refresh()
-                    ready = bool(self.registry.models()) and not self.registry.problems
+                    ready = bool(self.registry.models())
             except Exception:  # noqa: BLE001 - keep watching whatever one poll did
                 log.exception("router.watch_failed")
                 ready = False
-            await self._set_ready(ready)
+            await self._set_ready(ready and not self.closing, self.registry.health())
             await asyncio.sleep(self.settings.refresh_interval_s if ready else 0.5)
 
-    async def _set_ready(self, ready: bool) -> None:
-        if ready == self.ready:
+    async def _set_ready(self, ready: bool, models: dict[str, bool]) -> None:
+        if ready == self.ready and models == self._model_health:
             return
-        self.ready = ready
+        if ready != self.ready:
+            log.info("router.readiness", ready=ready)
+        self.ready, self._model_health = ready, dict(models)
         if ready:
             self._ready_event.set()
         else:
             self._ready_event.clear()
-        log.info("router.readiness", ready=ready)
         for listener in self._listeners:
-            result = listener(ready)
+            result = listener(ready, dict(models))
             if asyncio.iscoroutine(result):
                 await result
+
+    async def shut_down(self) -> bool:
+        """Stop admitting (health NOT_SERVING, new calls UNAVAILABLE with a retry delay) and give the
+        requests in flight `shutdown_grace_s` to finish. Returns whether they all did."""
+        self.closing = True
+        if self.pipeline is None:
+            return True
+        self.pipeline.close()
+        await self._set_ready(False, {name: False for name in self._model_health})
+        log.info("router.draining", requests=self.pipeline.active, grace_s=self.settings.shutdown_grace_s)
+        finished = await self.pipeline.drain(self.settings.shutdown_grace_s)
+        log.info("router.drained", finished=finished, left=self.pipeline.active)
+        return finished
 
     async def stop(self) -> None:
         if self._watch_task is not None:

@@ -89,7 +89,7 @@ async def _serve(settings) -> None:
     server = RouterServer(router, settings)
     announced = False
 
-    def announce(ready: bool) -> None:
+    def announce(ready: bool, models: dict[str, bool]) -> None:
         nonlocal announced
         if ready and not announced:
             announced = True
@@ -100,9 +100,15 @@ async def _serve(settings) -> None:
         await router.start()
         await server.start()
         await stop.wait()
+        print(
+            f"\ndraining: no new calls; up to {settings.shutdown_grace_s:g} s for those in flight...",
+            file=sys.stderr,
+            flush=True,
+        )
+        await router.shut_down()
     finally:
-        print("\nstopping the router and Triton...", file=sys.stderr, flush=True)
-        await server.stop()
+        print("stopping the router and Triton...", file=sys.stderr, flush=True)
+        await server.stop(0)
         await router.stop()
 
 
@@ -169,9 +175,17 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     if args.command != "serve":
         return _client(args)
+    from pydantic import ValidationError
+
     from router import logs
 
-    settings = _settings(args)
+    try:
+        settings = _settings(args)
+    except ValidationError as error:
+        for problem in error.errors():
+            name = ".".join(str(part) for part in problem["loc"]) or "settings"
+            print(f"router: invalid setting {name}: {problem['msg']}", file=sys.stderr)
+        return 2
     logs.configure(settings.log_level, settings.log_format)
     asyncio.run(_serve(settings))
     return 0

@@ -38,6 +38,7 @@ class LocalRouter:
         return self.target
 
     def stop(self) -> None:
+        """Shut down as `router serve` does on SIGTERM: drain, then stop the server and the router."""
         if self._loop is not None and self._stop is not None:
             self._loop.call_soon_threadsafe(self._stop.set)
         self._thread.join(timeout=60)
@@ -62,7 +63,8 @@ class LocalRouter:
             return
         self._started.set()
         await self._stop.wait()
-        await server.stop(grace_s=2)
+        await self.router.shut_down()
+        await server.stop(0)
         await self.router.stop()
 
     def __enter__(self) -> str:

@@ -17,3 +17,8 @@ REAL_TOKENS = Counter("modelrouter_real_tokens_total", "Tokens computed, without
 PADDED_TOKENS = Counter("modelrouter_padded_tokens_total", "Tokens computed, padding included.", ["model"])
 SHED = Counter("modelrouter_shed_total", "Requests refused or dropped before reaching the model.", ["model", "reason"])
 QUEUED_TOKENS = Gauge("modelrouter_queued_tokens", "Tokens waiting in the model's scheduler.", ["model"])
+MODEL_USABLE = Gauge(
+    "modelrouter_model_usable",
+    "1 for each model the backend has that the router serves, 0 for one whose contract or tokenizer is broken.",
+    ["model"],
+)

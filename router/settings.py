@@ -14,6 +14,9 @@ from pydantic_settings import (
     TomlConfigSettingsSource,
 )
 
+from router.core.admission import TenantLimits
+from router.core.config import AdmissionConfig, BatchingConfig, RequestLimits, default
+
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
 CONFIG_ENV = "MODELROUTER_CONFIG"
 
@@ -23,21 +26,25 @@ class TenantLimitSettings(BaseModel):
 
     requests_per_s: float | None = Field(default=None, gt=0)
     tokens_per_s: float | None = Field(default=None, gt=0)
-    burst_s: float = Field(default=2.0, gt=0)
+    burst_s: float = Field(default=default(TenantLimits, "burst_s"), gt=0)
+
+
+_B, _A, _R = BatchingConfig, AdmissionConfig, RequestLimits
 
 
 class Settings(BaseSettings):
     """Every knob of the router. Set one with an environment variable MODELROUTER_<NAME>, a key in the
-    TOML file named by MODELROUTER_CONFIG (or `router serve --config`), or a `router serve` flag."""
+    TOML file named by MODELROUTER_CONFIG (or `router serve --config`), or a `router serve` flag. Values
+    are checked at start-up: a bad one stops the router, naming it."""
 
     model_config = SettingsConfigDict(env_prefix="MODELROUTER_", extra="forbid")
 
     # Where the router listens.
     host: str = "127.0.0.1"
     """Address the gRPC server binds. Loopback by default; deployments set it on purpose."""
-    port: int = 50051
+    port: int = Field(default=50051, ge=0, le=65535)
     """gRPC port; 0 picks a free one."""
-    max_message_bytes: int = 64 * 1024 * 1024
+    max_message_bytes: int = Field(default=64 * 1024 * 1024, gt=0)
     """Largest request or response message, both ways. 64 MiB holds 5,000 documents of 2,000 tokens
     (about 10 KiB of text each) or 40,000 embeddings of 384 floats."""
 
@@ -48,60 +55,72 @@ class Settings(BaseSettings):
     """The Triton model repository; the router reads each model's tokenizer file from it."""
     triton_log: Path = PROJECT_ROOT / ".run" / "triton.log"
     """Log file of the embedded Triton."""
-    triton_grpc_port: int = 0
+    triton_grpc_port: int = Field(default=0, ge=0, le=65535)
     """gRPC port of the embedded Triton; 0 picks a free one."""
-    refresh_interval_s: float = 5.0
+    refresh_interval_s: float = Field(default=5.0, gt=0)
     """How often Triton's health and model list are read again."""
 
     # How work reaches Triton.
-    max_batch_tokens: int = 8192
+    max_batch_tokens: int = Field(default=default(_B, "max_batch_tokens"), gt=0)
     """Padded tokens (rows x longest row) in one batch sent to a model."""
-    min_batch_fill: float = Field(default=0.0, ge=0.0, le=1.0)
+    min_batch_fill: float = Field(default=default(_B, "min_batch_fill"), ge=0.0, le=1.0)
     """Least share of real tokens in a padded batch (a model's config may set its own)."""
-    max_batch_wait_s: float = Field(default=0.0, ge=0.0, le=1.0)
+    max_batch_wait_s: float = Field(default=default(_B, "max_batch_wait_s"), ge=0.0, le=1.0)
     """While other batches are in flight, hold a batch that would leave less than full up to this long
     (seconds) for more work to join; an idle model never waits. Worth a few ms on a GPU, 0 on a CPU."""
-    max_inflight_batches: int = 2
+    max_inflight_batches: int = Field(default=default(_B, "max_inflight_batches"), gt=0)
     """Batches in flight to Triton per model; more pile up in the router's queue and pack better."""
-    backend_timeout_s: float = 60.0
+    backend_timeout_s: float = Field(default=default(_B, "timeout_s"), gt=0)
     """Timeout for one batch at Triton."""
-    backend_retries: int = 2
+    backend_retries: int = Field(default=2, ge=0)
     """Retries of a batch that Triton answered UNAVAILABLE (it never ran)."""
 
     cache_max_bytes: int = Field(default=0, ge=0)
     """Bytes of model outputs kept in the output cache (LRU); 0 turns the cache off."""
 
     # Admission: what each model lets in, and each tenant.
-    admission_enabled: bool = True
+    admission_enabled: bool = default(_A, "enabled")
     """Off: every request is queued whatever the queue holds (benchmarks compare with it)."""
     queue_max_tokens: int | None = Field(default=None, gt=0)
     """Tokens waiting per model before new work is refused with RESOURCE_EXHAUSTED; unset: 4 x the
     model's max batch size x its max sequence length (65,536 for both models here)."""
-    queue_max_requests: int = Field(default=256, gt=0)
+    queue_max_requests: int = Field(default=default(_A, "max_queued_requests"), gt=0)
     """Requests waiting per model before new work is refused."""
-    shed_on_deadline: bool = True
+    shed_on_deadline: bool = default(_A, "shed_on_deadline")
     """Refuse at once (DEADLINE_EXCEEDED) a request that the measured drain rate says cannot finish
     before the caller's deadline."""
+    queue_delay_target_s: float = Field(default=default(_A, "queue_delay_target_s"), gt=0)
+    """Overload control: once every request has waited longer than this for `queue_delay_interval_s`,
+    new work is admitted only if what is ahead of it drains within this target (router/core/admission.py)."""
+    queue_delay_interval_s: float = Field(default=default(_A, "queue_delay_interval_s"), gt=0)
+    """How long waits must stay above the target before the queue counts as standing."""
+    queue_delay_deadline_share: float = Field(default=default(_A, "queue_delay_deadline_share"), ge=0, le=1)
+    """While the queue stands, a request may still wait this share of its own deadline when that is
+    longer than the target (no deadline: only the queue bounds apply)."""
     tenant_requests_per_s: float | None = Field(default=None, gt=0)
     """Default rate per tenant (call metadata x-tenant-id) in requests/s; unset: unlimited."""
     tenant_tokens_per_s: float | None = Field(default=None, gt=0)
     """Default rate per tenant in tokens/s (tokens sent to models); unset: unlimited."""
-    tenant_burst_s: float = Field(default=2.0, gt=0)
+    tenant_burst_s: float = Field(default=default(TenantLimits, "burst_s"), gt=0)
     """How long a tenant may burst above its rates (bucket capacity = rate x this)."""
     tenants: dict[str, TenantLimitSettings] = Field(default_factory=dict)
     """Rates of named tenants, overriding the defaults: in TOML `[tenants.search] requests_per_s = 50`,
     or MODELROUTER_TENANTS='{"search": {"requests_per_s": 50}}'."""
 
     # What one request may ask.
-    max_inputs_per_request: int = 10_000
+    max_inputs_per_request: int = Field(default=default(_R, "max_inputs"), gt=0)
     """Inputs (Embed) or documents (Rerank) in one request."""
-    max_tokens_per_request: int = 2_000_000
+    max_tokens_per_request: int = Field(default=default(_R, "max_tokens"), gt=0)
     """Tokens in one request, counted before truncation."""
-    chunk_overlap_tokens: int = 32
+    chunk_overlap_tokens: int = Field(default=default(_R, "chunk_overlap"), ge=0)
     """Tokens shared by consecutive windows when an input is chunked (capped at half a window)."""
 
     # What the router says.
-    metrics_port: int | None = None
+    shutdown_grace_s: float = Field(default=10.0, ge=0)
+    """On SIGTERM or Ctrl-C: stop admitting (health NOT_SERVING, new calls UNAVAILABLE with a retry
+    delay), give the requests in flight this long to finish, then stop the server and Triton."""
+
+    metrics_port: int | None = Field(default=None, ge=0, le=65535)
     """Serve Prometheus metrics on host:metrics_port (unset: no metrics endpoint)."""
     log_level: Literal["debug", "info", "warning", "error"] = "info"
     log_format: Literal["console", "json"] = "console"

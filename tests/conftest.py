@@ -1,21 +1,33 @@
-"""Shared fixtures. End-to-end tests get one real Triton and one router per session, both on loopback."""
+"""Shared fixtures. End-to-end tests get one real Triton and one router per session, both on loopback.
+
+Every test under tests/e2e is marked `e2e`, so `pytest -m "not e2e"` runs the pure tests alone, in
+seconds, with no Triton and no built models (imports that need them happen inside the fixtures).
+"""
 
 from __future__ import annotations
 
 import time
+from pathlib import Path
 
-import grpc
 import pytest
-import tritonclient.grpc as triton_grpc
 
-from adapters.triton.embedded import EmbeddedTriton
-from router.local import LocalRouter
-from tests.helpers import EMBED_MODEL, REPOSITORY, router_settings
+E2E_DIR = Path(__file__).parent / "e2e"
+
+
+def pytest_collection_modifyitems(config, items):
+    for item in items:
+        if E2E_DIR in Path(item.fspath).parents:
+            item.add_marker(pytest.mark.e2e)
 
 
 @pytest.fixture(scope="session")
 def triton(tmp_path_factory: pytest.TempPathFactory):
     """A real tritonserver (nvidia-pytriton's binary) serving triton_models/repository on 127.0.0.1."""
+    import tritonclient.grpc as triton_grpc
+
+    from adapters.triton.embedded import EmbeddedTriton
+    from tests.helpers import EMBED_MODEL, REPOSITORY
+
     log_path = tmp_path_factory.mktemp("triton") / "triton.log"
     server = EmbeddedTriton(REPOSITORY, log_path=log_path)
     server.start()
@@ -33,13 +45,18 @@ def triton(tmp_path_factory: pytest.TempPathFactory):
 
 
 @pytest.fixture(scope="session")
-def router_target(triton: EmbeddedTriton):
+def router_target(triton):
+    from router.local import LocalRouter
+    from tests.helpers import router_settings
+
     with LocalRouter(router_settings(triton)) as target:
         yield target
 
 
 @pytest.fixture(scope="session")
 def channel(router_target: str):
+    import grpc
+
     with grpc.insecure_channel(router_target) as chan:
         yield chan
 

@@ -17,9 +17,11 @@ import structlog
 import tritonclient.grpc.aio as triton_grpc
 from tritonclient.utils import InferenceServerException, np_to_triton_dtype
 
+from adapters.triton.tensors import input_tensors
 from router.core import errors
-from router.core.contract import ModelDescription, TensorSpec
+from router.core.contract import ModelContract, ModelDescription, TensorSpec
 from router.core.errors import ErrorKind, RouterError
+from router.core.tokenize import Window
 
 log = structlog.get_logger(__name__)
 
@@ -79,30 +81,41 @@ class TritonBackend:
         return False
 
     async def describe_models(self) -> list[ModelDescription]:
-        """Ready models across all shards; a model on several shards is listed once, with all of them."""
+        """Ready models across all shards; a model on several shards is listed once, with all of them.
+
+        A shard that does not answer is left out; if none answers, BACKEND_UNAVAILABLE is raised, so the
+        caller keeps what it knew instead of concluding that no model is served."""
         found: dict[tuple[str, str], dict] = {}
         served_by: dict[tuple[str, str], list[str]] = {}
+        answered = 0
         for shard in self.shards:
             try:
                 index = await shard.client.get_model_repository_index(as_json=True, client_timeout=5.0)
+                for entry in index.get("models", []):
+                    if entry.get("state") != "READY":
+                        continue
+                    key = (entry["name"], entry.get("version", ""))
+                    if key not in found:
+                        config = await shard.client.get_model_config(entry["name"], as_json=True, client_timeout=5.0)
+                        found[key] = config["config"]
+                    served_by.setdefault(key, []).append(shard.address)
             except InferenceServerException as error:
                 log.warning("triton.index_failed", shard=shard.address, detail=error.message())
                 continue
-            for entry in index.get("models", []):
-                if entry.get("state") != "READY":
-                    continue
-                key = (entry["name"], entry.get("version", ""))
-                if key not in found:
-                    config = await shard.client.get_model_config(entry["name"], as_json=True, client_timeout=5.0)
-                    found[key] = config["config"]
-                served_by.setdefault(key, []).append(shard.address)
+            answered += 1
+        if not answered:
+            raise RouterError(
+                ErrorKind.BACKEND_UNAVAILABLE,
+                errors.BACKEND_UNAVAILABLE,
+                "no model server answered for its model index",
+                retry_after_s=1.0,
+            )
         return [_describe(config, version, served_by[(name, version)]) for (name, version), config in found.items()]
 
-    async def infer(
-        self, model: str, inputs: dict[str, np.ndarray], output: str, timeout_s: float | None
-    ) -> np.ndarray:
+    async def infer(self, contract: ModelContract, rows: Sequence[Window], timeout_s: float | None) -> np.ndarray:
+        model, output = contract.name, contract.output_name
         tensors = []
-        for name, array in inputs.items():
+        for name, array in input_tensors(contract, rows).items():
             tensor = triton_grpc.InferInput(name, list(array.shape), np_to_triton_dtype(array.dtype))
             tensor.set_data_from_numpy(array)
             tensors.append(tensor)
@@ -116,6 +129,7 @@ class TritonBackend:
                 result = await shard.client.infer(
                     model,
                     tensors,
+                    model_version=contract.version,
                     outputs=wanted,
                     # Triton drops the request from its queue once the caller's deadline has passed
                     # (the model's queue policy allows the override); the client stops waiting too.

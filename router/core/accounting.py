@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-from router.core.scheduler import Ticket
 from router.core.tokenize import Split
 from router.core.types import Timing, Usage
+from router.core.work import Ticket
 
 
 def usage_of(splits: list[Split], input_tokens: int, ticket: Ticket) -> Usage:

@@ -1,15 +1,28 @@
-"""Admission: what a model's scheduler lets in, and how it says no.
+"""Admission: what a model's scheduler lets in, and how it says no. Every rule lives here.
 
-Work is counted in tokens and in requests. A model's scheduler admits a request while its queue (work
-not yet sent to Triton) stays within `max_queued_tokens` and `max_queued_requests`; past that the call
-fails at once with RESOURCE_EXHAUSTED and a RetryInfo delay: the tokens that must drain first divided
-by the rate the model has been measured to drain them. A request too big for the queue bound is still
-admitted when the queue is empty, so no request is refused for its size alone (that is what the
-per-request caps are for).
+Work is counted in tokens and in requests, and queued work as it will be served: a turn (at most a
+quantum) per waiting request (router/core/fair_queue.py), so one huge request admitted into an empty
+queue does not lock later ones out. The rules, in the order they are applied:
 
-Tenants (call metadata `x-tenant-id`) have token buckets in requests/s and tokens/s; a tenant over its
-rate fails fast the same way, with the delay until its bucket holds enough. Fair service *between*
-tenants, once admitted, is the scheduler's job (scheduler.py).
+1. **Bounds.** A model admits a request while its queued turns stay within `max_queued_tokens` and its
+   waiting requests within `max_queued_requests`. Past them, a tenant holding less than its fair share of
+   the queue still gets in (up to twice the bounds): a noisy tenant cannot lock a quiet one out.
+2. **A standing queue** (CoDel, as in Facebook's "Fail at Scale"): each batch reports how long its
+   anchor request waited. Once waits have stayed above `queue_delay_target_s` for a whole
+   `queue_delay_interval_s`, the model is overloaded, not bursting, and a new request is admitted only if
+   the work ahead of it drains within the target, or within `queue_delay_deadline_share` of the time its
+   caller gives it, whichever is longer (a request without a deadline is bounded by rule 1 alone). So
+   under overload the queue stays short: admitted calls are answered fast, the rest are refused at once
+   with a retry delay, and the model never idles (the queue still holds a target's worth of work). A
+   wait below the target, or an empty queue, ends it.
+3. **Deadlines.** A request the measured drain rate says cannot finish before its deadline is refused
+   at once (DEADLINE_TOO_SHORT); estimates are calibrated against how long admitted requests took. One
+   whose deadline passes while it waits is dropped before it reaches the model (DEADLINE_EXPIRED).
+4. **Tenant rates.** Token buckets per tenant (call metadata `x-tenant-id`) in requests/s and tokens/s.
+
+Refusals are RESOURCE_EXHAUSTED (or DEADLINE_EXCEEDED) with a RetryInfo delay: the work that must
+drain first divided by the rate the model drains it. `precheck` applies rules 2 and 3 to the work already
+queued before a request is even tokenized, so under overload a refusal costs almost nothing.
 """
 
 from __future__ import annotations
@@ -18,7 +31,12 @@ from dataclasses import dataclass, field
 
 from token_bucket import Limiter, MemoryStorage
 
+from router.core import errors
+from router.core.config import AdmissionConfig
+from router.core.drain import Calibration, DrainRate
 from router.core.errors import ErrorKind, RouterError
+from router.core.fair_queue import FairQueue
+from router.core.work import Ticket
 
 QUEUE_FULL = "QUEUE_FULL"
 TENANT_RATE_LIMITED = "TENANT_RATE_LIMITED"
@@ -28,23 +46,6 @@ REASONS = (QUEUE_FULL, TENANT_RATE_LIMITED, DEADLINE_TOO_SHORT, DEADLINE_EXPIRED
 
 MIN_RETRY_S = 0.05
 MAX_RETRY_S = 30.0
-
-
-@dataclass(frozen=True)
-class AdmissionConfig:
-    enabled: bool = True
-    """Off: every request is queued whatever the queue holds, and kept there past its deadline until
-    its caller goes away: a plain proxy, for comparison only."""
-    max_queued_tokens: int | None = None
-    """Tokens waiting per model; unset: 4 x the model's max batch size x its max sequence length."""
-    max_queued_requests: int = 256
-    """Requests waiting per model."""
-    shed_on_deadline: bool = True
-    """Refuse at once a request whose deadline the measured drain rate says it cannot meet: the work
-    ahead of it (in flight, its tenant's queue, a fair share of the others') would take too long."""
-
-    def queue_tokens_for(self, max_batch_size: int, max_sequence_length: int) -> int:
-        return self.max_queued_tokens or 4 * max_batch_size * max_sequence_length
 
 
 @dataclass(frozen=True)
@@ -59,63 +60,6 @@ def retry_delay(excess_tokens: float, rate: float | None) -> float:
     if not rate:
         return 1.0
     return min(MAX_RETRY_S, max(MIN_RETRY_S, excess_tokens / rate))
-
-
-class DrainRate:
-    """Tokens per second the model completes while it is busy, smoothed over spans of busy time.
-
-    Only busy time counts, so a lightly loaded model is not mistaken for a slow one. Samples span at
-    least `min_span_s`: completions can arrive in clumps (Triton may hand several queued batches to one
-    model execution and answer them together), and a rate over one clump's gap would be nonsense.
-    """
-
-    def __init__(self, smoothing: float = 0.3, min_span_s: float = 0.5) -> None:
-        self.smoothing = smoothing
-        self.min_span_s = min_span_s
-        self.rate: float | None = None
-        self._busy_since: float | None = None
-        self._busy_s = 0.0
-        self._tokens = 0
-
-    def started(self, now: float) -> None:
-        """A batch left; call before counting it in flight."""
-        if self._busy_since is None:
-            self._busy_since = now
-
-    def finished(self, tokens: int, now: float, still_inflight: int) -> None:
-        """A batch of `tokens` came back (0: it failed), leaving `still_inflight` batches out."""
-        self._tokens += tokens
-        span = self._busy_s + (now - self._busy_since if self._busy_since is not None else 0.0)
-        if still_inflight == 0 and self._busy_since is not None:
-            self._busy_s, self._busy_since = span, None
-        if span >= self.min_span_s and self._tokens:
-            sample = self._tokens / span
-            self.rate = sample if self.rate is None else (1 - self.smoothing) * self.rate + self.smoothing * sample
-            self._tokens, self._busy_s = 0, 0.0
-            if self._busy_since is not None:
-                self._busy_since = now
-
-
-class Calibration:
-    """How far off the drain-rate estimates run: the ratio of actual to estimated time of admitted
-    requests, smoothed. Estimates are scaled by its mean plus one deviation, so most admitted requests
-    finish within their deadline, whatever the model's per-batch overheads and packing under load."""
-
-    def __init__(self, smoothing: float = 0.1) -> None:
-        self.smoothing = smoothing
-        self.mean = 1.0
-        self.deviation = 0.0
-
-    @property
-    def factor(self) -> float:
-        return min(4.0, max(1.0, self.mean + self.deviation))
-
-    def observe(self, estimate_s: float, actual_s: float) -> None:
-        if estimate_s <= 0:
-            return
-        ratio = min(10.0, actual_s / estimate_s)
-        self.deviation += self.smoothing * (abs(ratio - self.mean) - self.deviation)
-        self.mean += self.smoothing * (ratio - self.mean)
 
 
 @dataclass
@@ -154,19 +98,166 @@ class TenantLimiter:
                 raise RouterError(
                     ErrorKind.OVERLOADED,
                     TENANT_RATE_LIMITED,
-                    f"tenant {tenant or '(none)'!r} is over its {kind}/s rate",
+                    f"tenant {errors.echo(tenant) if tenant else '(none)'} is over its {kind}/s rate",
                     retry_after_s=retry_delay(missing, rate),
-                    metadata={"tenant": tenant, "limit": f"{rate:g} {kind}/s"},
+                    metadata={"tenant": errors.clip(tenant), "limit": f"{rate:g} {kind}/s"},
                 )
 
 
-def queue_full(model: str, tokens: int, queued_tokens: int, queued_requests: int, excess: float, rate) -> RouterError:
+class StandingQueue:
+    """CoDel's detector: whether waits have stayed above the target for a whole interval."""
+
+    def __init__(self, target_s: float, interval_s: float) -> None:
+        self.target_s = target_s
+        self.interval_s = interval_s
+        self.standing = False
+        self._above_since: float | None = None
+
+    def observe(self, wait_s: float, now: float, queue_empty: bool) -> None:
+        """A batch left; its anchor request had waited `wait_s`."""
+        if wait_s < self.target_s or queue_empty:
+            self._above_since, self.standing = None, False
+        elif self._above_since is None:
+            self._above_since = now
+        elif now - self._above_since >= self.interval_s:
+            self.standing = True
+
+
+class AdmissionController:
+    """One model's admission: every rule above, applied to its fair queue."""
+
+    def __init__(
+        self,
+        model: str,
+        config: AdmissionConfig,
+        queue: FairQueue,
+        max_queued_tokens: int,
+        tenants: TenantLimiter | None = None,
+    ) -> None:
+        self.model = model
+        self.config = config
+        self.queue = queue
+        self.max_queued_tokens = max_queued_tokens
+        self.tenants = tenants
+        self.drain = DrainRate()
+        self.calibration = Calibration()
+        self.standing = StandingQueue(config.queue_delay_target_s, config.queue_delay_interval_s)
+        self.inflight_tokens = 0
+        """Tokens sent to the backend and not yet answered (the scheduler keeps it)."""
+
+    @property
+    def enabled(self) -> bool:
+        return self.config.enabled
+
+    def precheck(self, tenant: str, deadline: float | None, now: float) -> None:
+        """Refuse before any work is done on the request, from what is queued already."""
+        if not self.enabled or not self.queue or not self.drain.rate:
+            return
+        ahead = self._work_ahead(tenant, 0) / self.drain.rate
+        self._check_standing(ahead, deadline, now)
+        if self.config.shed_on_deadline and deadline is not None and now + ahead * self.calibration.factor > deadline:
+            raise deadline_too_short(self.model, ahead * self.calibration.factor, deadline - now)
+
+    def admit(self, ticket: Ticket, tokens: int, now: float) -> None:
+        """Let the request's `tokens` into the queue, or raise the refusal."""
+        if self.enabled and self.queue:
+            if not self._has_room(ticket.tenant, tokens):
+                raise self._queue_full(tokens)
+            if self.drain.rate:
+                self._check_standing(self._work_ahead(ticket.tenant, 0) / self.drain.rate, ticket.deadline, now)
+        if self.enabled and self.config.shed_on_deadline and ticket.deadline and self.drain.rate:
+            ticket.estimate = self._work_ahead(ticket.tenant, tokens) / self.drain.rate
+            estimate = ticket.estimate * self.calibration.factor
+            if now + estimate > ticket.deadline:
+                raise deadline_too_short(self.model, estimate, ticket.deadline - now)
+        if self.tenants is not None:
+            self.tenants.charge(ticket.tenant, tokens)
+
+    def expired(self, now: float) -> list[Ticket]:
+        """Waiting requests whose deadline has passed (none when admission is off)."""
+        if not self.enabled:
+            return []
+        return [t for t in self.queue.tickets() if t.deadline is not None and t.deadline <= now]
+
+    def dispatched(self, anchor: Ticket, now: float) -> None:
+        """A batch left with `anchor`'s request first in it."""
+        self.drain.started(now)
+        self.standing.observe(now - anchor.submitted, now, queue_empty=not self.queue)
+
+    def finished(self, ticket: Ticket) -> None:
+        """A request got all its rows: learn how good its estimate was."""
+        if ticket.estimate is not None and ticket.finished is not None:
+            self.calibration.observe(ticket.estimate, ticket.finished - ticket.submitted)
+
+    def _check_standing(self, wait_ahead_s: float, deadline: float | None, now: float) -> None:
+        if not self.standing.standing or deadline is None:
+            return
+        target = max(self.config.queue_delay_target_s, self.config.queue_delay_deadline_share * (deadline - now))
+        if wait_ahead_s > target:
+            raise queue_full(
+                self.model,
+                self.queue.tokens,
+                self.queue.requests,
+                retry_after_s=min(MAX_RETRY_S, max(MIN_RETRY_S, wait_ahead_s - target)),
+                why="its queue is standing",
+            )
+
+    def _work_ahead(self, tenant: str, tokens: int) -> float:
+        """Tokens the model must get through before a request of `tokens` is done: what is in flight, a
+        turn of each request of its tenant already waiting (deficit round robin), the request itself, and
+        as much of each other tenant's waiting turns (fair share between tenants)."""
+        own = tokens + self.queue.turns(tenant)
+        others = self.queue.turns() - self.queue.turns(tenant)
+        other_tenants = len(self.queue.waiting_tenants() - {tenant})
+        return self.inflight_tokens + own + min(others, own * other_tenants)
+
+    def _has_room(self, tenant: str, tokens: int) -> bool:
+        """Within the bounds, anyone gets in. Past them, a tenant holding less than its fair share still
+        does, up to twice the bounds."""
+        max_tokens, max_requests = self.max_queued_tokens, self.config.max_queued_requests
+        turn = min(tokens, self.queue.quantum)
+        queued = self.queue.turns() + turn
+        requests = self.queue.requests + 1
+        if queued <= max_tokens and requests <= max_requests:
+            return True
+        if queued > 2 * max_tokens or requests > 2 * max_requests:
+            return False
+        tenants = len(self.queue.waiting_tenants() | {tenant})
+        own_tokens = self.queue.turns(tenant) + turn
+        return own_tokens <= max_tokens / tenants and self.queue.requests_of(tenant) + 1 <= max_requests / tenants
+
+    def _queue_full(self, tokens: int) -> RouterError:
+        # Room opens as queued turns drain: the retry delay counts them as _has_room does. Refused for
+        # the request count or the tenant's share instead, wait for about one turn.
+        turn = min(tokens, self.queue.quantum)
+        excess = self.queue.turns() + turn - self.max_queued_tokens
+        return queue_full(
+            self.model,
+            self.queue.tokens,
+            self.queue.requests,
+            retry_after_s=retry_delay(excess if excess > 0 else turn, self.drain.rate),
+            request_tokens=tokens,
+        )
+
+
+def queue_full(
+    model: str,
+    queued_tokens: int,
+    queued_requests: int,
+    retry_after_s: float,
+    request_tokens: int | None = None,
+    why: str = "",
+) -> RouterError:
+    metadata = {"model": model, "queued_tokens": str(queued_tokens)}
+    if request_tokens is not None:
+        metadata["request_tokens"] = str(request_tokens)
     return RouterError(
         ErrorKind.OVERLOADED,
         QUEUE_FULL,
-        f"model {model!r} is busy: {queued_requests} requests and {queued_tokens} tokens are waiting",
-        retry_after_s=retry_delay(excess, rate),
-        metadata={"model": model, "queued_tokens": str(queued_tokens), "request_tokens": str(tokens)},
+        f"model {model!r} is busy{' (' + why + ')' if why else ''}: "
+        f"{queued_requests} requests and {queued_tokens} tokens are waiting",
+        retry_after_s=retry_after_s,
+        metadata=metadata,
     )
 
 

@@ -1,12 +1,20 @@
-"""The one interface between the core and a model server. `adapters/triton` implements it for Triton."""
+"""The one interface between the core and a model server. `adapters/triton` implements it for Triton.
+
+The core hands over token rows (one `Window` per sequence: ids and type ids, unpadded) and the model's
+contract; the adapter pads them with the contract's pad id, builds the tensors the model declares
+(`input_ids`, and `attention_mask`, `token_type_ids` when declared), and returns the contract's output
+as one row per sequence.
+"""
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Protocol
 
 import numpy as np
 
-from router.core.contract import ModelDescription
+from router.core.contract import ModelContract, ModelDescription
+from router.core.tokenize import Window
 
 
 class Backend(Protocol):
@@ -15,13 +23,13 @@ class Backend(Protocol):
         ...
 
     async def describe_models(self) -> list[ModelDescription]:
-        """Every model the server has ready, with its config."""
+        """Every model the server has ready, with its config. Raise RouterError BACKEND_UNAVAILABLE when
+        no server answered (an empty list means the servers answered and serve nothing)."""
         ...
 
-    async def infer(
-        self, model: str, inputs: dict[str, np.ndarray], output: str, timeout_s: float | None
-    ) -> np.ndarray:
-        """Run one batch; return the named output. Raise RouterError (BACKEND_*) on failure."""
+    async def infer(self, contract: ModelContract, rows: Sequence[Window], timeout_s: float | None) -> np.ndarray:
+        """Run one batch; return the contract's output, a row per sequence. Raise RouterError
+        (BACKEND_*) on failure."""
         ...
 
     async def close(self) -> None: ...

@@ -12,22 +12,26 @@ repository (`model_repository` setting).
 | `modelrouter.max_sequence_length` | longest sequence in tokens, special tokens included       | required   |
 | `modelrouter.default_truncation`  | `CHUNK`, `END`, `START` or `NONE`                         | `CHUNK`    |
 | `modelrouter.truncations`         | comma list of the modes the model accepts                 | all four   |
-| `modelrouter.pooling`             | how the model pools token vectors (reported only)         | `mean`     |
+| `modelrouter.pooling`             | `mean`, `cls`, `max` or `last`: how windows combine (pooling.py) | `mean` |
 | `modelrouter.normalize`           | embed: L2-normalise unless the request says otherwise     | `true`     |
 | `modelrouter.dimensions`          | embed: comma list of Matryoshka lengths a request may ask | full only  |
 | `modelrouter.output`              | the output tensor to read                                 | first one  |
+| `modelrouter.score_column`        | rerank: the output's score column (two logits: 1)         | 0          |
+| `modelrouter.pad_token`           | the token rows are padded with                            | tokenizer's |
 | `modelrouter.max_query_tokens`    | rerank: a longer query is cut to this (or rejected: NONE) | length / 4 |
 | `modelrouter.max_batch_tokens`    | padded tokens per batch, tuned to the serving hardware    | settings   |
 | `modelrouter.min_batch_fill`      | least share of real tokens in a padded batch (0 to 1)     | settings   |
 
 Input tensors are recognised by name: `input_ids` (required), `attention_mask` and `token_type_ids`
-(sent when the model declares them).
+(sent when the model declares them). Rows are padded with the tokenizer's own pad token (its padding
+settings, else a `[PAD]`-like token; `modelrouter.pad_token` names it otherwise): a model whose
+tokenizer has none and whose config names none is not served.
 """
 
 from __future__ import annotations
 
 import enum
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 from router.core.errors import ErrorKind, RouterError
 
@@ -38,6 +42,9 @@ class Task(enum.Enum):
     EMBED = "embed"
     RERANK = "rerank"
     GENERATE = "generate"
+
+
+POOLINGS = ("mean", "cls", "max", "last")
 
 
 class Truncation(enum.Enum):
@@ -85,10 +92,15 @@ class ModelContract:
     pooling: str
     normalize: bool
     dimensions: tuple[int, ...]
-    served_by: tuple[str, ...] = field(default=())
     max_batch_tokens: int | None = None
     min_batch_fill: float | None = None
     max_query_tokens: int = 0
+    score_column: int = 0
+    """Rerank: the column of the output row that holds the score."""
+    pad_token: str | None = None
+    """The token to pad with, when the config names one (else the tokenizer's own)."""
+    pad_id: int | None = None
+    """The pad token's id: filled in from the model's tokenizer when the model is loaded."""
 
     @property
     def embedding_dimensions(self) -> int:
@@ -130,6 +142,18 @@ def _positive(model: str, key: str, value: str | None) -> int | None:
         number = 0
     if number < 1:
         raise _contract_error(model, f"{PREFIX}{key} must be a positive integer")
+    return number
+
+
+def _non_negative(model: str, key: str, value: str | None) -> int | None:
+    if value is None or not value.strip():
+        return None
+    try:
+        number = int(value)
+    except ValueError:
+        number = -1
+    if number < 0:
+        raise _contract_error(model, f"{PREFIX}{key} must be a non-negative integer")
     return number
 
 
@@ -185,6 +209,14 @@ def parse_contract(description: ModelDescription) -> ModelContract:
         raise _contract_error(name, f"output {wanted!r} is not declared")
     output = outputs[wanted] if wanted else description.outputs[0]
 
+    pooling = params.get("pooling", "mean").strip().lower()
+    if pooling not in POOLINGS:
+        raise _contract_error(name, f"{PREFIX}pooling must be one of {', '.join(POOLINGS)}")
+    score_column = int(_non_negative(name, "score_column", params.get("score_column")) or 0)
+    width = output.dims[-1] if output.dims else -1
+    if task is Task.RERANK and width > 0 and score_column >= width:
+        raise _contract_error(name, f"{PREFIX}score_column {score_column} is outside output {output.name!r} ({width})")
+
     default_truncation = _truncation(name, params.get("default_truncation", "CHUNK"))
     allowed = params.get("truncations")
     truncations = (
@@ -207,11 +239,12 @@ def parse_contract(description: ModelDescription) -> ModelContract:
         output_dims=output.dims,
         default_truncation=default_truncation,
         truncations=truncations,
-        pooling=params.get("pooling", "mean"),
+        pooling=pooling,
         normalize=params.get("normalize", "true").strip().lower() in ("1", "true", "yes"),
         dimensions=_int_list(name, "dimensions", params.get("dimensions", "")),
-        served_by=description.served_by,
         max_batch_tokens=_positive(name, "max_batch_tokens", params.get("max_batch_tokens")),
         min_batch_fill=_fraction(name, "min_batch_fill", params.get("min_batch_fill")),
         max_query_tokens=_query_cap(name, max_len, params.get("max_query_tokens")),
+        score_column=score_column,
+        pad_token=params.get("pad_token") or None,
     )

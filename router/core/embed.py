@@ -1,74 +1,70 @@
-"""Embed: validate against the model's contract, tokenize, cut, schedule, combine."""
+"""Embed: one vector per input, long inputs windowed and pooled back by the model's pooling."""
 
 from __future__ import annotations
 
-import asyncio
 import time
+from dataclasses import dataclass
 
 import numpy as np
 
 from router.core import errors
-from router.core.accounting import timing_of, usage_of
+from router.core.config import RequestLimits
 from router.core.contract import Task
 from router.core.errors import FieldViolation
+from router.core.pipeline import RequestPipeline
 from router.core.pooling import combine_windows, l2_normalize
-from router.core.registry import ModelRegistry, ServedModel
+from router.core.registry import ServedModel
+from router.core.tokenize import Split
 from router.core.types import NO_CALL_CONTEXT, CallContext, EmbedRequest, EmbedResult
-from router.core.validation import RequestLimits, check_count, check_sizes, resolve_truncation
+from router.core.validation import check_count, resolve_truncation
+
+
+@dataclass
+class _EmbedJob:
+    request: EmbedRequest
+    field: str = "inputs"
+
+    def validate(self, served: ServedModel, limits: RequestLimits) -> None:
+        check_count("inputs", self.request.inputs, limits, errors.EMPTY_INPUTS)
+        dimensions = self.request.dimensions
+        if dimensions is not None:
+            allowed = set(served.contract.dimensions) | {served.contract.embedding_dimensions}
+            if dimensions not in allowed:
+                raise errors.invalid(
+                    errors.UNSUPPORTED_OPTION,
+                    f"model {served.contract.name!r} cannot return {errors.echo(dimensions)} dimensions",
+                    [FieldViolation("dimensions", f"supported: {sorted(allowed)}")],
+                )
+        self.truncation = resolve_truncation(served, self.request.truncation)
+
+    def size(self) -> int:
+        return sum(len(text) for text in self.request.inputs)
+
+    def tokenize(self, served: ServedModel, limits: RequestLimits) -> list[Split]:
+        contract = served.contract
+        return served.tokenizer.split(
+            self.request.inputs, contract.max_sequence_length, self.truncation, limits.chunk_overlap
+        )
 
 
 class EmbedService:
-    def __init__(self, registry: ModelRegistry, limits: RequestLimits) -> None:
-        self.registry = registry
-        self.limits = limits
+    def __init__(self, pipeline: RequestPipeline) -> None:
+        self.pipeline = pipeline
 
     async def embed(self, request: EmbedRequest, call: CallContext = NO_CALL_CONTEXT) -> EmbedResult:
-        started = time.monotonic()
-        served = self.registry.get(request.model, Task.EMBED)
-        contract = served.contract
-        check_count("inputs", request.inputs, self.limits, errors.EMPTY_INPUTS)
-        self._check_dimensions(request, served)
-        truncation = resolve_truncation(served, request.truncation)
-
-        splits = await asyncio.to_thread(
-            served.tokenizer.split,
-            request.inputs,
-            contract.max_sequence_length,
-            truncation,
-            self.limits.chunk_overlap,
-        )
-        tokens = check_sizes("inputs", splits, self.limits, contract.max_sequence_length, contract.name)
-        tokenized = time.monotonic()
-
-        rows, ticket = await served.scheduler.run([w for s in splits for w in s.windows], call.tenant, call.deadline)
-
-        vectors = np.empty((len(splits), rows.shape[1]), dtype=np.float32)
-        start = 0
-        for i, split in enumerate(splits):
-            count = len(split.windows)
-            vectors[i] = combine_windows(rows[start : start + count], [w.length for w in split.windows])
-            start += count
+        done = await self.pipeline.run(request.model, Task.EMBED, call, _EmbedJob(request))
+        combined = time.monotonic()
+        contract = done.served.contract
+        if all(len(split.windows) == 1 for split in done.splits):
+            vectors = done.rows.astype(np.float32, copy=False)
+        else:
+            vectors = np.empty((len(done.splits), done.rows.shape[1]), dtype=np.float32)
+            for i, (start, end) in enumerate(done.per_split()):
+                weights = [w.length for w in done.windows[start:end]]
+                vectors[i] = combine_windows(done.rows[start:end], weights, contract.pooling)
         if request.dimensions is not None:
             vectors = vectors[:, : request.dimensions]
         if contract.normalize if request.normalize is None else request.normalize:
             vectors = l2_normalize(vectors)
-
-        return EmbedResult(
-            model=contract.name,
-            embeddings=vectors,
-            usage=usage_of(splits, tokens, ticket),
-            timing=timing_of(started, tokenized, ticket, time.monotonic()),
-        )
-
-    @staticmethod
-    def _check_dimensions(request: EmbedRequest, served: ServedModel) -> None:
-        if request.dimensions is None:
-            return
-        full = served.contract.embedding_dimensions
-        allowed = set(served.contract.dimensions) | {full}
-        if request.dimensions not in allowed:
-            raise errors.invalid(
-                errors.UNSUPPORTED_OPTION,
-                f"model {served.contract.name!r} cannot return {request.dimensions} dimensions",
-                [FieldViolation("dimensions", f"supported: {sorted(allowed)}")],
-            )
+        done.timing.total += time.monotonic() - combined
+        return EmbedResult(model=contract.name, embeddings=vectors, usage=done.usage, timing=done.timing)

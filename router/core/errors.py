@@ -65,6 +65,26 @@ MODEL_NOT_READY = "MODEL_NOT_READY"
 BACKEND_UNAVAILABLE = "BACKEND_UNAVAILABLE"
 BACKEND_FAILED = "BACKEND_FAILED"
 NOT_IMPLEMENTED = "NOT_IMPLEMENTED"
+SHUTTING_DOWN = "SHUTTING_DOWN"
+BACKEND_INDEX_UNAVAILABLE = "BACKEND_INDEX_UNAVAILABLE"
+MODEL_UNUSABLE = "MODEL_UNUSABLE"
+
+# A caller's value is echoed in an error (message or metadata) at most this long: gRPC clients refuse
+# trailers over 8 KiB by default, and a status that grows with the caller's input would hit that.
+MAX_ECHO_CHARS = 80
+
+
+def clip(value: str, limit: int = MAX_ECHO_CHARS) -> str:
+    """A caller's value for ErrorInfo metadata: unquoted, cut to `limit` characters."""
+    return value if len(value) <= limit else value[:limit] + "..."
+
+
+def echo(value: object, limit: int = MAX_ECHO_CHARS) -> str:
+    """A caller's value, quoted and cut to `limit` characters, saying how long it really was."""
+    text = value if isinstance(value, str) else str(value)
+    if len(text) <= limit:
+        return repr(text) if isinstance(value, str) else text
+    return f"{text[:limit]!r}... ({len(text)} characters)"
 
 
 def invalid(reason: str, message: str, violations: Iterable[FieldViolation] = (), **metadata: object) -> RouterError:

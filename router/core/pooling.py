@@ -7,14 +7,21 @@ from collections.abc import Sequence
 import numpy as np
 
 
-def combine_windows(vectors: np.ndarray, weights: Sequence[int]) -> np.ndarray:
-    """Token-weighted mean of the window embeddings of one input (one row per window).
+def combine_windows(vectors: np.ndarray, weights: Sequence[int], pooling: str = "mean") -> np.ndarray:
+    """One embedding for an input cut into windows (one row per window), by the model's pooling.
 
-    The model mean-pools each window over its tokens, so weighting windows by their token counts gives
-    (overlaps aside) the mean over all the text's tokens.
+    - `mean`: the model mean-pools each window over its tokens, so weighting windows by their token
+      counts gives (overlaps aside) the mean over all the text's tokens.
+    - `max`: the element-wise max over windows is the max over all the text's tokens.
+    - `cls`, `last`: a window's vector summarises that window alone; no pooling over windows recovers
+      the whole text's, so windows count equally (plain mean).
     """
     if len(vectors) == 1:
         return vectors[0]
+    if pooling == "max":
+        return vectors.max(axis=0)
+    if pooling in ("cls", "last"):
+        return vectors.mean(axis=0)
     w = np.asarray(weights, dtype=np.float32)
     return (vectors * w[:, None]).sum(axis=0) / w.sum()
 

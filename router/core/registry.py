@@ -1,19 +1,30 @@
-"""The models the router serves: each one's contract, tokenizer and scheduler, kept in step with the backend."""
+"""The models the router serves: each one's contract, tokenizer and scheduler, kept in step with the backend.
+
+A model's scheduler lives as long as its contract is unchanged: which servers hold the model
+(`served_by`) is kept beside it, so a shard going up or down never rebuilds the scheduler (its queue,
+drain rate and calibration). When the backend's model index cannot be read, the last known models are
+kept and served; a name the router has not seen is answered UNAVAILABLE (retry), not NOT_FOUND, until
+the index answers again. A model whose contract or tokenizer is broken is left out, with why, and the
+others are served.
+"""
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 from pathlib import Path
 
 import structlog
 
+from router import metrics
 from router.core import errors
-from router.core.admission import AdmissionConfig, TenantLimiter
+from router.core.admission import TenantLimiter
 from router.core.backend import Backend
 from router.core.cache import OutputCache
-from router.core.contract import ModelContract, Task, is_routed, parse_contract
+from router.core.config import AdmissionConfig, BatchingConfig
+from router.core.contract import ModelContract, ModelDescription, Task, is_routed, parse_contract
 from router.core.errors import ErrorKind, RouterError
-from router.core.scheduler import ModelScheduler, SchedulerConfig
+from router.core.scheduler import ModelScheduler
 from router.core.tokenize import ModelTokenizer
 
 log = structlog.get_logger(__name__)
@@ -24,6 +35,8 @@ class ServedModel:
     contract: ModelContract
     tokenizer: ModelTokenizer
     scheduler: ModelScheduler
+    served_by: tuple[str, ...] = ()
+    """The backend servers that hold the model now (changes without touching the scheduler)."""
 
 
 class ModelRegistry:
@@ -31,14 +44,14 @@ class ModelRegistry:
         self,
         backend: Backend,
         repository: Path,
-        scheduling: SchedulerConfig,
+        batching: BatchingConfig | None = None,
         cache: OutputCache | None = None,
         admission: AdmissionConfig | None = None,
         tenants: TenantLimiter | None = None,
     ) -> None:
         self.backend = backend
         self.repository = repository
-        self.scheduling = scheduling
+        self.batching = batching or BatchingConfig()
         self.admission = admission
         self.tenants = tenants
         """Tenant rate limits, shared by every model."""
@@ -46,41 +59,57 @@ class ModelRegistry:
         """One output cache shared by every model (keys hold the model's name and version)."""
         self._models: dict[str, ServedModel] = {}
         self.problems: dict[str, str] = {}
-        """Models the backend has but the router cannot serve, with why (shown in logs and health)."""
+        """Models the backend has but the router cannot serve, with why (logs, metrics, ListModels)."""
         self.loaded = False
         """Set once the backend's model list has been read."""
+        self.index_ok = False
+        """Whether the last read of the backend's model index succeeded."""
 
     async def refresh(self) -> None:
-        """Read the backend's ready models again; keep schedulers of models whose contract is unchanged."""
-        descriptions = await self.backend.describe_models()
+        """Read the backend's ready models again; keep the schedulers of models whose contract is unchanged.
+
+        If the index cannot be read, everything known is kept (and `index_ok` is cleared)."""
+        try:
+            descriptions = await self.backend.describe_models()
+        except Exception as error:  # noqa: BLE001 - whatever failed, the last known models stay
+            if self.index_ok or not self.loaded:
+                log.warning("models.index_unavailable", error=str(error), kept=len(self._models))
+            self.index_ok = False
+            return
         models: dict[str, ServedModel] = {}
         problems: dict[str, str] = {}
         for description in descriptions:
             if not is_routed(description):
                 continue
             try:
-                contract = parse_contract(description)
-                current = self._models.get(contract.name)
-                if current is not None and current.contract == contract:
-                    models[contract.name] = current
-                    continue
-                tokenizer = ModelTokenizer.from_file(self.repository / contract.name / contract.tokenizer_file)
+                models[description.name] = self._serve(description)
             except Exception as error:  # a bad model (contract, tokenizer file) must not stop the others
                 problems[description.name] = str(error)
-                continue
-            models[contract.name] = ServedModel(
-                contract,
-                tokenizer,
-                ModelScheduler(contract, self.backend, self.scheduling, self.cache, self.admission, self.tenants),
-            )
-            log.info("model.ready", model=contract.name, version=contract.version, task=contract.task.value)
         for name, problem in problems.items():
             if self.problems.get(name) != problem:
                 log.error("model.unusable", model=name, problem=problem)
-        self._models, self.problems, self.loaded = models, problems, True
+        for name in set(self._models) | set(self.problems) | set(models) | set(problems):
+            metrics.MODEL_USABLE.labels(name).set(1 if name in models else 0)
+        self._models, self.problems, self.loaded, self.index_ok = models, problems, True, True
+
+    def _serve(self, description: ModelDescription) -> ServedModel:
+        contract = parse_contract(description)
+        current = self._models.get(contract.name)
+        if current is not None and dataclasses.replace(contract, pad_id=current.contract.pad_id) == current.contract:
+            current.served_by = description.served_by
+            return current
+        tokenizer = ModelTokenizer.from_file(self.repository / contract.name / contract.tokenizer_file)
+        contract = dataclasses.replace(contract, pad_id=tokenizer.pad_id(contract.pad_token))
+        scheduler = ModelScheduler(contract, self.backend, self.batching, self.cache, self.admission, self.tenants)
+        log.info("model.ready", model=contract.name, version=contract.version, task=contract.task.value)
+        return ServedModel(contract, tokenizer, scheduler, description.served_by)
 
     def models(self) -> list[ServedModel]:
         return [self._models[name] for name in sorted(self._models)]
+
+    def health(self) -> dict[str, bool]:
+        """Each model the backend has and the router routes: whether it is served."""
+        return {**{name: False for name in self.problems}, **{name: True for name in self._models}}
 
     def get(self, name: str, task: Task) -> ServedModel:
         if not name:
@@ -90,20 +119,8 @@ class ModelRegistry:
                 [errors.FieldViolation("model", "name a model listed by ListModels")],
             )
         served = self._models.get(name)
-        if served is None and not self.loaded:
-            raise RouterError(
-                ErrorKind.NOT_READY,
-                errors.MODEL_NOT_READY,
-                "the router is still loading its models",
-                retry_after_s=1.0,
-            )
         if served is None:
-            raise RouterError(
-                ErrorKind.NOT_FOUND,
-                errors.MODEL_NOT_FOUND,
-                f"model {name!r} is not served; ListModels shows the models that are",
-                metadata={"model": name},
-            )
+            raise self._missing(name)
         if served.contract.task is not task:
             raise errors.invalid(
                 errors.WRONG_TASK,
@@ -111,3 +128,32 @@ class ModelRegistry:
                 [errors.FieldViolation("model", f"{name!r} does not {task.value}")],
             )
         return served
+
+    def _missing(self, name: str) -> RouterError:
+        if not self.loaded:
+            return RouterError(
+                ErrorKind.NOT_READY, errors.MODEL_NOT_READY, "the router is still loading its models", retry_after_s=1.0
+            )
+        if name in self.problems:
+            return RouterError(
+                ErrorKind.NOT_READY,
+                errors.MODEL_UNUSABLE,
+                f"model {name!r} is deployed but its configuration is unusable; ListModels says why",
+                retry_after_s=5.0,
+                metadata={"model": name},
+            )
+        if not self.index_ok:
+            return RouterError(
+                ErrorKind.BACKEND_UNAVAILABLE,
+                errors.BACKEND_INDEX_UNAVAILABLE,
+                f"model {errors.echo(name)} is not among the last known models, and the model servers' "
+                "index cannot be read now",
+                retry_after_s=1.0,
+                metadata={"model": errors.clip(name)},
+            )
+        return RouterError(
+            ErrorKind.NOT_FOUND,
+            errors.MODEL_NOT_FOUND,
+            f"model {errors.echo(name)} is not served; ListModels shows the models that are",
+            metadata={"model": errors.clip(name)},
+        )

@@ -4,40 +4,46 @@ thousands is packed by length into batches like any other work, and no document 
 
 from __future__ import annotations
 
-import asyncio
 import time
+from dataclasses import dataclass
 
 import numpy as np
 
 from router.core import errors
-from router.core.accounting import timing_of, usage_of
+from router.core.config import RequestLimits
 from router.core.contract import Task, Truncation
 from router.core.errors import FieldViolation
-from router.core.registry import ModelRegistry
+from router.core.pipeline import RequestPipeline
+from router.core.registry import ServedModel
+from router.core.tokenize import Split
 from router.core.types import NO_CALL_CONTEXT, CallContext, RankedDocument, RerankRequest, RerankResult
-from router.core.validation import RequestLimits, check_count, check_positive, check_sizes, resolve_truncation
+from router.core.validation import check_count, check_positive, resolve_truncation
 
 
-class RerankService:
-    def __init__(self, registry: ModelRegistry, limits: RequestLimits) -> None:
-        self.registry = registry
-        self.limits = limits
+@dataclass
+class _RerankJob:
+    request: RerankRequest
+    field: str = "documents"
+    query_truncated: bool = False
 
-    async def rerank(self, request: RerankRequest, call: CallContext = NO_CALL_CONTEXT) -> RerankResult:
-        started = time.monotonic()
-        served = self.registry.get(request.model, Task.RERANK)
-        contract = served.contract
+    def validate(self, served: ServedModel, limits: RequestLimits) -> None:
+        request = self.request
         if not request.query:
             raise errors.invalid(
                 errors.EMPTY_QUERY, "query is empty", [FieldViolation("query", "give a non-empty query")]
             )
-        check_count("documents", request.documents, self.limits, errors.EMPTY_DOCUMENTS)
+        check_count("documents", request.documents, limits, errors.EMPTY_DOCUMENTS)
         check_positive("top_n", request.top_n)
         check_positive("max_chunks_per_doc", request.max_chunks_per_doc)
-        truncation = resolve_truncation(served, request.truncation)
+        self.truncation = resolve_truncation(served, request.truncation)
 
+    def size(self) -> int:
+        return len(self.request.query) + sum(len(d) for d in self.request.documents)
+
+    def tokenize(self, served: ServedModel, limits: RequestLimits) -> list[Split]:
+        contract, request = served.contract, self.request
         query = served.tokenizer.query(request.query, contract.max_query_tokens)
-        if query.truncated and truncation is Truncation.NONE:
+        if query.truncated and self.truncation is Truncation.NONE:
             raise errors.invalid(
                 errors.QUERY_TOO_LONG,
                 f"the query has {query.tokens} tokens; model {contract.name!r} takes at most "
@@ -46,28 +52,31 @@ class RerankService:
                 model=contract.name,
                 max_query_tokens=contract.max_query_tokens,
             )
-        splits = await asyncio.to_thread(
-            served.tokenizer.split_pairs,
+        self.query_truncated = query.truncated
+        return served.tokenizer.split_pairs(
             query,
             request.documents,
             contract.max_sequence_length,
-            truncation,
-            self.limits.chunk_overlap,
+            self.truncation,
+            limits.chunk_overlap,
             request.max_chunks_per_doc,
         )
-        tokens = check_sizes("documents", splits, self.limits, contract.max_sequence_length, contract.name)
-        tokenized = time.monotonic()
 
-        windows = [w for s in splits for w in s.windows]
-        rows, ticket = await served.scheduler.run(windows, call.tenant, call.deadline)
-        scores = rows.reshape(len(windows), -1)[:, 0].astype(np.float64)
 
+class RerankService:
+    def __init__(self, pipeline: RequestPipeline) -> None:
+        self.pipeline = pipeline
+
+    async def rerank(self, request: RerankRequest, call: CallContext = NO_CALL_CONTEXT) -> RerankResult:
+        job = _RerankJob(request)
+        done = await self.pipeline.run(request.model, Task.RERANK, call, job)
+        combined = time.monotonic()
+        contract = done.served.contract
+        scores = done.rows.reshape(len(done.windows), -1)[:, contract.score_column].astype(np.float64)
         ranked: list[RankedDocument] = []
-        start = 0
-        for index, split in enumerate(splits):
-            count = len(split.windows)
-            best = start + int(np.argmax(scores[start : start + count]))
-            window = windows[best]
+        for index, (start, end) in enumerate(done.per_split()):
+            best = start + int(np.argmax(scores[start:end]))
+            window = done.windows[best]
             ranked.append(
                 RankedDocument(
                     index=index,
@@ -77,15 +86,14 @@ class RerankService:
                     document=request.documents[index] if request.return_documents else None,
                 )
             )
-            start += count
         ranked.sort(key=lambda r: (-r.score, r.index))
         if request.top_n is not None:
             ranked = ranked[: request.top_n]
-
+        done.timing.total += time.monotonic() - combined
         return RerankResult(
             model=contract.name,
             results=ranked,
-            query_truncated=query.truncated,
-            usage=usage_of(splits, tokens, ticket),
-            timing=timing_of(started, tokenized, ticket, time.monotonic()),
+            query_truncated=job.query_truncated,
+            usage=done.usage,
+            timing=done.timing,
         )

@@ -17,6 +17,9 @@ from tokenizers import Encoding, Tokenizer
 
 from router.core.contract import Truncation
 
+# Pad tokens by convention, tried in this order when the tokenizer's padding settings name none.
+_PAD_TOKENS = ("[PAD]", "<pad>", "<|pad|>", "<|padding|>")
+
 
 @dataclass(frozen=True)
 class Window:
@@ -67,6 +70,8 @@ class ModelTokenizer:
     """A model's tokenizer with padding and truncation off: the router decides both."""
 
     def __init__(self, tokenizer: Tokenizer) -> None:
+        padding = tokenizer.padding
+        self._padding_id: int | None = padding["pad_id"] if padding else None
         tokenizer.no_padding()
         tokenizer.no_truncation()
         self._tokenizer = tokenizer
@@ -76,6 +81,22 @@ class ModelTokenizer:
     @classmethod
     def from_file(cls, path: Path) -> ModelTokenizer:
         return cls(Tokenizer.from_file(str(path)))
+
+    def pad_id(self, token: str | None = None) -> int:
+        """The id rows are padded with: `token`'s when given, else the tokenizer's padding settings', else
+        a conventional pad token's. Raise ValueError when there is none (the model is then not served)."""
+        if token is not None:
+            found = self._tokenizer.token_to_id(token)
+            if found is None:
+                raise ValueError(f"pad token {token!r} is not in the tokenizer's vocabulary")
+            return found
+        if self._padding_id is not None:
+            return self._padding_id
+        for candidate in _PAD_TOKENS:
+            found = self._tokenizer.token_to_id(candidate)
+            if found is not None:
+                return found
+        raise ValueError("the tokenizer has no pad token; name one with modelrouter.pad_token")
 
     def count(self, texts: Sequence[str]) -> list[int]:
         """Token counts with special tokens, as the model would see each text whole."""

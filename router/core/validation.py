@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 from collections.abc import Sized
-from dataclasses import dataclass
 
 from router.core import errors
+from router.core.config import RequestLimits
 from router.core.contract import Truncation
 from router.core.errors import FieldViolation
 from router.core.registry import ServedModel
@@ -13,16 +13,6 @@ from router.core.tokenize import Split
 
 # Field violations listed in one error; the rest are counted in the message.
 MAX_VIOLATIONS = 20
-
-
-@dataclass(frozen=True)
-class RequestLimits:
-    max_inputs: int = 10_000
-    """Inputs (Embed) or documents (Rerank) in one request."""
-    max_tokens: int = 2_000_000
-    """Tokens in one request, counted before truncation."""
-    chunk_overlap: int = 32
-    """Tokens shared by consecutive windows of a chunked input."""
 
 
 def check_count(field_name: str, items: Sized, limits: RequestLimits, reason: str) -> None:
@@ -66,9 +56,11 @@ def check_sizes(field_name: str, splits: list[Split], limits: RequestLimits, max
             FieldViolation(f"{field_name}[{i}]", f"has {n} tokens; model {model!r} accepts at most {max_len}")
             for i, n in too_long[:MAX_VIOLATIONS]
         ]
+        more = len(too_long) - len(violations)
         raise errors.invalid(
             errors.INPUT_TOO_LONG,
-            f"{len(too_long)} of {len(splits)} {field_name} exceed {max_len} tokens and truncation is NONE",
+            f"{len(too_long)} of {len(splits)} {field_name} exceed {max_len} tokens and truncation is NONE"
+            + (f"; the first {len(violations)} are listed, {more} more are not" if more else ""),
             violations,
             model=model,
             max_sequence_length=max_len,

@@ -50,7 +50,7 @@ def truncation_from_pb(value: int) -> Truncation | None:
     except KeyError:
         raise errors.invalid(
             errors.UNSUPPORTED_OPTION,
-            f"unknown truncation value {value}",
+            f"unknown truncation value {errors.echo(value)}",
             [errors.FieldViolation("truncation", "use a Truncation enum value")],
         ) from None
 
@@ -133,7 +133,7 @@ def embed_response_to_pb(result: EmbedResult) -> pb.EmbedResponse:
     )
 
 
-def model_info_to_pb(contract: ModelContract) -> pb.ModelInfo:
+def model_info_to_pb(contract: ModelContract, served_by: tuple[str, ...] = ()) -> pb.ModelInfo:
     return pb.ModelInfo(
         name=contract.name,
         version=contract.version,
@@ -146,6 +146,6 @@ def model_info_to_pb(contract: ModelContract) -> pb.ModelInfo:
         supported_truncations=sorted(_TRUNCATION_TO_PB[t] for t in contract.truncations),
         supported_dimensions=list(contract.dimensions),
         pooling=contract.pooling,
-        served_by=list(contract.served_by),
+        served_by=list(served_by),
         max_query_tokens=contract.max_query_tokens if contract.task is Task.RERANK else 0,
     )

@@ -17,6 +17,13 @@ from router.settings import Settings
 log = structlog.get_logger(__name__)
 
 SERVICE_NAME = pb.DESCRIPTOR.services_by_name["ModelRouterService"].full_name
+_SERVING = health_pb2.HealthCheckResponse.SERVING
+_NOT_SERVING = health_pb2.HealthCheckResponse.NOT_SERVING
+
+
+def model_health_name(model: str) -> str:
+    """The health service name of one model: `modelrouter.v1.ModelRouterService/<model>`."""
+    return f"{SERVICE_NAME}/{model}"
 
 
 class RouterServer:
@@ -37,10 +44,14 @@ class RouterServer:
         reflection.enable_server_reflection([SERVICE_NAME, health.SERVICE_NAME, reflection.SERVICE_NAME], self.server)
         router.on_readiness(self._set_health)
 
-    async def _set_health(self, ready: bool) -> None:
-        status = health_pb2.HealthCheckResponse.SERVING if ready else health_pb2.HealthCheckResponse.NOT_SERVING
-        for service in ("", SERVICE_NAME):
-            await self.health.set(service, status)
+    async def _set_health(self, ready: bool, models: dict[str, bool] | None = None) -> None:
+        """The server as a whole ("" and the service's name), and each model as `<service>/<model>`."""
+        for service, up in (
+            ("", ready),
+            (SERVICE_NAME, ready),
+            *((model_health_name(m), ok) for m, ok in (models or {}).items()),
+        ):
+            await self.health.set(service, _SERVING if up and ready else _NOT_SERVING)
 
     async def start(self) -> int:
         """Bind and start; return the bound port."""

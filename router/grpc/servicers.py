@@ -35,6 +35,10 @@ class ModelRouterServicer(pb_grpc.ModelRouterServiceServicer):
         yield  # a server-streaming method is an async generator
 
     async def ListModels(self, request: pb.ListModelsRequest, context) -> pb.ListModelsResponse:
+        registry = self.router.registry
         return pb.ListModelsResponse(
-            models=[converters.model_info_to_pb(m.contract) for m in self.router.registry.models()]
+            models=[converters.model_info_to_pb(m.contract, m.served_by) for m in registry.models()],
+            unusable_models=[
+                pb.UnusableModel(name=name, problem=problem) for name, problem in sorted(registry.problems.items())
+            ],
         )

@@ -1,4 +1,11 @@
-"""Map domain errors to gRPC statuses with google.rpc details (ErrorInfo, BadRequest, RetryInfo)."""
+"""Map domain errors to gRPC statuses with google.rpc details (ErrorInfo, BadRequest, RetryInfo).
+
+Every status stays well under 8 KiB, the size of trailers gRPC clients accept by default (past it a
+caller sees RESOURCE_EXHAUSTED "received metadata size exceeds soft limit" instead of the real error):
+the core already cuts the caller's values it echoes (errors.echo); here the message, each metadata value
+and each field violation are capped again, at most MAX_VIOLATIONS violations are listed (fewer if the
+status would pass STATUS_BUDGET_BYTES), and a last one says how many more there were.
+"""
 
 from __future__ import annotations
 
@@ -14,7 +21,16 @@ from router.core.errors import ErrorKind, RouterError
 DOMAIN = "modelrouter.v1"
 INTERNAL_MESSAGE = "internal error; the router's log has the details"
 
-_CODES = {
+MAX_MESSAGE_CHARS = 512
+MAX_METADATA_ENTRIES = 10
+MAX_METADATA_CHARS = 128
+MAX_VIOLATIONS = 20
+MAX_VIOLATION_CHARS = 160
+STATUS_BUDGET_BYTES = 4096
+"""The message plus the base64 of the details (as they travel in `grpc-status-details-bin`): half of
+what clients accept by default, leaving room for the other trailers."""
+
+CODES = {
     ErrorKind.INVALID_INPUT: code_pb2.INVALID_ARGUMENT,
     ErrorKind.NOT_FOUND: code_pb2.NOT_FOUND,
     ErrorKind.OVERLOADED: code_pb2.RESOURCE_EXHAUSTED,
@@ -33,24 +49,46 @@ def _pack(message) -> any_pb2.Any:
     return packed
 
 
-def to_status(error: RouterError) -> grpc.Status:
-    details = [_pack(error_details_pb2.ErrorInfo(reason=error.reason, domain=DOMAIN, metadata=error.metadata))]
-    if error.violations:
-        details.append(
-            _pack(
-                error_details_pb2.BadRequest(
-                    field_violations=[
-                        error_details_pb2.BadRequest.FieldViolation(field=v.field, description=v.description)
-                        for v in error.violations
-                    ]
-                )
-            )
+def _cut(text: str, limit: int) -> str:
+    return text if len(text) <= limit else text[: limit - 1] + "…"
+
+
+def _violations(error: RouterError, count: int) -> list[error_details_pb2.BadRequest.FieldViolation]:
+    listed = [
+        error_details_pb2.BadRequest.FieldViolation(
+            field=_cut(v.field, MAX_VIOLATION_CHARS), description=_cut(v.description, MAX_VIOLATION_CHARS)
         )
+        for v in error.violations[:count]
+    ]
+    more = len(error.violations) - len(listed)
+    if more > 0:
+        listed.append(error_details_pb2.BadRequest.FieldViolation(field="", description=f"and {more} more, not listed"))
+    return listed
+
+
+def to_status(error: RouterError) -> grpc.Status:
+    message = _cut(error.message, MAX_MESSAGE_CHARS)
+    count = MAX_VIOLATIONS
+    while True:
+        status = status_pb2.Status(code=CODES[error.kind], message=message, details=_details(error, count))
+        size = len(message.encode()) + 4 * math.ceil(status.ByteSize() / 3)
+        if size <= STATUS_BUDGET_BYTES or count == 0:
+            return rpc_status.to_status(status)
+        count //= 2
+
+
+def _details(error: RouterError, violations: int) -> list[any_pb2.Any]:
+    metadata = {
+        _cut(k, 64): _cut(v, MAX_METADATA_CHARS) for k, v in list(error.metadata.items())[:MAX_METADATA_ENTRIES]
+    }
+    details = [_pack(error_details_pb2.ErrorInfo(reason=error.reason, domain=DOMAIN, metadata=metadata))]
+    if error.violations:
+        details.append(_pack(error_details_pb2.BadRequest(field_violations=_violations(error, violations))))
     if error.retry_after_s is not None:
         seconds = max(0.0, error.retry_after_s)
         delay = duration_pb2.Duration(seconds=int(seconds), nanos=int(math.modf(seconds)[0] * 1e9))
         details.append(_pack(error_details_pb2.RetryInfo(retry_delay=delay)))
-    return rpc_status.to_status(status_pb2.Status(code=_CODES[error.kind], message=error.message, details=details))
+    return details
 
 
 def internal_status() -> grpc.Status:

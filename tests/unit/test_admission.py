@@ -7,9 +7,11 @@ import time
 
 import pytest
 
-from router.core.admission import AdmissionConfig, Calibration, DrainRate, TenantLimiter, TenantLimits
+from router.core.admission import StandingQueue, TenantLimiter, TenantLimits
+from router.core.config import AdmissionConfig, BatchingConfig
+from router.core.drain import Calibration, DrainRate
 from router.core.errors import ErrorKind, RouterError
-from router.core.scheduler import ModelScheduler, SchedulerConfig
+from router.core.scheduler import ModelScheduler
 from tests.unit.test_scheduler import FakeBackend, contract, settle, window
 
 
@@ -20,7 +22,7 @@ def blocked(admission: AdmissionConfig, tenants: TenantLimiter | None = None, **
     scheduler = ModelScheduler(
         contract(max_batch_size=4),
         backend,
-        SchedulerConfig(max_batch_tokens=1000, max_inflight_batches=1, **config),
+        BatchingConfig(max_batch_tokens=1000, max_inflight_batches=1, **config),
         admission_config=admission,
         tenants=tenants,
     )
@@ -121,7 +123,7 @@ async def test_a_request_past_its_deadline_is_never_sent():
 
 async def test_a_deadline_the_drain_rate_cannot_meet_is_refused_at_once():
     scheduler, backend = blocked(AdmissionConfig())
-    scheduler.drain.rate = 100.0  # tokens/s, as if measured
+    scheduler.admission.drain.rate = 100.0  # tokens/s, as if measured
     with pytest.raises(RouterError) as caught:
         await scheduler.run(windows(10), deadline=time.monotonic() + 0.5)  # needs ~1 s
     assert caught.value.reason == "DEADLINE_TOO_SHORT"
@@ -179,7 +181,7 @@ async def test_a_huge_request_in_the_queue_does_not_lock_small_ones_out():
     scheduler, backend = blocked(AdmissionConfig(max_queued_tokens=3000))  # quantum: 2 x 1000 tokens
     huge = asyncio.create_task(scheduler.run(windows(400, marker=10_000)))  # 4,000 tokens: empty queue
     await settle()
-    assert scheduler.pending_tokens > scheduler.max_queued_tokens
+    assert scheduler.pending_tokens > scheduler.admission.max_queued_tokens
     small = [asyncio.create_task(scheduler.run(windows(1, marker=20_000 + i))) for i in range(5)]
     await settle()
     backend.gate.set()
@@ -188,7 +190,7 @@ async def test_a_huge_request_in_the_queue_does_not_lock_small_ones_out():
 
 async def test_retry_delay_counts_queued_work_as_the_bound_does():
     scheduler, backend = blocked(AdmissionConfig(max_queued_tokens=3000))  # quantum: 2 x 1000 tokens
-    scheduler.drain.rate = 1000.0  # tokens/s, as if measured
+    scheduler.admission.drain.rate = 1000.0  # tokens/s, as if measured
     huge = asyncio.create_task(scheduler.run(windows(400, marker=10_000)))  # one turn: 2,000 tokens
     await settle()
     small = [asyncio.create_task(scheduler.run(windows(10, marker=20_000 + 100 * i))) for i in range(9)]
@@ -199,3 +201,39 @@ async def test_retry_delay_counts_queued_work_as_the_bound_does():
     assert caught.value.retry_after_s == pytest.approx(0.1)  # not the huge request's whole backlog
     backend.gate.set()
     await asyncio.gather(huge, *small)
+
+
+def test_a_queue_counts_as_standing_only_after_waits_stay_above_target_for_an_interval():
+    standing = StandingQueue(target_s=0.1, interval_s=1.0)
+    standing.observe(0.5, now=10.0, queue_empty=False)
+    standing.observe(0.5, now=10.5, queue_empty=False)
+    assert not standing.standing  # a burst: above target for half an interval
+    standing.observe(0.5, now=11.0, queue_empty=False)
+    assert standing.standing
+    standing.observe(0.05, now=11.1, queue_empty=False)  # one short wait ends it
+    assert not standing.standing
+    standing.observe(0.5, now=12.0, queue_empty=False)
+    standing.observe(0.5, now=13.5, queue_empty=True)  # so does an empty queue
+    assert not standing.standing
+
+
+async def test_under_a_standing_queue_only_work_that_can_start_soon_is_admitted():
+    scheduler, backend = blocked(AdmissionConfig(queue_delay_target_s=0.1, queue_delay_deadline_share=0.1))
+    admission = scheduler.admission
+    admission.drain.rate = 1000.0  # tokens/s, as if measured
+    first = asyncio.create_task(scheduler.run(windows(4)))  # in flight
+    queued = [asyncio.create_task(scheduler.run(windows(20, marker=2000 + 100 * i))) for i in range(2)]
+    await settle()  # 400 tokens wait: 0.4 s ahead of a newcomer, plus what is in flight
+    admission.standing.standing = True
+    with pytest.raises(RouterError) as caught:
+        await scheduler.run(windows(1, marker=5000), deadline=time.monotonic() + 2.0)  # may wait 0.2 s
+    assert caught.value.reason == "QUEUE_FULL" and "standing" in caught.value.message
+    assert caught.value.retry_after_s > 0
+    with pytest.raises(RouterError):  # refused before any tokenizing, from what is queued
+        scheduler.precheck("", time.monotonic() + 2.0)
+    patient = asyncio.create_task(scheduler.run(windows(1, marker=6000), deadline=time.monotonic() + 60))
+    no_deadline = asyncio.create_task(scheduler.run(windows(1, marker=7000)))
+    await settle()
+    assert scheduler.queue.requests == 4  # both admitted: 6 s of a 60 s deadline, or no deadline
+    backend.gate.set()
+    await asyncio.gather(first, *queued, patient, no_deadline)

@@ -8,7 +8,8 @@ import numpy as np
 
 from router import metrics
 from router.core.cache import OutputCache
-from router.core.scheduler import ModelScheduler, SchedulerConfig
+from router.core.config import BatchingConfig
+from router.core.scheduler import ModelScheduler
 from tests.unit.test_scheduler import FakeBackend, contract, window
 
 
@@ -48,7 +49,7 @@ async def test_second_pass_is_answered_from_the_cache_and_a_new_version_misses()
     cache = OutputCache(max_bytes=1 << 20)
     backend = FakeBackend()
     windows = [window(4 + i % 7, i + 1) for i in range(30)]
-    first = ModelScheduler(contract(), backend, SchedulerConfig(), cache)
+    first = ModelScheduler(contract(), backend, BatchingConfig(), cache)
     rows, ticket = await first.run(windows)
     assert ticket.cache_hits == 0
     sent = len(backend.batches)
@@ -58,6 +59,6 @@ async def test_second_pass_is_answered_from_the_cache_and_a_new_version_misses()
     assert len(backend.batches) == sent
     assert np.array_equal(rows, again)
 
-    upgraded = ModelScheduler(dataclasses.replace(contract(), version="2"), backend, SchedulerConfig(), cache)
+    upgraded = ModelScheduler(dataclasses.replace(contract(), version="2"), backend, BatchingConfig(), cache)
     _, ticket = await upgraded.run(windows)
     assert ticket.cache_hits == 0 and len(backend.batches) > sent

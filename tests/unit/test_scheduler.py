@@ -7,10 +7,10 @@ import asyncio
 import numpy as np
 import pytest
 
-from router.core.admission import AdmissionConfig
+from router.core.config import AdmissionConfig, BatchingConfig
 from router.core.contract import ModelContract, Task, Truncation
 from router.core.errors import ErrorKind, RouterError
-from router.core.scheduler import ModelScheduler, SchedulerConfig
+from router.core.scheduler import ModelScheduler
 from router.core.tokenize import Window
 
 
@@ -51,7 +51,7 @@ class FakeBackend:
         self.max_inflight = 0
         self.fail_with: Exception | None = None
 
-    async def infer(self, model, inputs, output, timeout_s):
+    async def infer(self, contract, rows, timeout_s):
         self.inflight += 1
         self.max_inflight = max(self.max_inflight, self.inflight)
         try:
@@ -59,10 +59,8 @@ class FakeBackend:
             await asyncio.sleep(0)
             if self.fail_with is not None:
                 raise self.fail_with
-            ids, mask = inputs["input_ids"], inputs["attention_mask"]
-            assert (ids * (1 - mask) == 0).all()
-            self.batches.append(mask.sum(axis=1))
-            return ids.sum(axis=1, keepdims=True).astype(np.float32)
+            self.batches.append(np.array([row.length for row in rows]))
+            return np.array([[row.ids.sum()] for row in rows], dtype=np.float32)
         finally:
             self.inflight -= 1
 
@@ -75,7 +73,7 @@ async def settle() -> None:
 
 async def test_rows_come_back_in_order_and_batches_respect_limits():
     backend = FakeBackend()
-    scheduler = ModelScheduler(contract(max_batch_size=8), backend, SchedulerConfig(max_batch_tokens=256))
+    scheduler = ModelScheduler(contract(max_batch_size=8), backend, BatchingConfig(max_batch_tokens=256))
     lengths = np.random.default_rng(0).integers(1, 64, size=100)
     windows = [window(int(n), marker=i + 1) for i, n in enumerate(lengths)]
     rows, ticket = await scheduler.run(windows)
@@ -90,7 +88,7 @@ async def test_rows_come_back_in_order_and_batches_respect_limits():
 async def test_concurrent_requests_share_batches():
     backend = FakeBackend()
     backend.gate.clear()
-    scheduler = ModelScheduler(contract(max_batch_size=32), backend, SchedulerConfig(max_inflight_batches=1))
+    scheduler = ModelScheduler(contract(max_batch_size=32), backend, BatchingConfig(max_inflight_batches=1))
     first = asyncio.create_task(scheduler.run([window(10, 1)]))
     await asyncio.sleep(0)  # the first request leaves at once: the model was idle
     others = [asyncio.create_task(scheduler.run([window(10, i)])) for i in range(2, 12)]
@@ -106,7 +104,7 @@ async def test_concurrent_requests_share_batches():
 async def test_inflight_batches_are_bounded():
     backend = FakeBackend()
     scheduler = ModelScheduler(
-        contract(max_batch_size=1), backend, SchedulerConfig(max_batch_tokens=64, max_inflight_batches=3)
+        contract(max_batch_size=1), backend, BatchingConfig(max_batch_tokens=64, max_inflight_batches=3)
     )
     await scheduler.run([window(5, i) for i in range(20)])
     assert backend.max_inflight == 3
@@ -118,7 +116,7 @@ async def test_a_small_request_does_not_wait_behind_a_huge_one():
     scheduler = ModelScheduler(
         contract(max_batch_size=4, max_len=12),
         backend,
-        SchedulerConfig(max_batch_tokens=12, max_inflight_batches=1),  # quantum: 24 tokens, two batches
+        BatchingConfig(max_batch_tokens=12, max_inflight_batches=1),  # quantum: 24 tokens, two batches
         admission_config=AdmissionConfig(max_queued_tokens=100_000),
     )
     huge = asyncio.create_task(scheduler.run([window(3, 100 + i) for i in range(400)]))
@@ -136,22 +134,23 @@ async def test_a_small_request_does_not_wait_behind_a_huge_one():
 async def test_a_tenants_small_requests_go_in_arrival_order():
     backend = FakeBackend()
     backend.gate.clear()
-    scheduler = ModelScheduler(contract(max_batch_size=1), backend, SchedulerConfig(max_inflight_batches=1))
+    scheduler = ModelScheduler(contract(max_batch_size=1), backend, BatchingConfig(max_inflight_batches=1))
     tasks = []
-    for i in range(6):
-        tasks.append(asyncio.create_task(scheduler.run([window(5 + i, 100 * i + j) for j in range(3)])))
+    lengths = [9, 4, 11, 6, 13, 5]  # neither shortest nor longest first would give arrival order
+    for i, length in enumerate(lengths):
+        tasks.append(asyncio.create_task(scheduler.run([window(length, 100 * i + j) for j in range(3)])))
         await asyncio.sleep(0)
     backend.gate.set()
     await asyncio.gather(*tasks)
-    lengths = [int(b.max()) for b in backend.batches]
-    assert lengths == sorted(lengths)  # request i (length 5 + i) completes before request i + 1 starts
+    served = [int(b.max()) for b in backend.batches]
+    assert served == [n for n in lengths for _ in range(3)]  # each request whole, in arrival order
 
 
 async def test_two_tenants_take_turns():
     backend = FakeBackend()
     backend.gate.clear()
     scheduler = ModelScheduler(
-        contract(max_batch_size=2), backend, SchedulerConfig(max_batch_tokens=10_000, max_inflight_batches=1)
+        contract(max_batch_size=2), backend, BatchingConfig(max_batch_tokens=10_000, max_inflight_batches=1)
     )
     first = asyncio.create_task(scheduler.run([window(5, 100 + i) for i in range(20)], "a"))
     await asyncio.sleep(0)
@@ -170,7 +169,7 @@ async def test_two_tenants_take_turns():
 
 async def test_identical_sequences_in_a_batch_are_computed_once():
     backend = FakeBackend()
-    scheduler = ModelScheduler(contract(max_batch_size=8), backend, SchedulerConfig())
+    scheduler = ModelScheduler(contract(max_batch_size=8), backend, BatchingConfig())
     rows, ticket = await scheduler.run([window(4, 5), window(4, 6), window(4, 5), window(4, 5)])
     assert rows[:, 0].tolist() == [5, 6, 5, 5]
     assert [len(b) for b in backend.batches] == [2]
@@ -179,7 +178,7 @@ async def test_identical_sequences_in_a_batch_are_computed_once():
 async def test_hold_waits_for_more_work_only_under_load():
     backend = FakeBackend()
     backend.gate.clear()
-    config = SchedulerConfig(max_batch_tokens=10_000, max_inflight_batches=2, max_batch_wait_s=0.05)
+    config = BatchingConfig(max_batch_tokens=10_000, max_inflight_batches=2, max_batch_wait_s=0.05)
     scheduler = ModelScheduler(contract(max_batch_size=8), backend, config)
     first = asyncio.create_task(scheduler.run([window(4, 1)]))
     await settle()
@@ -197,7 +196,7 @@ async def test_hold_waits_for_more_work_only_under_load():
 
 async def test_budget_below_max_length_still_serves_long_sequences():
     backend = FakeBackend()
-    scheduler = ModelScheduler(contract(max_len=64), backend, SchedulerConfig(max_batch_tokens=16))
+    scheduler = ModelScheduler(contract(max_len=64), backend, BatchingConfig(max_batch_tokens=16))
     rows, _ = await scheduler.run([window(64, 5), window(64, 6)])
     assert rows[:, 0].tolist() == [5, 6]
 
@@ -205,7 +204,7 @@ async def test_budget_below_max_length_still_serves_long_sequences():
 async def test_backend_failure_reaches_the_request_and_the_queue_recovers():
     backend = FakeBackend()
     backend.fail_with = RouterError(ErrorKind.BACKEND_UNAVAILABLE, "BACKEND_UNAVAILABLE", "down")
-    scheduler = ModelScheduler(contract(max_batch_size=2), backend, SchedulerConfig(max_inflight_batches=1))
+    scheduler = ModelScheduler(contract(max_batch_size=2), backend, BatchingConfig(max_inflight_batches=1))
     with pytest.raises(RouterError) as caught:
         await scheduler.run([window(4, i) for i in range(10)])
     assert caught.value.kind is ErrorKind.BACKEND_UNAVAILABLE
@@ -219,7 +218,7 @@ async def test_cancelled_request_leaves_no_queued_work():
     backend = FakeBackend()
     backend.gate.clear()
     scheduler = ModelScheduler(
-        contract(max_batch_size=1), backend, SchedulerConfig(max_batch_tokens=64, max_inflight_batches=1)
+        contract(max_batch_size=1), backend, BatchingConfig(max_batch_tokens=64, max_inflight_batches=1)
     )
     task = asyncio.create_task(scheduler.run([window(4, i) for i in range(10)]))
     await asyncio.sleep(0)

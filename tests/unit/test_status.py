@@ -35,9 +35,40 @@ def test_overload_carries_retry_info():
     assert retry.retry_delay.ToMilliseconds() == 250
 
 
-def test_every_kind_has_a_code():
-    for kind in ErrorKind:
-        assert to_status(RouterError(kind, "R", "m")).code is not None
+def test_every_kind_maps_to_its_code():
+    expected = {
+        ErrorKind.INVALID_INPUT: grpc.StatusCode.INVALID_ARGUMENT,
+        ErrorKind.NOT_FOUND: grpc.StatusCode.NOT_FOUND,
+        ErrorKind.OVERLOADED: grpc.StatusCode.RESOURCE_EXHAUSTED,
+        ErrorKind.DEADLINE_EXCEEDED: grpc.StatusCode.DEADLINE_EXCEEDED,
+        ErrorKind.NOT_READY: grpc.StatusCode.UNAVAILABLE,
+        ErrorKind.BACKEND_UNAVAILABLE: grpc.StatusCode.UNAVAILABLE,
+        ErrorKind.BACKEND_FAILED: grpc.StatusCode.INTERNAL,
+        ErrorKind.UNIMPLEMENTED: grpc.StatusCode.UNIMPLEMENTED,
+        ErrorKind.CANCELLED: grpc.StatusCode.CANCELLED,
+    }
+    assert set(expected) == set(ErrorKind)
+    for kind, code in expected.items():
+        assert to_status(RouterError(kind, "R", "m")).code is code
+
+
+def test_a_status_stays_under_8_kib_whatever_the_error_holds():
+    huge = "x" * 100_000
+    error = RouterError(
+        ErrorKind.INVALID_INPUT,
+        "INPUT_TOO_LONG",
+        huge,
+        tuple(FieldViolation(f"inputs[{i}]", huge) for i in range(10_000)),
+        metadata={"model": huge, "other": huge},
+    )
+    status = to_status(error)
+    [(_, value)] = status.trailing_metadata
+    on_the_wire = 4 * -(-len(value) // 3) + len(status.details.encode())  # details travel base64-encoded
+    assert on_the_wire <= 4096  # well under the 8 KiB clients accept
+    bad = error_details_pb2.BadRequest()
+    assert details(status).details[1].Unpack(bad)
+    listed = len(bad.field_violations) - 1
+    assert 1 <= listed <= 20 and f"{10_000 - listed} more" in bad.field_violations[-1].description
 
 
 def test_internal_has_fixed_message():

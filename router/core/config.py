@@ -1,0 +1,117 @@
+"""The core's knobs, each with its one default. `router/settings.py` exposes them as settings and takes
+its defaults from here; nothing else repeats a number.
+
+Every config checks itself when built, naming the knob that is wrong, so a bad value stops the router
+at start-up instead of hanging requests later (`max_inflight_batches=0` would never dispatch).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, fields
+
+
+def _check(config: object, rules: dict[str, tuple[str, object]]) -> None:
+    """`rules`: field -> (comparison, bound), e.g. ("gt", 0); None values pass (they mean "unset")."""
+    for name, (op, bound) in rules.items():
+        value = getattr(config, name)
+        if value is None:
+            continue
+        ok = {"gt": value > bound, "ge": value >= bound, "le": value <= bound}[op]
+        if not ok:
+            words = {"gt": "greater than", "ge": "at least", "le": "at most"}[op]
+            raise ValueError(f"{name} must be {words} {bound} (got {value!r})")
+
+
+@dataclass(frozen=True)
+class BatchingConfig:
+    """How one model's scheduler forms batches and sends them."""
+
+    max_batch_tokens: int = 8192
+    """Padded tokens (rows x longest row) per batch; a model's config may set its own."""
+    max_inflight_batches: int = 2
+    """Batches sent to the backend at once for one model; more pile up in the queue and pack better."""
+    min_batch_fill: float = 0.0
+    """Least share of real (unpadded) tokens in a batch. On a CPU, where padding is the whole cost, 0.8
+    or so; on a GPU, 0. A model's config may set its own."""
+    max_batch_wait_s: float = 0.0
+    """While other batches are in flight, hold a batch that would leave less than full up to this long
+    for more work to join; an idle model never waits. A few ms on a GPU, 0 on a CPU."""
+    timeout_s: float | None = 60.0
+    """Backend timeout for one batch (the callers' deadlines shorten it)."""
+
+    def __post_init__(self) -> None:
+        _check(
+            self,
+            {
+                "max_batch_tokens": ("gt", 0),
+                "max_inflight_batches": ("gt", 0),
+                "min_batch_fill": ("ge", 0.0),
+                "max_batch_wait_s": ("ge", 0.0),
+                "timeout_s": ("gt", 0.0),
+            },
+        )
+        _check(self, {"min_batch_fill": ("le", 1.0), "max_batch_wait_s": ("le", 1.0)})
+
+
+@dataclass(frozen=True)
+class AdmissionConfig:
+    """What one model's scheduler lets in (router/core/admission.py)."""
+
+    enabled: bool = True
+    """Off: every request is queued whatever the queue holds, and kept there past its deadline until its
+    caller goes away: a plain proxy, for comparison only."""
+    max_queued_tokens: int | None = None
+    """Tokens waiting per model; unset: 4 x the model's max batch size x its max sequence length."""
+    max_queued_requests: int = 256
+    """Requests waiting per model."""
+    shed_on_deadline: bool = True
+    """Refuse at once a request whose deadline the measured drain rate says it cannot meet."""
+    queue_delay_target_s: float = 0.15
+    """Overload control (CoDel): once every request has waited longer than this for a whole
+    `queue_delay_interval_s`, the queue is standing, and a new request is admitted only if the work
+    ahead of it drains within this target. Keeps the queue short under overload, not full."""
+    queue_delay_interval_s: float = 1.0
+    """How long waits must stay above the target before the queue counts as standing."""
+    queue_delay_deadline_share: float = 0.1
+    """While the queue stands, a request may still wait this share of its own deadline when that is
+    longer than the target: a caller that gives 60 s tolerates a queue that one giving 2 s does not. A
+    request without a deadline is bounded by the queue bounds only."""
+
+    def __post_init__(self) -> None:
+        _check(
+            self,
+            {
+                "max_queued_tokens": ("gt", 0),
+                "max_queued_requests": ("gt", 0),
+                "queue_delay_target_s": ("gt", 0.0),
+                "queue_delay_interval_s": ("gt", 0.0),
+                "queue_delay_deadline_share": ("ge", 0.0),
+            },
+        )
+        _check(self, {"queue_delay_deadline_share": ("le", 1.0)})
+
+    def queue_tokens_for(self, max_batch_size: int, max_sequence_length: int) -> int:
+        return self.max_queued_tokens or 4 * max_batch_size * max_sequence_length
+
+
+@dataclass(frozen=True)
+class RequestLimits:
+    """What one request may ask, checked before any work is queued."""
+
+    max_inputs: int = 10_000
+    """Inputs (Embed) or documents (Rerank) in one request."""
+    max_tokens: int = 2_000_000
+    """Tokens in one request, counted before truncation."""
+    chunk_overlap: int = 32
+    """Tokens shared by consecutive windows of a chunked input (capped at half a window)."""
+
+    def __post_init__(self) -> None:
+        _check(self, {"max_inputs": ("gt", 0), "max_tokens": ("gt", 0), "chunk_overlap": ("ge", 0)})
+
+
+def default(config: type, name: str) -> object:
+    """The default of one knob, for the settings that expose it."""
+    for f in fields(config):
+        if f.name == name:
+            return f.default
+    raise KeyError(name)

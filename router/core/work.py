@@ -1,0 +1,50 @@
+"""What a model's scheduler holds: a ticket per request, an item per sequence of it."""
+
+from __future__ import annotations
+
+import asyncio
+from dataclasses import dataclass, field
+
+from router.core.tokenize import Window
+
+
+@dataclass(eq=False)
+class Ticket:
+    """One request's passage through a scheduler (compared by identity)."""
+
+    submitted: float
+    """time.monotonic() when the request reached the scheduler."""
+    tenant: str = ""
+    deadline: float | None = None
+    """time.monotonic() by which the caller stops waiting."""
+    first_dispatch: float | None = None
+    finished: float | None = None
+    batches: set[int] = field(default_factory=set)
+    padded_tokens: int = 0
+    """Each of the request's rows costs its batch's longest row."""
+    computed_tokens: int = 0
+    """Tokens of the request's sequences sent to the model (cache hits are not)."""
+    cache_hits: int = 0
+    estimate: float | None = None
+    """Seconds the drain rate said the request would take, when it was admitted."""
+    queued: int = 0
+    """Tokens of the request still waiting in the queue."""
+    served: int = 0
+    """Tokens dispatched for the request since it joined."""
+    start: float = 0.0
+    """Its tenant's request clock when it joined (fair_queue.py)."""
+
+
+@dataclass(eq=False)
+class Item:
+    """One sequence waiting for the model, and the future its row is delivered to."""
+
+    seq_no: int
+    window: Window
+    ticket: Ticket
+    future: asyncio.Future
+    cache_key: bytes | None = None
+
+    @property
+    def length(self) -> int:
+        return self.window.length

@@ -1,0 +1,81 @@
+"""The one request pipeline: Embed and Rerank through it, the contract's score column, shutting down
+(fake backend, tiny tokenizer)."""
+
+from __future__ import annotations
+
+import asyncio
+
+import numpy as np
+import pytest
+
+from router.core.config import RequestLimits
+from router.core.embed import EmbedService
+from router.core.errors import ErrorKind, RouterError
+from router.core.pipeline import RequestPipeline
+from router.core.registry import ModelRegistry
+from router.core.rerank import RerankService
+from router.core.types import EmbedRequest, RerankRequest
+from tests.unit.fakes import IndexBackend, description, write_tokenizer
+
+
+@pytest.fixture
+async def services(tmp_path):
+    for name in ("embedder", "ranker", "classifier"):
+        write_tokenizer(tmp_path / name / "tokenizer.json")
+    backend = IndexBackend(
+        [
+            description("embedder", normalize="false"),
+            description("ranker", task="rerank", width="1"),
+            description("classifier", task="rerank", width="2", score_column="1"),
+        ]
+    )
+    registry = ModelRegistry(backend, tmp_path)
+    await registry.refresh()
+    pipeline = RequestPipeline(registry, RequestLimits())
+    return pipeline, EmbedService(pipeline), RerankService(pipeline), backend
+
+
+async def test_embed_and_rerank_share_the_pipeline(services):
+    pipeline, embed, rerank, backend = services
+    result = await embed.embed(EmbedRequest("embedder", ["alpha beta", "gamma"]))
+    assert result.embeddings.shape == (2, 4) and result.usage.sequences == 2
+    ranked = await rerank.rerank(RerankRequest("ranker", "query", ["alpha", "document delta"]))
+    assert sorted(r.index for r in ranked.results) == [0, 1] and ranked.usage.batches >= 1
+    assert pipeline.active == 0
+
+
+async def test_rerank_reads_the_score_column_the_contract_names(services):
+    _, _, rerank, backend = services
+    # The fake's rows are [s, ..., s, -s] with s the sum of the window's ids: column 0 ranks by s,
+    # column 1 (the classifier's "relevant" logit here) ranks by -s.
+    documents = ["alpha", "document document document"]
+    by_first = await rerank.rerank(RerankRequest("ranker", "query", documents))
+    by_second = await rerank.rerank(RerankRequest("classifier", "query", documents))
+    assert [r.index for r in by_first.results] == [1, 0]
+    assert [r.index for r in by_second.results] == [0, 1]
+    assert by_second.results[0].score < 0
+
+
+async def test_rows_are_padded_with_the_tokenizers_pad_id(services):
+    _, embed, _, backend = services
+    await embed.embed(EmbedRequest("embedder", ["alpha beta gamma", "delta"]))
+    contract, rows = backend.calls[-1]
+    assert contract.pad_id == 1  # the fake tokenizer's [PAD]; the adapter pads with it
+
+
+async def test_shutting_down_refuses_new_work_and_lets_work_in_flight_finish(services):
+    pipeline, embed, _, backend = services
+    backend.gate = asyncio.Event()
+    inflight = asyncio.create_task(embed.embed(EmbedRequest("embedder", ["alpha"])))
+    await asyncio.sleep(0.01)
+    assert pipeline.active == 1
+    pipeline.close()
+    with pytest.raises(RouterError) as caught:
+        await embed.embed(EmbedRequest("embedder", ["beta"]))
+    assert caught.value.kind is ErrorKind.NOT_READY and caught.value.reason == "SHUTTING_DOWN"
+    assert caught.value.retry_after_s
+    assert not await pipeline.drain(0.05)  # still in flight: the grace runs out
+    backend.gate.set()
+    assert await pipeline.drain(5.0)
+    result = await inflight
+    assert np.isfinite(result.embeddings).all()

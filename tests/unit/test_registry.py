@@ -1,0 +1,78 @@
+"""The model registry: schedulers survive shard changes, a failed index keeps the models, one bad model
+does not take the others down (fake backend, tiny tokenizer: no Triton, no built models)."""
+
+from __future__ import annotations
+
+import pytest
+
+from router.core.contract import Task
+from router.core.errors import ErrorKind, RouterError
+from router.core.registry import ModelRegistry
+from tests.unit.fakes import IndexBackend, description, write_tokenizer
+
+
+@pytest.fixture
+def repository(tmp_path):
+    for name in ("good", "other"):
+        write_tokenizer(tmp_path / name / "tokenizer.json")
+    return tmp_path
+
+
+async def test_a_shard_coming_or_going_keeps_the_models_scheduler(repository):
+    backend = IndexBackend([description("good", served_by=("shard-a", "shard-b"))])
+    registry = ModelRegistry(backend, repository)
+    await registry.refresh()
+    scheduler = registry.get("good", Task.EMBED).scheduler
+    backend.descriptions = [description("good", served_by=("shard-a",))]
+    await registry.refresh()
+    served = registry.get("good", Task.EMBED)
+    assert served.scheduler is scheduler  # queue, drain rate and calibration kept
+    assert served.served_by == ("shard-a",)
+
+
+async def test_a_failed_index_keeps_the_last_known_models_and_unknown_names_are_retryable(repository):
+    backend = IndexBackend([description("good")])
+    registry = ModelRegistry(backend, repository)
+    await registry.refresh()
+    backend.index_down = True
+    await registry.refresh()
+    assert registry.get("good", Task.EMBED).contract.name == "good"  # still served
+    with pytest.raises(RouterError) as caught:
+        registry.get("new-model", Task.EMBED)
+    assert caught.value.kind is ErrorKind.BACKEND_UNAVAILABLE and caught.value.retry_after_s
+    backend.index_down = False
+    await registry.refresh()
+    with pytest.raises(RouterError) as caught:
+        registry.get("new-model", Task.EMBED)
+    assert caught.value.kind is ErrorKind.NOT_FOUND
+
+
+async def test_one_bad_model_is_reported_and_the_others_are_served(repository):
+    backend = IndexBackend([description("good"), description("broken", pooling="sideways")])
+    registry = ModelRegistry(backend, repository)
+    await registry.refresh()
+    assert [m.contract.name for m in registry.models()] == ["good"]
+    assert "pooling" in registry.problems["broken"]
+    assert registry.health() == {"good": True, "broken": False}
+    with pytest.raises(RouterError) as caught:
+        registry.get("broken", Task.EMBED)
+    assert caught.value.reason == "MODEL_UNUSABLE" and caught.value.kind is ErrorKind.NOT_READY
+
+
+async def test_the_pad_id_comes_from_the_tokenizer(repository, tmp_path):
+    write_tokenizer(repository / "nopad" / "tokenizer.json", pad=None)
+    backend = IndexBackend([description("good"), description("nopad"), description("other", pad_token="[SEP]")])
+    registry = ModelRegistry(backend, repository)
+    await registry.refresh()
+    assert registry.get("good", Task.EMBED).contract.pad_id == 1  # [UNK]=0, [PAD]=1
+    assert registry.get("other", Task.EMBED).contract.pad_id == 3  # named in the config
+    assert "pad token" in registry.problems["nopad"]
+
+
+async def test_an_echoed_model_name_is_cut():
+    registry = ModelRegistry(IndexBackend([]), None)
+    await registry.refresh()
+    with pytest.raises(RouterError) as caught:
+        registry.get("m" * 100_000, Task.EMBED)
+    assert len(caught.value.message) < 300 and "100000 characters" in caught.value.message
+    assert all(len(v) <= 100 for v in caught.value.metadata.values())

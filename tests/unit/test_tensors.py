@@ -1,0 +1,33 @@
+"""Token rows become the tensors a model declares, padded with the model's pad id (adapters/triton)."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import numpy as np
+
+from adapters.triton.tensors import input_tensors, pad_rows
+from router.core.tokenize import Window
+from tests.unit.test_scheduler import contract
+
+
+def row(*ids: int, type_ids: tuple[int, ...] | None = None) -> Window:
+    return Window(np.array(ids, np.int64), None if type_ids is None else np.array(type_ids, np.int64), 0, 0)
+
+
+def test_pad_rows_masks_padding():
+    ids, mask = pad_rows([np.array([1, 2, 3]), np.array([4])], pad_id=9)
+    assert ids.tolist() == [[1, 2, 3], [4, 9, 9]]
+    assert mask.tolist() == [[1, 1, 1], [1, 0, 0]]
+
+
+def test_declared_inputs_only_and_the_contracts_pad_id():
+    embed = dataclasses.replace(contract(), pad_id=7)  # declares input_ids and attention_mask
+    tensors = input_tensors(embed, [row(1, 2, 3), row(4)])
+    assert set(tensors) == {"input_ids", "attention_mask"}
+    assert tensors["input_ids"].tolist() == [[1, 2, 3], [4, 7, 7]]
+
+    pairs = dataclasses.replace(embed, input_names=("input_ids", "attention_mask", "token_type_ids"))
+    tensors = input_tensors(pairs, [row(1, 2, 3, type_ids=(0, 1, 1)), row(4, type_ids=(0,))])
+    assert tensors["token_type_ids"].tolist() == [[0, 1, 1], [0, 0, 0]]
+    assert tensors["input_ids"].dtype == np.int64
