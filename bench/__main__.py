@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import sys
 
-from bench import admission, batching, embed, rerank
+from bench import admission, batching, embed, overhead, rerank
 
 BENCHMARKS = {
     "embed": embed.main,
     "rerank": rerank.main,
     "batching": batching.main,
     "admission": admission.main,
+    "overhead": overhead.main,
 }
 
 

@@ -16,6 +16,7 @@ import random
 import time
 
 import grpc
+from google.rpc import error_details_pb2
 
 from bench.corpus import mixed_texts
 from bench.harness import RESULTS, PathResult, router_process, say, triton_server, write_report
@@ -36,6 +37,7 @@ class Outcomes:
         self.shed: list[float] = []  # refused by the router: RESOURCE_EXHAUSTED, or its DEADLINE_TOO_SHORT
         self.timed_out = 0  # the caller's deadline passed while it waited
         self.other: dict[str, int] = {}
+        self.reasons: dict[str, int] = {}  # refusals by ErrorInfo.reason
 
 
 async def one_call(stub, texts: list[str], outcomes: Outcomes) -> None:
@@ -50,6 +52,8 @@ async def one_call(stub, texts: list[str], outcomes: Outcomes) -> None:
         )
         if refused:
             outcomes.shed.append(time.perf_counter() - started)
+            reason = _reason(error)
+            outcomes.reasons[reason] = outcomes.reasons.get(reason, 0) + 1
         elif code is grpc.StatusCode.DEADLINE_EXCEEDED:
             outcomes.timed_out += 1
         else:
@@ -124,16 +128,29 @@ async def run(seconds: float) -> tuple[list[PathResult], float]:
                                 "timeout_rate": outcomes.timed_out / max(total, 1),
                                 "shed_p99_ms": _p99_ms(outcomes.shed),
                                 "other_errors": sum(outcomes.other.values()),
+                                **{f"shed_{r.lower()}": n for r, n in sorted(outcomes.reasons.items())},
                             },
                         )
                         say(
                             f"    goodput {result.throughput:.1f}/s, p50 {result.percentile_ms(50):.0f} ms, "
                             f"p99 {result.percentile_ms(99):.0f} ms, shed {result.extra['shed_rate']:.0%}, "
-                            f"timed out {result.extra['timeout_rate']:.0%}, other {outcomes.other}"
+                            f"timed out {result.extra['timeout_rate']:.0%}, other {outcomes.other}, "
+                            f"refused by reason {outcomes.reasons}"
                         )
                         results.append(result)
                         await asyncio.sleep(DEADLINE_S + 1)  # let the queue drain between levels
     return results, measured
+
+
+def _reason(error: grpc.aio.AioRpcError) -> str:
+    from grpc_status import rpc_status
+
+    status = rpc_status.from_call(error)
+    info = error_details_pb2.ErrorInfo()
+    for detail in status.details if status else ():
+        if detail.Unpack(info):
+            return info.reason
+    return error.code().name
 
 
 def _p99_ms(values: list[float]) -> float:
@@ -174,7 +191,7 @@ def plot(rows: list[dict]) -> None:
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--seconds", type=float, default=10.0, help="seconds per load level (default 10)")
+    parser.add_argument("--seconds", type=float, default=15.0, help="seconds per load level (default 15)")
     args = parser.parse_args(argv)
     say(f"admission: {TEXTS_PER_CALL} texts per call, {DEADLINE_S:.0f} s deadline, loads {LOADS}")
     results, measured = asyncio.run(run(args.seconds))

@@ -107,7 +107,7 @@ def router_process(triton_address: str, **settings: str) -> Iterator[str]:
     """`router serve` in its own process (as deployed), in front of the given Triton."""
     port = free_port()
     env = dict(os.environ, **{f"MODELROUTER_{k.upper()}": str(v) for k, v in settings.items()})
-    env["MODELROUTER_LOG_LEVEL"] = "warning"
+    env.setdefault("MODELROUTER_LOG_LEVEL", "warning")
     command = [sys.executable, "-m", "router", "serve", "--port", str(port), "--triton", triton_address]
     SCRATCH.mkdir(parents=True, exist_ok=True)
     with open(SCRATCH / "router.log", "ab") as log:

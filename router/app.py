@@ -38,8 +38,9 @@ def core_configs(s: Settings) -> tuple[BatchingConfig, AdmissionConfig, RequestL
             max_queued_tokens=s.queue_max_tokens,
             max_queued_requests=s.queue_max_requests,
             shed_on_deadline=s.shed_on_deadline,
+            overload_ratio=s.overload_ratio,
+            overload_window_s=s.overload_window_s,
             queue_delay_target_s=s.queue_delay_target_s,
-            queue_delay_interval_s=s.queue_delay_interval_s,
             queue_delay_deadline_share=s.queue_delay_deadline_share,
         ),
         RequestLimits(

@@ -89,14 +89,16 @@ class Settings(BaseSettings):
     shed_on_deadline: bool = default(_A, "shed_on_deadline")
     """Refuse at once (DEADLINE_EXCEEDED) a request that the measured drain rate says cannot finish
     before the caller's deadline."""
+    overload_ratio: float = Field(default=default(_A, "overload_ratio"), gt=1)
+    """The model counts as overloaded while work arrives more than this many times as fast as it drains
+    when kept busy, over `overload_window_s` (router/core/admission.py)."""
+    overload_window_s: float = Field(default=default(_A, "overload_window_s"), gt=0)
+    """The window over which the arrival rate is measured."""
     queue_delay_target_s: float = Field(default=default(_A, "queue_delay_target_s"), gt=0)
-    """Overload control: once every request has waited longer than this for `queue_delay_interval_s`,
-    new work is admitted only if what is ahead of it drains within this target (router/core/admission.py)."""
-    queue_delay_interval_s: float = Field(default=default(_A, "queue_delay_interval_s"), gt=0)
-    """How long waits must stay above the target before the queue counts as standing."""
+    """While overloaded, new work is admitted only if what is ahead of it drains within this."""
     queue_delay_deadline_share: float = Field(default=default(_A, "queue_delay_deadline_share"), ge=0, le=1)
-    """While the queue stands, a request may still wait this share of its own deadline when that is
-    longer than the target (no deadline: only the queue bounds apply)."""
+    """While overloaded, a request may still wait this share of its own deadline when that is longer than
+    the target (no deadline: only the queue bounds apply)."""
     tenant_requests_per_s: float | None = Field(default=None, gt=0)
     """Default rate per tenant (call metadata x-tenant-id) in requests/s; unset: unlimited."""
     tenant_tokens_per_s: float | None = Field(default=None, gt=0)

@@ -15,7 +15,8 @@ RERANK_MODEL = "minilm-reranker"
 
 def router_settings(triton, **overrides) -> Settings:
     """Settings for a router on a free loopback port in front of the given (embedded) Triton."""
-    return Settings(host="127.0.0.1", port=0, triton=[triton.grpc_address], model_repository=REPOSITORY, **overrides)
+    overrides.setdefault("model_repository", REPOSITORY)
+    return Settings(host="127.0.0.1", port=0, triton=[triton.grpc_address], **overrides)
 
 
 class RpcErrorDetails:

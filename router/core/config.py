@@ -66,16 +66,19 @@ class AdmissionConfig:
     """Requests waiting per model."""
     shed_on_deadline: bool = True
     """Refuse at once a request whose deadline the measured drain rate says it cannot meet."""
+    overload_ratio: float = 1.3
+    """The model is overloaded while work arrives (requests per second over `overload_window_s`, times
+    their mean tokens) more than this many times as fast as the model drains it when kept busy: its
+    queue grows, rather than merely being long."""
+    overload_window_s: float = 3.0
+    """The window over which the arrival rate is measured."""
     queue_delay_target_s: float = 0.15
-    """Overload control (CoDel): once every request has waited longer than this for a whole
-    `queue_delay_interval_s`, the queue is standing, and a new request is admitted only if the work
-    ahead of it drains within this target. Keeps the queue short under overload, not full."""
-    queue_delay_interval_s: float = 1.0
-    """How long waits must stay above the target before the queue counts as standing."""
+    """While overloaded, a new request is admitted only if the work ahead of it drains within this: the
+    queue stays short, not full, and admitted calls are answered fast."""
     queue_delay_deadline_share: float = 0.1
-    """While the queue stands, a request may still wait this share of its own deadline when that is
-    longer than the target: a caller that gives 60 s tolerates a queue that one giving 2 s does not. A
-    request without a deadline is bounded by the queue bounds only."""
+    """While overloaded, a request may still wait this share of its own deadline when that is longer than
+    the target: a caller that gives 60 s tolerates a queue that one giving 2 s does not. A request
+    without a deadline is bounded by the queue bounds only."""
 
     def __post_init__(self) -> None:
         _check(
@@ -83,8 +86,9 @@ class AdmissionConfig:
             {
                 "max_queued_tokens": ("gt", 0),
                 "max_queued_requests": ("gt", 0),
+                "overload_ratio": ("gt", 1.0),
+                "overload_window_s": ("gt", 0.0),
                 "queue_delay_target_s": ("gt", 0.0),
-                "queue_delay_interval_s": ("gt", 0.0),
                 "queue_delay_deadline_share": ("ge", 0.0),
             },
         )

@@ -67,6 +67,7 @@ class ModelScheduler:
             self.queue,
             admission_config.queue_tokens_for(contract.max_batch_size, contract.max_sequence_length),
             tenants,
+            batch_tokens=budget,
         )
         self._timer: asyncio.TimerHandle | None = None
         self._seq_numbers = itertools.count()
@@ -100,6 +101,7 @@ class ModelScheduler:
         try:
             self.admission.precheck(tenant, deadline, now)
         except RouterError as error:
+            self.admission.arrivals.arrived(now)  # it arrived, and will not reach run()
             raise self._count(error) from None
 
     async def run(
@@ -107,11 +109,12 @@ class ModelScheduler:
     ) -> tuple[np.ndarray, Ticket]:
         """Compute every window; return the output rows in window order and the request's ticket.
 
-        Raises RouterError OVERLOADED (queue full or standing, tenant over its rate) or DEADLINE_EXCEEDED
+        Raises RouterError OVERLOADED (queue full, overloaded, tenant over its rate) or DEADLINE_EXCEEDED
         (the deadline cannot be met, or passed while waiting) without sending anything to the model.
         """
         loop = asyncio.get_running_loop()
         now = time.monotonic()
+        self.admission.arrivals.arrived(now)
         if deadline is not None and deadline <= now:
             raise self._count(admission.deadline_expired(self.contract.name))
         ticket = Ticket(submitted=now, tenant=tenant, deadline=deadline)
@@ -143,14 +146,6 @@ class ModelScheduler:
         ticket.finished = time.monotonic()
         self.admission.finished(ticket)
         return np.stack(rows), ticket
-
-    async def drain(self) -> None:
-        """Wait until nothing is queued or in flight (graceful shutdown; callers stopped admitting)."""
-        while self.queue or self._dispatches:
-            if self._dispatches:
-                await asyncio.wait(set(self._dispatches))
-            else:
-                await asyncio.sleep(0.01)
 
     def _count(self, error: RouterError) -> RouterError:
         """Count a refusal by its reason, and hand the error back for raising."""
@@ -185,7 +180,7 @@ class ModelScheduler:
             anchor = self.queue.anchor()
             low, high = grow(self.queue.lengths, self.queue.by_length.index(anchor), self.limits)
             batch = self.queue.take(low, high)
-            self.admission.dispatched(anchor.ticket, now)
+            self.admission.dispatched(now)
             task = loop.create_task(self._dispatch(batch, now))
             self._dispatches.add(task)
             task.add_done_callback(self._dispatches.discard)
@@ -248,7 +243,7 @@ class ModelScheduler:
                     self.cache.put(item.cache_key, output[row])
         finally:
             self.admission.inflight_tokens -= computed
-            self.admission.drain.finished(done, time.monotonic(), len(self._dispatches) - 1)
+            self.admission.drain.finished(done, time.monotonic(), len(self._dispatches) - 1, waiting=bool(self.queue))
             self._dispatches.discard(asyncio.current_task())
             self._pump()
 

@@ -121,8 +121,7 @@ class ModelTokenizer:
         room = max_length - self.single_specials
         if room < 1:
             raise ValueError(f"max_length {max_length} leaves no room for text")
-        encodings = self._tokenizer.encode_batch(list(texts), add_special_tokens=False)
-        return [self._cut(e, room, truncation, overlap, max_windows) for e in encodings]
+        return [self._cut(e, room, truncation, overlap, max_windows) for e in self._encode(texts)]
 
     def _cut(
         self, content: Encoding, room: int, truncation: Truncation, overlap: int, max_windows: int | None
@@ -142,6 +141,12 @@ class ModelTokenizer:
         direction = "right" if truncation is Truncation.END else "left"
         content.truncate(room, direction=direction)
         return Split(tokens, (self._window(self._tokenizer.post_process(content), content),), True)
+
+    def _encode(self, texts: Sequence[str]) -> list[Encoding]:
+        """Without special tokens; one text directly (the batch call's thread pool costs more than it saves)."""
+        if len(texts) == 1:
+            return [self._tokenizer.encode(texts[0], add_special_tokens=False)]
+        return self._tokenizer.encode_batch(list(texts), add_special_tokens=False)
 
     def query(self, text: str, cap: int) -> Query:
         """Encode a rerank query and keep its first `cap` tokens."""
@@ -168,8 +173,7 @@ class ModelTokenizer:
         room = max_length - self.pair_specials - query.kept
         if room < 1:
             raise ValueError(f"a query of {query.kept} tokens leaves no room in {max_length}")
-        encodings = self._tokenizer.encode_batch(list(documents), add_special_tokens=False)
-        return [self._cut_pair(query, e, room, truncation, overlap, max_windows) for e in encodings]
+        return [self._cut_pair(query, e, room, truncation, overlap, max_windows) for e in self._encode(documents)]
 
     def _cut_pair(
         self, query: Query, document: Encoding, room: int, truncation: Truncation, overlap: int, max_windows: int | None

@@ -11,9 +11,6 @@ from router.core.errors import FieldViolation
 from router.core.registry import ServedModel
 from router.core.tokenize import Split
 
-# Field violations listed in one error; the rest are counted in the message.
-MAX_VIOLATIONS = 20
-
 
 def check_count(field_name: str, items: Sized, limits: RequestLimits, reason: str) -> None:
     """At least one item, and no more than the limit."""
@@ -54,13 +51,12 @@ def check_sizes(field_name: str, splits: list[Split], limits: RequestLimits, max
     if too_long:
         violations = [
             FieldViolation(f"{field_name}[{i}]", f"has {n} tokens; model {model!r} accepts at most {max_len}")
-            for i, n in too_long[:MAX_VIOLATIONS]
+            for i, n in too_long
         ]
-        more = len(too_long) - len(violations)
+        # Every violation is kept here; the transport lists as many as fit and counts the rest.
         raise errors.invalid(
             errors.INPUT_TOO_LONG,
-            f"{len(too_long)} of {len(splits)} {field_name} exceed {max_len} tokens and truncation is NONE"
-            + (f"; the first {len(violations)} are listed, {more} more are not" if more else ""),
+            f"{len(too_long)} of {len(splits)} {field_name} exceed {max_len} tokens and truncation is NONE",
             violations,
             model=model,
             max_sequence_length=max_len,

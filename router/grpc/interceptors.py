@@ -1,4 +1,5 @@
-"""The one interceptor chain: tracing (outermost), error mapping, log context (innermost).
+"""The one interceptor chain: tracing (outermost, when OpenTelemetry is configured), error mapping, log
+context (innermost).
 
 Error mapping sits inside tracing so spans record the real status code; log context sits innermost so
 every log line a handler writes carries the request's id, method, model, tenant and trace id. Only the
@@ -8,6 +9,7 @@ router's own service is wrapped; health and reflection pass through untouched.
 from __future__ import annotations
 
 import inspect
+import os
 import time
 import uuid
 from collections.abc import Callable
@@ -143,6 +145,17 @@ class LogContextInterceptor(_MethodInterceptor):
         return stream
 
 
+# Standard OpenTelemetry variables that turn tracing on; with none of them set, no span could leave the
+# process, so the tracing interceptor is left out of the chain (it costs about a tenth of a millisecond
+# per call on this machine kind).
+_TRACING_VARIABLES = ("OTEL_EXPORTER_OTLP_ENDPOINT", "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT", "OTEL_TRACES_EXPORTER")
+
+
+def tracing_configured() -> bool:
+    return any(os.environ.get(name) for name in _TRACING_VARIABLES)
+
+
 def interceptor_chain() -> list[grpc.aio.ServerInterceptor]:
     """Outermost first, as grpc.aio applies them."""
-    return [aio_server_interceptor(), ErrorInterceptor(), LogContextInterceptor()]
+    tracing = [aio_server_interceptor()] if tracing_configured() else []
+    return [*tracing, ErrorInterceptor(), LogContextInterceptor()]

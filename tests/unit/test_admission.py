@@ -7,22 +7,22 @@ import time
 
 import pytest
 
-from router.core.admission import StandingQueue, TenantLimiter, TenantLimits
+from router.core.admission import TenantLimiter, TenantLimits
 from router.core.config import AdmissionConfig, BatchingConfig
-from router.core.drain import Calibration, DrainRate
+from router.core.drain import ArrivalRate, Calibration, DrainRate
 from router.core.errors import ErrorKind, RouterError
 from router.core.scheduler import ModelScheduler
 from tests.unit.test_scheduler import FakeBackend, contract, settle, window
 
 
-def blocked(admission: AdmissionConfig, tenants: TenantLimiter | None = None, **config) -> tuple:
+def blocked(admission: AdmissionConfig, tenants: TenantLimiter | None = None, max_batch_tokens=1000) -> tuple:
     """A scheduler whose backend holds every batch until its gate opens."""
     backend = FakeBackend()
     backend.gate.clear()
     scheduler = ModelScheduler(
         contract(max_batch_size=4),
         backend,
-        BatchingConfig(max_batch_tokens=1000, max_inflight_batches=1, **config),
+        BatchingConfig(max_batch_tokens=max_batch_tokens, max_inflight_batches=1),
         admission_config=admission,
         tenants=tenants,
     )
@@ -166,15 +166,15 @@ def test_drain_rate_counts_busy_time_only_over_spans():
     assert drain.rate == pytest.approx(2000 / 0.6)
 
 
-def test_calibration_learns_how_optimistic_estimates_are():
+def test_calibration_adds_the_time_estimates_miss():
     calibration = Calibration(smoothing=0.5)
-    assert calibration.factor == 1.0
+    assert calibration.adjust(1.0) == 1.0
     for _ in range(20):
-        calibration.observe(estimate_s=1.0, actual_s=1.5)
-    assert calibration.factor == pytest.approx(1.5, rel=0.01)
+        calibration.observe(estimate_s=0.02, actual_s=0.12)  # a lone small request: 0.1 s of overheads
+    assert calibration.adjust(1.0) == pytest.approx(1.1, rel=0.01)  # added to a long queue, not x6
     for _ in range(20):
-        calibration.observe(estimate_s=1.0, actual_s=0.5)  # pessimistic estimates never lower it below 1
-    assert calibration.factor == 1.0
+        calibration.observe(estimate_s=1.0, actual_s=0.5)  # pessimistic estimates never make it negative
+    assert calibration.adjust(1.0) == pytest.approx(1.0, abs=1e-3)
 
 
 async def test_a_huge_request_in_the_queue_does_not_lock_small_ones_out():
@@ -203,31 +203,36 @@ async def test_retry_delay_counts_queued_work_as_the_bound_does():
     await asyncio.gather(huge, *small)
 
 
-def test_a_queue_counts_as_standing_only_after_waits_stay_above_target_for_an_interval():
-    standing = StandingQueue(target_s=0.1, interval_s=1.0)
-    standing.observe(0.5, now=10.0, queue_empty=False)
-    standing.observe(0.5, now=10.5, queue_empty=False)
-    assert not standing.standing  # a burst: above target for half an interval
-    standing.observe(0.5, now=11.0, queue_empty=False)
-    assert standing.standing
-    standing.observe(0.05, now=11.1, queue_empty=False)  # one short wait ends it
-    assert not standing.standing
-    standing.observe(0.5, now=12.0, queue_empty=False)
-    standing.observe(0.5, now=13.5, queue_empty=True)  # so does an empty queue
-    assert not standing.standing
+def test_the_arrival_rate_counts_within_its_window():
+    rate = ArrivalRate(window_s=2.0, buckets=4)
+    for i in range(30):
+        rate.arrived(10.0 + i * 0.05)  # 30 in 1.5 s
+    assert rate.count(11.5) == 30
+    assert rate.count(14.0) == 0  # all of it outside the window now
 
 
-async def test_under_a_standing_queue_only_work_that_can_start_soon_is_admitted():
-    scheduler, backend = blocked(AdmissionConfig(queue_delay_target_s=0.1, queue_delay_deadline_share=0.1))
-    admission = scheduler.admission
-    admission.drain.rate = 1000.0  # tokens/s, as if measured
-    first = asyncio.create_task(scheduler.run(windows(4)))  # in flight
-    queued = [asyncio.create_task(scheduler.run(windows(20, marker=2000 + 100 * i))) for i in range(2)]
-    await settle()  # 400 tokens wait: 0.4 s ahead of a newcomer, plus what is in flight
-    admission.standing.standing = True
+async def overloaded_scheduler():
+    """A scheduler with 40 tokens in flight and 400 waiting (0.44 s ahead at 1,000 tokens/s)."""
+    # A batch of 64 tokens drains in 0.064 s: below the target, which then decides.
+    config = AdmissionConfig(queue_delay_target_s=0.1, queue_delay_deadline_share=0.1)
+    scheduler, backend = blocked(config, max_batch_tokens=64)
+    scheduler.admission.drain.rate = 1000.0  # tokens/s, as if measured
+    tasks = [asyncio.create_task(scheduler.run(windows(4)))]
+    tasks += [asyncio.create_task(scheduler.run(windows(20, marker=2000 + 100 * i))) for i in range(2)]
+    await settle()
+    scheduler.admission.mean_tokens = 150.0  # as if measured
+    return scheduler, backend, tasks
+
+
+async def test_under_overload_only_work_that_can_start_soon_is_admitted():
+    scheduler, backend, tasks = await overloaded_scheduler()
+    now = time.monotonic()
+    for _ in range(30):
+        scheduler.admission.arrivals.arrived(now)  # 30 requests of ~150 tokens in 3 s: 1,500 tokens/s
+    assert scheduler.admission.overloaded(now)
     with pytest.raises(RouterError) as caught:
         await scheduler.run(windows(1, marker=5000), deadline=time.monotonic() + 2.0)  # may wait 0.2 s
-    assert caught.value.reason == "QUEUE_FULL" and "standing" in caught.value.message
+    assert caught.value.reason == "QUEUE_FULL" and "overloaded" in caught.value.message
     assert caught.value.retry_after_s > 0
     with pytest.raises(RouterError):  # refused before any tokenizing, from what is queued
         scheduler.precheck("", time.monotonic() + 2.0)
@@ -236,4 +241,30 @@ async def test_under_a_standing_queue_only_work_that_can_start_soon_is_admitted(
     await settle()
     assert scheduler.queue.requests == 4  # both admitted: 6 s of a 60 s deadline, or no deadline
     backend.gate.set()
-    await asyncio.gather(first, *queued, patient, no_deadline)
+    await asyncio.gather(*tasks, patient, no_deadline)
+
+
+async def test_a_long_queue_that_keeps_up_is_left_to_the_deadline_rule():
+    scheduler, backend, tasks = await overloaded_scheduler()
+    now = time.monotonic()
+    for _ in range(15):
+        scheduler.admission.arrivals.arrived(now)  # 18 in 3 s, 150 tokens each: 900 tokens/s, it keeps up
+    assert not scheduler.admission.overloaded(now)
+    late = asyncio.create_task(scheduler.run(windows(1, marker=5000), deadline=time.monotonic() + 2.0))
+    await settle()
+    assert scheduler.queue.requests == 3  # 0.44 s ahead, 2 s given: admitted
+    backend.gate.set()
+    await asyncio.gather(*tasks, late)
+
+
+def test_the_drain_rate_prefers_time_when_work_was_waiting():
+    drain = DrainRate(smoothing=1.0, min_span_s=0.5)
+    drain.started(0.0)
+    drain.finished(100, 0.5, still_inflight=0)  # light load: a small batch's overheads, 200 tokens/s
+    assert drain.rate == pytest.approx(200)
+    drain.started(1.0)
+    drain.finished(300, 1.1, still_inflight=1, waiting=True)  # from here on the model is kept busy
+    drain.finished(300, 1.4, still_inflight=1, waiting=True)
+    drain.finished(300, 1.7, still_inflight=0, waiting=False)
+    assert drain.saturated_rate == pytest.approx(600 / 0.6)
+    assert drain.rate == drain.saturated_rate

@@ -1,0 +1,101 @@
+"""Overhead of one call: one 11-token input at concurrency 1, through the router and straight to Triton
+with tritonclient (the same tensors, built by the adapter's code), alternating in rounds, in one run.
+
+What the router adds at p50 is its own cost per call (decode, tokenize, admit, schedule, encode, and a
+second gRPC hop); the target is at most 0.5 ms at p50 and a p99 at most 1.25x the direct one.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import time
+
+import grpc
+
+from bench.direct import DirectClient
+from bench.harness import PathResult, router_process, say, triton_server, write_report
+from router.core.contract import Truncation
+from router.grpc.gen.modelrouter.v1 import model_router_service_pb2 as pb
+from router.grpc.gen.modelrouter.v1 import model_router_service_pb2_grpc as pb_grpc
+
+MODEL = "all-minilm-l6-v2"
+TEXT = "The quick brown fox jumps over the lazy dog"  # 11 tokens with [CLS] and [SEP]
+ROUNDS = 10
+
+
+async def run(calls: int) -> list[PathResult]:
+    with triton_server() as triton, router_process(triton.grpc_address) as target:
+        direct = await DirectClient(triton.grpc_address, MODEL).start()
+        [split] = direct.tokenizer.split([TEXT], 256, Truncation.END, 0)
+        assert split.tokens == 11, split.tokens
+        channel = grpc.aio.insecure_channel(target)
+        stub = pb_grpc.ModelRouterServiceStub(channel)
+        request = pb.EmbedRequest(model=MODEL, inputs=[TEXT])
+
+        async def via_direct() -> None:
+            # A direct client tokenizes too: the same work the router does for it.
+            windows = [s.windows[0] for s in direct.tokenizer.split([TEXT], 256, Truncation.END, 0)]
+            await direct.infer(windows)
+
+        async def via_router() -> None:
+            await stub.Embed(request, timeout=30)
+
+        say("warming up both paths")
+        for _ in range(50):
+            await via_direct()
+            await via_router()
+        latencies: dict[str, list[float]] = {"direct": [], "router": []}
+        walls = {"direct": 0.0, "router": 0.0}
+        per_round = calls // ROUNDS
+        say(f"  {calls} calls per path, alternating in {ROUNDS} rounds ...")
+        for _ in range(ROUNDS):
+            for name, send in (("direct", via_direct), ("router", via_router)):
+                started = time.perf_counter()
+                for _ in range(per_round):
+                    sent = time.perf_counter()
+                    await send()
+                    latencies[name].append(time.perf_counter() - sent)
+                walls[name] += time.perf_counter() - started
+        await channel.close()
+        await direct.close()
+    direct_result = PathResult("direct: tritonclient, 1 call at a time", len(latencies["direct"]), walls["direct"])
+    direct_result.latencies_s = latencies["direct"]
+    router_result = PathResult("router: Embed, 1 call at a time", len(latencies["router"]), walls["router"])
+    router_result.latencies_s = latencies["router"]
+    added_p50 = router_result.percentile_ms(50) - direct_result.percentile_ms(50)
+    router_result.extra = {
+        "added_p50_ms": added_p50,
+        "p99_vs_direct": router_result.percentile_ms(99) / direct_result.percentile_ms(99),
+    }
+    say(
+        f"  direct p50 {direct_result.percentile_ms(50):.2f} ms p99 {direct_result.percentile_ms(99):.2f} ms; "
+        f"router p50 {router_result.percentile_ms(50):.2f} ms p99 {router_result.percentile_ms(99):.2f} ms; "
+        f"added at p50 {added_p50:.2f} ms"
+    )
+    return [direct_result, router_result]
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--calls", type=int, default=1000, help="calls per path (default 1,000)")
+    args = parser.parse_args(argv)
+    say(f"overhead: one 11-token input, {args.calls} calls per path, concurrency 1")
+    results = asyncio.run(run(args.calls))
+    write_report(
+        "overhead",
+        "Overhead of one call: router vs straight to Triton (all-MiniLM-L6-v2, CPU)",
+        [
+            f"One 11-token input per call, concurrency 1, {args.calls} calls per path, the paths alternating "
+            f"in {ROUNDS} rounds so both see the same machine.",
+            "Direct: tokenize with the model's tokenizer, build tensors with the adapter's code, tritonclient aio.",
+            "Router: `router serve` as its own process, a grpc.aio client. Targets: added_p50_ms <= 0.5, "
+            "p99_vs_direct <= 1.25.",
+        ],
+        results,
+        baseline=results[0].name,
+    )
+
+
+if __name__ == "__main__":
+    main()
