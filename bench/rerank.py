@@ -166,7 +166,7 @@ def main(argv: list[str] | None = None) -> None:
             f"1 query x {args.count} documents of 50-2,000 tokens (fixed seed {SEED}), in one request.",
             "The naive client sends batches of 32 in request order, each pair cut at 512 tokens.",
             "`tokens_per_s` counts real tokens scored; `padding_efficiency` is real / padded tokens computed.",
-            "The careful client scores the same CHUNK windows as the router: `router: CHUNK` against it is",
+            "The careful client scores the same CHUNK windows as the router: `router: CHUNK` against it is "
             "the like-for-like ratio (aim: at least 0.95). Ratios are documents/s against the careful client.",
         ],
         results,
