@@ -40,16 +40,21 @@ class RouterServer:
         self.server = grpc.aio.server(interceptors=interceptor_chain(), options=options)
         pb_grpc.add_ModelRouterServiceServicer_to_server(ModelRouterServicer(router), self.server)
         self.health = health.aio.HealthServicer()
+        self._reported: set[str] = set()
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self.server)
         reflection.enable_server_reflection([SERVICE_NAME, health.SERVICE_NAME, reflection.SERVICE_NAME], self.server)
         router.on_readiness(self._set_health)
 
     async def _set_health(self, ready: bool, models: dict[str, bool] | None = None) -> None:
-        """The server as a whole ("" and the service's name), and each model as `<service>/<model>`."""
+        """The server as a whole ("" and the service's name), and each model as `<service>/<model>`; a
+        model no longer deployed turns NOT_SERVING."""
+        models = dict(models or {})
+        gone = {name: False for name in self._reported - set(models)}
+        self._reported |= set(models)
         for service, up in (
             ("", ready),
             (SERVICE_NAME, ready),
-            *((model_health_name(m), ok) for m, ok in (models or {}).items()),
+            *((model_health_name(m), ok) for m, ok in {**models, **gone}.items()),
         ):
             await self.health.set(service, _SERVING if up and ready else _NOT_SERVING)
 
