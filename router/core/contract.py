@@ -133,27 +133,17 @@ def _int_list(model: str, key: str, value: str) -> tuple[int, ...]:
         raise _contract_error(model, f"{PREFIX}{key} must be a comma list of integers") from None
 
 
-def _positive(model: str, key: str, value: str | None) -> int | None:
+def _integer(model: str, key: str, value: str | None, minimum: int) -> int | None:
+    """An integer parameter of at least `minimum` (1 or 0), or None when unset."""
     if value is None or not value.strip():
         return None
     try:
         number = int(value)
     except ValueError:
-        number = 0
-    if number < 1:
-        raise _contract_error(model, f"{PREFIX}{key} must be a positive integer")
-    return number
-
-
-def _non_negative(model: str, key: str, value: str | None) -> int | None:
-    if value is None or not value.strip():
-        return None
-    try:
-        number = int(value)
-    except ValueError:
-        number = -1
-    if number < 0:
-        raise _contract_error(model, f"{PREFIX}{key} must be a non-negative integer")
+        number = minimum - 1
+    if number < minimum:
+        kind = "positive" if minimum == 1 else "non-negative"
+        raise _contract_error(model, f"{PREFIX}{key} must be a {kind} integer")
     return number
 
 
@@ -170,7 +160,7 @@ def _fraction(model: str, key: str, value: str | None) -> float | None:
 
 
 def _query_cap(model: str, max_len: int, value: str | None) -> int:
-    cap = _positive(model, "max_query_tokens", value) or max_len // 4
+    cap = _integer(model, "max_query_tokens", value, 1) or max_len // 4
     # Leave the document at least half the window, whatever the query.
     if cap > max_len // 2:
         raise _contract_error(model, f"{PREFIX}max_query_tokens must be at most half of max_sequence_length")
@@ -212,7 +202,7 @@ def parse_contract(description: ModelDescription) -> ModelContract:
     pooling = params.get("pooling", "mean").strip().lower()
     if pooling not in POOLINGS:
         raise _contract_error(name, f"{PREFIX}pooling must be one of {', '.join(POOLINGS)}")
-    score_column = int(_non_negative(name, "score_column", params.get("score_column")) or 0)
+    score_column = int(_integer(name, "score_column", params.get("score_column"), 0) or 0)
     width = output.dims[-1] if output.dims else -1
     if task is Task.RERANK and width > 0 and score_column >= width:
         raise _contract_error(name, f"{PREFIX}score_column {score_column} is outside output {output.name!r} ({width})")
@@ -242,7 +232,7 @@ def parse_contract(description: ModelDescription) -> ModelContract:
         pooling=pooling,
         normalize=params.get("normalize", "true").strip().lower() in ("1", "true", "yes"),
         dimensions=_int_list(name, "dimensions", params.get("dimensions", "")),
-        max_batch_tokens=_positive(name, "max_batch_tokens", params.get("max_batch_tokens")),
+        max_batch_tokens=_integer(name, "max_batch_tokens", params.get("max_batch_tokens"), 1),
         min_batch_fill=_fraction(name, "min_batch_fill", params.get("min_batch_fill")),
         max_query_tokens=_query_cap(name, max_len, params.get("max_query_tokens")),
         score_column=score_column,

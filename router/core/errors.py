@@ -75,8 +75,9 @@ MAX_ECHO_CHARS = 80
 
 
 def clip(value: str, limit: int = MAX_ECHO_CHARS) -> str:
-    """A caller's value for ErrorInfo metadata: unquoted, cut to `limit` characters."""
-    return value if len(value) <= limit else value[:limit] + "..."
+    """A value cut to at most `limit` characters, an ellipsis marking the cut (unquoted: for ErrorInfo
+    metadata and the transport's own caps)."""
+    return value if len(value) <= limit else value[: limit - 1] + "…"
 
 
 def echo(value: object, limit: int = MAX_ECHO_CHARS) -> str:

@@ -16,7 +16,7 @@ from google.protobuf import any_pb2, duration_pb2
 from google.rpc import code_pb2, error_details_pb2, status_pb2
 from grpc_status import rpc_status
 
-from router.core.errors import ErrorKind, RouterError
+from router.core.errors import ErrorKind, RouterError, clip
 
 DOMAIN = "modelrouter.v1"
 INTERNAL_MESSAGE = "internal error; the router's log has the details"
@@ -49,14 +49,10 @@ def _pack(message) -> any_pb2.Any:
     return packed
 
 
-def _cut(text: str, limit: int) -> str:
-    return text if len(text) <= limit else text[: limit - 1] + "…"
-
-
 def _violations(error: RouterError, count: int) -> list[error_details_pb2.BadRequest.FieldViolation]:
     listed = [
         error_details_pb2.BadRequest.FieldViolation(
-            field=_cut(v.field, MAX_VIOLATION_CHARS), description=_cut(v.description, MAX_VIOLATION_CHARS)
+            field=clip(v.field, MAX_VIOLATION_CHARS), description=clip(v.description, MAX_VIOLATION_CHARS)
         )
         for v in error.violations[:count]
     ]
@@ -67,7 +63,7 @@ def _violations(error: RouterError, count: int) -> list[error_details_pb2.BadReq
 
 
 def to_status(error: RouterError) -> grpc.Status:
-    message = _cut(error.message, MAX_MESSAGE_CHARS)
+    message = clip(error.message, MAX_MESSAGE_CHARS)
     count = MAX_VIOLATIONS
     while True:
         status = status_pb2.Status(code=CODES[error.kind], message=message, details=_details(error, count))
@@ -79,7 +75,7 @@ def to_status(error: RouterError) -> grpc.Status:
 
 def _details(error: RouterError, violations: int) -> list[any_pb2.Any]:
     metadata = {
-        _cut(k, 64): _cut(v, MAX_METADATA_CHARS) for k, v in list(error.metadata.items())[:MAX_METADATA_ENTRIES]
+        clip(k, 64): clip(v, MAX_METADATA_CHARS) for k, v in list(error.metadata.items())[:MAX_METADATA_ENTRIES]
     }
     details = [_pack(error_details_pb2.ErrorInfo(reason=error.reason, domain=DOMAIN, metadata=metadata))]
     if error.violations:
