@@ -25,6 +25,7 @@ class DirectClient:
         self.tokenizer: ModelTokenizer | None = None
 
     async def start(self) -> DirectClient:
+        await self.backend.fleet.refresh()  # one look at the server; no discovery running beside the baseline
         [description] = [d for d in await self.backend.describe_models() if d.name == self.model]
         contract = parse_contract(description)
         self.tokenizer = ModelTokenizer.from_file(REPOSITORY / self.model / contract.tokenizer_file)

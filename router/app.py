@@ -10,7 +10,7 @@ import prometheus_client
 import structlog
 
 from adapters.triton.backend import TritonBackend
-from adapters.triton.embedded import EmbeddedTriton
+from adapters.triton.embedded import EmbeddedTriton, Supervisor
 from router.core.admission import TenantLimiter, TenantLimits
 from router.core.cache import OutputCache
 from router.core.config import AdmissionConfig, BatchingConfig, RequestLimits
@@ -18,6 +18,7 @@ from router.core.embed import EmbedService
 from router.core.pipeline import RequestPipeline
 from router.core.registry import ModelRegistry
 from router.core.rerank import RerankService
+from router.core.routing import RetryBudget
 from router.settings import Settings
 
 log = structlog.get_logger(__name__)
@@ -54,7 +55,8 @@ def core_configs(s: Settings) -> tuple[BatchingConfig, AdmissionConfig, RequestL
 class Router:
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
-        self.embedded: EmbeddedTriton | None = None
+        self.embedded: list[EmbeddedTriton] = []
+        self._supervisors: list[asyncio.Task] = []
         self.backend: TritonBackend | None = None
         self.registry: ModelRegistry | None = None
         self.pipeline: RequestPipeline | None = None
@@ -63,6 +65,7 @@ class Router:
         self.ready = False
         self.closing = False
         self._ready_event = asyncio.Event()
+        self._changed = asyncio.Event()
         self._watch_task: asyncio.Task | None = None
         self._listeners: list[Callable[[bool, dict[str, bool]], object]] = []
         self._model_health: dict[str, bool] = {}
@@ -77,15 +80,16 @@ class Router:
         if s.metrics_port is not None:
             prometheus_client.start_http_server(s.metrics_port, addr=s.host)
             log.info("router.metrics", address=f"{s.host}:{s.metrics_port}")
-        addresses = list(s.triton)
-        if not addresses:
-            self.embedded = EmbeddedTriton(
-                s.model_repository.resolve(), grpc_port=s.triton_grpc_port, log_path=s.triton_log
-            )
-            self.embedded.start()
-            await asyncio.to_thread(self.embedded.wait_ready)
-            addresses = [self.embedded.grpc_address]
-        self.backend = TritonBackend(addresses, retries=s.backend_retries)
+        targets = list(s.triton) or await self._start_embedded()
+        self.backend = TritonBackend(
+            targets,
+            retries=s.backend_retries,
+            discovery_interval_s=s.discovery_interval_s,
+            dns_interval_s=s.dns_interval_s,
+            retry_budget=RetryBudget(s.retry_budget_ratio),
+        )
+        self.backend.fleet.on_change(self._changed.set)
+        await self.backend.start()
         batching, admission, limits = core_configs(s)
         self.registry = ModelRegistry(
             self.backend,
@@ -103,23 +107,39 @@ class Router:
         self.rerank = RerankService(self.pipeline)
         self._watch_task = asyncio.create_task(self._watch())
 
+    async def _start_embedded(self) -> list[str]:
+        """Start `embedded_shards` tritonservers over the repository, each kept running by a supervisor."""
+        s = self.settings
+        for index in range(s.embedded_shards):
+            log_path = s.triton_log if index == 0 else s.triton_log.with_name(f"{s.triton_log.stem}-{index}.log")
+            port = s.triton_grpc_port + index if s.triton_grpc_port else 0
+            self.embedded.append(EmbeddedTriton(s.model_repository.resolve(), grpc_port=port, log_path=log_path))
+        for server in self.embedded:
+            server.start()
+        for server in self.embedded:
+            await asyncio.to_thread(server.wait_ready)
+            self._supervisors.append(asyncio.create_task(Supervisor(server).run(), name="triton-supervisor"))
+        return [server.grpc_address for server in self.embedded]
+
     async def wait_ready(self, timeout_s: float = 120.0) -> None:
         await asyncio.wait_for(self._ready_event.wait(), timeout_s)
 
     async def _watch(self) -> None:
-        """Follow Triton's health and model list. Ready: Triton ready and at least one model served (a
-        model with a broken config is reported on its own, and does not take the others down)."""
+        """Follow the shards' health and models (discovery reports each change at once; the contracts are
+        read again at least every `refresh_interval_s`). Ready: a shard ready and at least one model
+        served (a model with a broken config is reported on its own, and does not take the others down)."""
         while True:
+            self._changed.clear()
             try:
                 ready = await self.backend.is_ready()
-                if ready:
-                    await self.registry.refresh()
-                    ready = bool(self.registry.models())
+                await self.registry.refresh()
+                ready = ready and bool(self.registry.models())
             except Exception:  # noqa: BLE001 - keep watching whatever one poll did
                 log.exception("router.watch_failed")
                 ready = False
             await self._set_ready(ready and not self.closing, self.registry.health())
-            await asyncio.sleep(self.settings.refresh_interval_s if ready else 0.5)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._changed.wait(), self.settings.refresh_interval_s if ready else 0.5)
 
     async def _set_ready(self, ready: bool, models: dict[str, bool]) -> None:
         if ready == self.ready and models == self._model_health:
@@ -156,5 +176,8 @@ class Router:
                 await self._watch_task
         if self.backend is not None:
             await self.backend.close()
-        if self.embedded is not None:
-            await asyncio.to_thread(self.embedded.stop)
+        for task in self._supervisors:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        await asyncio.gather(*(asyncio.to_thread(server.stop) for server in self.embedded))

@@ -26,6 +26,12 @@ def _serve_parser(sub: argparse._SubParsersAction) -> None:
         metavar="HOST:PORT",
         help="use this existing Triton (gRPC) instead of starting one; repeat for several shards",
     )
+    p.add_argument(
+        "--embedded-shards",
+        type=int,
+        metavar="N",
+        help="without --triton: start N tritonservers here over the same repository (default 1)",
+    )
     p.add_argument("--model-repository", type=Path, help="the Triton model repository (tokenizers are read here)")
     p.add_argument("--log-format", choices=["console", "json"])
     p.add_argument("--log-level", choices=["debug", "info", "warning", "error"])
@@ -67,6 +73,7 @@ def _settings(args: argparse.Namespace):
             "host": args.host,
             "port": args.port,
             "triton": args.triton,
+            "embedded_shards": args.embedded_shards,
             "model_repository": args.model_repository,
             "log_format": args.log_format,
             "log_level": args.log_level,
@@ -114,7 +121,7 @@ async def _serve(settings) -> None:
 
 def _print_banner(settings, port: int | None, router) -> None:
     target = f"{settings.host}:{port}"
-    triton = ", ".join(router.backend.shards[i].address for i in range(len(router.backend.shards)))
+    triton = ", ".join(router.backend.addresses)
     models = ", ".join(m.contract.name for m in router.registry.models())
     print(
         f"""

@@ -6,7 +6,7 @@ import os
 from pathlib import Path
 from typing import Literal
 
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, Field, field_validator
 from pydantic_settings import (
     BaseSettings,
     PydanticBaseSettingsSource,
@@ -14,6 +14,7 @@ from pydantic_settings import (
     TomlConfigSettingsSource,
 )
 
+from adapters.triton.fleet import Target
 from router.core.admission import TenantLimits
 from router.core.config import AdmissionConfig, BatchingConfig, RequestLimits, default
 
@@ -50,15 +51,25 @@ class Settings(BaseSettings):
 
     # Where the models are.
     triton: list[str] = Field(default_factory=list)
-    """Existing Triton servers (host:gRPC-port) serving the same repository. Empty: start one here."""
+    """Existing Triton servers serving the same repository (empty: start `embedded_shards` here). Each is
+    `host:port` (one server) or `dns:///host:port`: every address the name resolves to is a shard,
+    re-resolved every `dns_interval_s` (a Kubernetes headless Service)."""
+    embedded_shards: int = Field(default=1, ge=1, le=16)
+    """With no `triton` given: how many tritonserver processes to start here, over the same repository.
+    Each is restarted if it dies."""
     model_repository: Path = PROJECT_ROOT / "triton_models" / "repository"
     """The Triton model repository; the router reads each model's tokenizer file from it."""
     triton_log: Path = PROJECT_ROOT / ".run" / "triton.log"
     """Log file of the embedded Triton."""
     triton_grpc_port: int = Field(default=0, ge=0, le=65535)
     """gRPC port of the embedded Triton; 0 picks a free one."""
+    discovery_interval_s: float = Field(default=1.0, gt=0)
+    """How often each Triton is asked whether it is ready and which model versions it has (and at once
+    after a batch failed there); a model loaded on a shard is routed within about this long."""
+    dns_interval_s: float = Field(default=5.0, gt=0)
+    """How often `dns:///` targets are resolved again."""
     refresh_interval_s: float = Field(default=5.0, gt=0)
-    """How often Triton's health and model list are read again."""
+    """Longest time between two reads of the models' contracts (any change a shard reports triggers one)."""
 
     # How work reaches Triton.
     max_batch_tokens: int = Field(default=default(_B, "max_batch_tokens"), gt=0)
@@ -73,7 +84,10 @@ class Settings(BaseSettings):
     backend_timeout_s: float = Field(default=default(_B, "timeout_s"), gt=0)
     """Timeout for one batch at Triton."""
     backend_retries: int = Field(default=2, ge=0)
-    """Retries of a batch that Triton answered UNAVAILABLE (it never ran)."""
+    """Attempts after the first for a batch that failed for reasons outside it (the shard died or is
+    unreachable, its queue is full, it no longer has the model): each on another shard when there is one."""
+    retry_budget_ratio: float = Field(default=0.1, ge=0, le=1)
+    """Retries allowed as a share of batches (plus a reserve of 10), so a failing fleet is not stormed."""
 
     cache_max_bytes: int = Field(default=0, ge=0)
     """Bytes of model outputs kept in the output cache (LRU); 0 turns the cache off."""
@@ -126,6 +140,13 @@ class Settings(BaseSettings):
     """Serve Prometheus metrics on host:metrics_port (unset: no metrics endpoint)."""
     log_level: Literal["debug", "info", "warning", "error"] = "info"
     log_format: Literal["console", "json"] = "console"
+
+    @field_validator("triton")
+    @classmethod
+    def _targets(cls, targets: list[str]) -> list[str]:
+        for target in targets:
+            Target.parse(target)  # raises ValueError naming the bad one
+        return targets
 
     @classmethod
     def settings_customise_sources(

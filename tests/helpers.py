@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
+import time
+from pathlib import Path
+
 import grpc
 from google.rpc import error_details_pb2
 from grpc_status import rpc_status
@@ -43,3 +47,68 @@ class RpcErrorDetails:
 
 def details_of(error: grpc.RpcError) -> RpcErrorDetails:
     return RpcErrorDetails(error)
+
+
+def repository_of(root, models: dict[str, dict[str, str]]):
+    """A model repository under `root` holding these models of the real one, each with extra config
+    parameters (model.py's test_delay_per_batch_s, say); weights and tokenizers are linked, not copied."""
+    for model, parameters in models.items():
+        folder = root / model
+        folder.mkdir(parents=True)
+        (folder / "1").symlink_to(REPOSITORY / model / "1")
+        (folder / "tokenizer.json").symlink_to(REPOSITORY / model / "tokenizer.json")
+        config = (REPOSITORY / model / "config.pbtxt").read_text()
+        extra = "".join(
+            f'parameters {{ key: "{key}", value: {{ string_value: "{value}" }} }}\n'
+            for key, value in parameters.items()
+        )
+        (folder / "config.pbtxt").write_text(config + extra)
+    return root
+
+
+@contextlib.contextmanager
+def running_triton(repository, log_path, models: list[str]):
+    """An embedded tritonserver over `repository`, once these models are ready."""
+    import tritonclient.grpc as triton_grpc
+
+    from adapters.triton.embedded import EmbeddedTriton
+
+    server = EmbeddedTriton(repository, log_path=log_path)
+    server.start()
+    try:
+        server.wait_ready()
+        client = triton_grpc.InferenceServerClient(server.grpc_address)
+        deadline = time.monotonic() + 120
+        while not all(client.is_model_ready(model) for model in models):
+            assert time.monotonic() < deadline, f"models never became ready; see {log_path}"
+            time.sleep(0.2)
+        client.close()
+        yield server
+    finally:
+        server.stop()
+
+
+def executions(address: str) -> dict[str, int]:
+    """Triton's own count of batches each model executed (its inference statistics)."""
+    import tritonclient.grpc as triton_grpc
+
+    client = triton_grpc.InferenceServerClient(address)
+    try:
+        stats = client.get_inference_statistics(as_json=True)
+    finally:
+        client.close()
+    return {s["name"]: int(s.get("execution_count", 0)) for s in stats.get("model_stats", [])}
+
+
+def process_group(pgid: int) -> list[int]:
+    """Live (not zombie) processes in a process group, read from /proc."""
+    members = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        state, group = fields[0], int(fields[2])
+        if group == pgid and state != "Z":
+            members.append(int(stat.parent.name))
+    return members

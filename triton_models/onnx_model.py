@@ -8,10 +8,12 @@ cannot tell the difference.
 Model-config parameters read here:
   onnx_file             file name inside the version folder (default model.onnx)
   onnx_intra_op_threads onnxruntime intra-op threads (default 0: onnxruntime decides)
+  test_delay_per_batch_s for tests and benchmarks only: sleep this long in each execute (a slowed shard)
 """
 
 import json
 import os
+import time
 
 import numpy as np
 import onnxruntime as ort
@@ -32,8 +34,11 @@ class TritonPythonModel:
         graph_inputs = {node.name for node in self.session.get_inputs()}
         self.input_names = [tensor["name"] for tensor in config["input"] if tensor["name"] in graph_inputs]
         self.output_names = [tensor["name"] for tensor in config["output"]]
+        self.delay_s = float(params.get("test_delay_per_batch_s", "0"))
 
     def execute(self, requests):
+        if self.delay_s:
+            time.sleep(self.delay_s)
         # Triton's dynamic batcher may hand over several requests; those whose tensors share a shape
         # (beyond the batch axis) run as one onnxruntime call, the others run on their own.
         feeds = [self._feeds(request) for request in requests]

@@ -1,14 +1,17 @@
-"""The Triton backend: the only code that imports tritonclient.
+"""The Triton backend: the only code that imports tritonclient (with fleet.py, its discovery).
 
 One `TritonBackend` fronts one or more Triton servers (shards) that serve the same repository. Each
-batch goes to the next ready shard in turn; a batch that fails with UNAVAILABLE is retried on another
-shard (or the same one, after a backoff), because Triton never started it. Any other failure is final.
+batch goes to a usable shard that holds the model's version, picked by the core's `ShardSet` (power of
+two choices on outstanding tokens, scaled by each shard's speed). A batch that fails in a way that says
+nothing about the batch itself (the server is gone or unreachable, its queue is full, it no longer has
+the model) runs again on another shard: encoder batches are idempotent, and the retry starts only after
+the first attempt has failed, so no result is delivered twice. Retries stay within the batch's timeout
+and a budget of about 10% of batches. Any other failure is final.
 """
 
 from __future__ import annotations
 
 import asyncio
-import itertools
 import time
 from collections.abc import Sequence
 
@@ -17,30 +20,43 @@ import structlog
 import tritonclient.grpc.aio as triton_grpc
 from tritonclient.utils import InferenceServerException, np_to_triton_dtype
 
+from adapters.triton.fleet import TritonFleet
 from adapters.triton.tensors import input_tensors
 from router.core import errors
-from router.core.contract import ModelContract, ModelDescription, TensorSpec
+from router.core.contract import ModelContract, ModelDescription
 from router.core.errors import ErrorKind, RouterError
+from router.core.routing import HealthConfig, RetryBudget, ShardSet
 from router.core.tokenize import Window
 
 log = structlog.get_logger(__name__)
-
-# Ample for 5,000-document rerank batches and their embeddings; Triton's own default is the same.
-_CHANNEL_ARGS = [
-    ("grpc.max_send_message_length", 256 * 1024 * 1024),
-    ("grpc.max_receive_message_length", 256 * 1024 * 1024),
-]
-_RETRYABLE = {"StatusCode.UNAVAILABLE"}
 
 
 def _status(error: InferenceServerException) -> str:
     return str(error.status() or "")
 
 
+class Failure:
+    """What a failed Triton call says: whose fault it was, and whether another shard may run the batch."""
+
+    def __init__(self, error: InferenceServerException) -> None:
+        status, message = _status(error), (error.message() or "").lower()
+        self.status = status
+        self.queue_full = status == "StatusCode.UNAVAILABLE" and "queue" in message
+        self.model_gone = ("unknown model" in message or "is not ready" in message or "not found" in message) and (
+            status in ("StatusCode.UNAVAILABLE", "StatusCode.NOT_FOUND", "StatusCode.INVALID_ARGUMENT")
+        )
+        # Connection lost, server gone or shutting down: the shard's fault.
+        self.shard_down = status in ("StatusCode.UNAVAILABLE", "StatusCode.CANCELLED") and not (
+            self.queue_full or self.model_gone
+        )
+        self.retryable = self.shard_down or self.queue_full or self.model_gone
+
+
 def _as_router_error(error: InferenceServerException, shard: str, model: str) -> RouterError:
     status = _status(error)
     log.warning("triton.error", shard=shard, model=model, status=status, detail=error.message())
-    if status == "StatusCode.UNAVAILABLE":
+    failure = Failure(error)
+    if failure.shard_down or failure.model_gone:
         return RouterError(
             ErrorKind.BACKEND_UNAVAILABLE,
             errors.BACKEND_UNAVAILABLE,
@@ -49,68 +65,54 @@ def _as_router_error(error: InferenceServerException, shard: str, model: str) ->
         )
     if status == "StatusCode.DEADLINE_EXCEEDED":
         return RouterError(ErrorKind.DEADLINE_EXCEEDED, "BACKEND_DEADLINE", "the model server ran out of time")
-    if status == "StatusCode.RESOURCE_EXHAUSTED":
+    if failure.queue_full or status == "StatusCode.RESOURCE_EXHAUSTED":
         return RouterError(
             ErrorKind.OVERLOADED, "BACKEND_OVERLOADED", "the model server is overloaded", retry_after_s=0.5
         )
     return RouterError(ErrorKind.BACKEND_FAILED, errors.BACKEND_FAILED, "the model server failed the request")
 
 
-class TritonShard:
-    def __init__(self, address: str) -> None:
-        self.address = address
-        self.client = triton_grpc.InferenceServerClient(address, channel_args=_CHANNEL_ARGS)
+def _no_shard(model: str) -> RouterError:
+    return RouterError(
+        ErrorKind.BACKEND_UNAVAILABLE,
+        errors.BACKEND_UNAVAILABLE,
+        f"no model server that holds {model!r} is available",
+        retry_after_s=1.0,
+        metadata={"model": model},
+    )
 
 
 class TritonBackend:
-    def __init__(self, addresses: Sequence[str], retries: int = 2, backoff_s: float = 0.1) -> None:
-        if not addresses:
-            raise ValueError("at least one Triton address is needed")
-        self.shards = [TritonShard(address) for address in addresses]
-        self._turn = itertools.cycle(range(len(self.shards)))
+    def __init__(
+        self,
+        targets: Sequence[str],
+        retries: int = 2,
+        backoff_s: float = 0.05,
+        discovery_interval_s: float = 1.0,
+        dns_interval_s: float = 5.0,
+        retry_budget: RetryBudget | None = None,
+        health: HealthConfig | None = None,
+    ) -> None:
+        self.shards = ShardSet(health)
+        self.fleet = TritonFleet(targets, self.shards, discovery_interval_s, dns_interval_s)
         self.retries = retries
         self.backoff_s = backoff_s
+        self.budget = retry_budget or RetryBudget()
+
+    @property
+    def addresses(self) -> list[str]:
+        return list(self.shards.shards)
+
+    async def start(self) -> None:
+        """Find the shards and what they hold, then keep doing so in the background."""
+        await self.fleet.start()
 
     async def is_ready(self) -> bool:
-        for shard in self.shards:
-            try:
-                if await shard.client.is_server_ready(client_timeout=2.0):
-                    return True
-            except InferenceServerException:
-                continue
-        return False
+        return any(shard.ready for shard in self.shards.shards.values())
 
     async def describe_models(self) -> list[ModelDescription]:
-        """Ready models across all shards; a model on several shards is listed once, with all of them.
-
-        A shard that does not answer is left out; if none answers, BACKEND_UNAVAILABLE is raised, so the
-        caller keeps what it knew instead of concluding that no model is served."""
-        found: dict[tuple[str, str], dict] = {}
-        served_by: dict[tuple[str, str], list[str]] = {}
-        answered = 0
-        for shard in self.shards:
-            try:
-                index = await shard.client.get_model_repository_index(as_json=True, client_timeout=5.0)
-                for entry in index.get("models", []):
-                    if entry.get("state") != "READY":
-                        continue
-                    key = (entry["name"], entry.get("version", ""))
-                    if key not in found:
-                        config = await shard.client.get_model_config(entry["name"], as_json=True, client_timeout=5.0)
-                        found[key] = config["config"]
-                    served_by.setdefault(key, []).append(shard.address)
-            except InferenceServerException as error:
-                log.warning("triton.index_failed", shard=shard.address, detail=error.message())
-                continue
-            answered += 1
-        if not answered:
-            raise RouterError(
-                ErrorKind.BACKEND_UNAVAILABLE,
-                errors.BACKEND_UNAVAILABLE,
-                "no model server answered for its model index",
-                retry_after_s=1.0,
-            )
-        return [_describe(config, version, served_by[(name, version)]) for (name, version), config in found.items()]
+        """Each model some answering shard has ready (newest version), with the shards that hold it."""
+        return self.fleet.describe()
 
     async def infer(self, contract: ModelContract, rows: Sequence[Window], timeout_s: float | None) -> np.ndarray:
         model, output = contract.name, contract.output_name
@@ -120,13 +122,23 @@ class TritonBackend:
             tensor.set_data_from_numpy(array)
             tensors.append(tensor)
         wanted = [triton_grpc.InferRequestedOutput(output)]
+        tokens = sum(len(row.ids) for row in rows)
         deadline = None if timeout_s is None else time.monotonic() + timeout_s
-        attempt = 0
+        tried: list[str] = []
+        self.budget.attempted()
         while True:
-            shard = self.shards[next(self._turn)]
-            left = None if deadline is None else max(0.001, deadline - time.monotonic())
+            now = time.monotonic()
+            shard = self.shards.pick(model, contract.version, tokens, now, exclude=tried)
+            if shard is None and tried:
+                # Every usable shard was tried: the least loaded one again, after a short backoff.
+                shard = self.shards.pick(model, contract.version, tokens, now)
+            if shard is None:
+                raise _no_shard(model)
+            left = None if deadline is None else max(0.001, deadline - now)
+            self.shards.started(shard, tokens)
+            verdict = False
             try:
-                result = await shard.client.infer(
+                result = await self.fleet.client(shard).infer(
                     model,
                     tensors,
                     model_version=contract.version,
@@ -136,35 +148,32 @@ class TritonBackend:
                     timeout=None if left is None else max(1, int(left * 1_000_000)),
                     client_timeout=left,
                 )
+                verdict = True
+                self.shards.succeeded(shard, tokens, time.monotonic() - now, time.monotonic())
                 return result.as_numpy(output)
             except InferenceServerException as error:
-                backoff = self.backoff_s * 2**attempt
+                failure = Failure(error)
+                verdict = True
+                if failure.shard_down:
+                    self.shards.failed(shard, tokens, time.monotonic())
+                else:
+                    self.shards.ended(shard, tokens)
+                if failure.shard_down or failure.model_gone:
+                    self.fleet.poke()
+                backoff = self.backoff_s * 2 ** len(tried) if len(tried) >= len(self.shards.shards) - 1 else 0.0
                 in_time = deadline is None or time.monotonic() + backoff < deadline
-                if _status(error) in _RETRYABLE and attempt < self.retries and in_time:
-                    attempt += 1
-                    log.info("triton.retry", shard=shard.address, model=model, attempt=attempt)
-                    await asyncio.sleep(backoff)
+                if failure.retryable and len(tried) < self.retries and in_time and self.budget.try_retry():
+                    tried.append(shard.address)
+                    log.info(
+                        "triton.retry", shard=shard.address, model=model, attempt=len(tried), status=failure.status
+                    )
+                    if backoff:
+                        await asyncio.sleep(backoff)
                     continue
                 raise _as_router_error(error, shard.address, model) from error
+            finally:
+                if not verdict:  # cancelled, or an error outside Triton's: no verdict on the shard
+                    self.shards.ended(shard, tokens)
 
     async def close(self) -> None:
-        for shard in self.shards:
-            await shard.client.close()
-
-
-def _describe(config: dict, version: str, served_by: list[str]) -> ModelDescription:
-    def specs(entries: list[dict]) -> tuple[TensorSpec, ...]:
-        return tuple(
-            TensorSpec(e["name"], e.get("data_type", ""), tuple(int(d) for d in e.get("dims", []))) for e in entries
-        )
-
-    parameters = {key: value.get("string_value", "") for key, value in config.get("parameters", {}).items()}
-    return ModelDescription(
-        name=config["name"],
-        version=version,
-        max_batch_size=int(config.get("max_batch_size", 0)),
-        inputs=specs(config.get("input", [])),
-        outputs=specs(config.get("output", [])),
-        parameters=parameters,
-        served_by=tuple(served_by),
-    )
+        await self.fleet.close()

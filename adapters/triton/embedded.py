@@ -8,6 +8,8 @@ here explicitly: this interpreter's `bin/` first on PATH and its `site-packages`
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import ctypes
 import importlib.util
 import os
@@ -153,7 +155,17 @@ class EmbeddedTriton:
                 time.sleep(0.2)
         raise EmbeddedTritonError(f"tritonserver did not open {self.grpc_address} in {timeout_s:.0f}s")
 
+    @property
+    def pid(self) -> int | None:
+        return None if self._process is None else self._process.pid
+
+    def exited(self) -> int | None:
+        """The exit status if the server has stopped (None while it runs or was never started)."""
+        return None if self._process is None else self._process.poll()
+
     def stop(self, grace_s: float = 15.0) -> None:
+        """Stop the server, then end whatever is left of its process group (the Python-backend stubs,
+        which outlive a killed server and ignore SIGTERM)."""
         if self._process is None:
             return
         if self._process.poll() is None:
@@ -164,10 +176,16 @@ class EmbeddedTriton:
             except subprocess.TimeoutExpired:
                 self._process.kill()
                 self._process.wait()
+        self._end_group()
         self._process = None
         if self._log_file is not None:
             self._log_file.close()
             self._log_file = None
+
+    def _end_group(self) -> None:
+        # The server leads its own process group (process_group=0), so its pid names the group.
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(self._process.pid, signal.SIGKILL)
 
     def __enter__(self) -> EmbeddedTriton:
         self.start()
@@ -176,3 +194,38 @@ class EmbeddedTriton:
 
     def __exit__(self, *exc: object) -> None:
         self.stop()
+
+
+class Supervisor:
+    """Keeps an embedded server running: a server that exits on its own is cleaned up (its whole process
+    group) and started again on the same ports, after a backoff that doubles while it keeps failing."""
+
+    def __init__(
+        self, server: EmbeddedTriton, check_s: float = 0.25, backoff_s: float = 0.5, max_backoff_s: float = 30.0
+    ) -> None:
+        self.server = server
+        self.check_s = check_s
+        self.backoff_s = backoff_s
+        self.max_backoff_s = max_backoff_s
+        self.restarts = 0
+
+    async def run(self) -> None:
+        backoff = self.backoff_s
+        while True:
+            await asyncio.sleep(self.check_s)
+            status = self.server.exited()
+            if status is None:
+                continue
+            log.error("triton.exited", grpc=self.server.grpc_address, status=status, restart_in_s=backoff)
+            await asyncio.to_thread(self.server.stop)
+            await asyncio.sleep(backoff)
+            try:
+                self.server.start()
+                await asyncio.to_thread(self.server.wait_ready)
+            except EmbeddedTritonError as error:
+                log.error("triton.restart_failed", grpc=self.server.grpc_address, error=str(error))
+                backoff = min(self.max_backoff_s, backoff * 2)
+                continue
+            self.restarts += 1
+            log.info("triton.restarted", grpc=self.server.grpc_address, pid=self.server.pid, restarts=self.restarts)
+            backoff = self.backoff_s

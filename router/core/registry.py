@@ -97,10 +97,12 @@ class ModelRegistry:
         current = self._models.get(contract.name)
         if current is not None and dataclasses.replace(contract, pad_id=current.contract.pad_id) == current.contract:
             current.served_by = description.served_by
+            current.scheduler.shards = len(description.served_by)
             return current
         tokenizer = ModelTokenizer.from_file(self.repository / contract.name / contract.tokenizer_file)
         contract = dataclasses.replace(contract, pad_id=tokenizer.pad_id(contract.pad_token))
         scheduler = ModelScheduler(contract, self.backend, self.batching, self.cache, self.admission, self.tenants)
+        scheduler.shards = len(description.served_by)
         log.info("model.ready", model=contract.name, version=contract.version, task=contract.task.value)
         return ServedModel(contract, tokenizer, scheduler, description.served_by)
 

@@ -69,6 +69,9 @@ class ModelScheduler:
             tenants,
             batch_tokens=budget,
         )
+        self.shards = 1
+        """Servers that hold the model: `max_inflight_batches` may be in flight to each, so one request's
+        batches spread over all of them at once (the backend picks which batch goes where)."""
         self._timer: asyncio.TimerHandle | None = None
         self._seq_numbers = itertools.count()
         self._batch_numbers = itertools.count()
@@ -92,6 +95,10 @@ class ModelScheduler:
     @property
     def inflight(self) -> int:
         return len(self._dispatches)
+
+    @property
+    def slots(self) -> int:
+        return self.config.max_inflight_batches * max(1, self.shards)
 
     def precheck(self, tenant: str = "", deadline: float | None = None) -> None:
         """Refuse now, before the request is tokenized, if what is queued already rules it out."""
@@ -172,7 +179,7 @@ class ModelScheduler:
 
     def _pump(self) -> None:
         loop = asyncio.get_running_loop()
-        while self.queue and len(self._dispatches) < self.config.max_inflight_batches:
+        while self.queue and len(self._dispatches) < self.slots:
             now = time.monotonic()
             self._expire(now)
             if not self.queue or self._hold(now):

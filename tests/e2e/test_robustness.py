@@ -10,16 +10,14 @@ from concurrent.futures import ThreadPoolExecutor
 
 import grpc
 import pytest
-import tritonclient.grpc as triton_grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from adapters.triton.embedded import EmbeddedTriton
 from bench.corpus import mixed_texts
 from router.grpc.gen.modelrouter.v1 import model_router_service_pb2 as pb
 from router.grpc.gen.modelrouter.v1 import model_router_service_pb2_grpc as pb_grpc
 from router.grpc.server import model_health_name
 from router.local import LocalRouter
-from tests.helpers import EMBED_MODEL, REPOSITORY, details_of, router_settings
+from tests.helpers import EMBED_MODEL, REPOSITORY, details_of, router_settings, running_triton
 
 SERVING = health_pb2.HealthCheckResponse.SERVING
 NOT_SERVING = health_pb2.HealthCheckResponse.NOT_SERVING
@@ -98,16 +96,8 @@ def repository_with_a_broken_model(tmp_path_factory):
 
 
 def test_one_model_with_a_bad_config_does_not_take_the_others_down(repository_with_a_broken_model, tmp_path):
-    server = EmbeddedTriton(repository_with_a_broken_model, log_path=tmp_path / "triton.log")
-    server.start()
-    try:
-        server.wait_ready()
-        client = triton_grpc.InferenceServerClient(server.grpc_address)
-        deadline = time.monotonic() + 120
-        while not (client.is_model_ready(EMBED_MODEL) and client.is_model_ready("broken-embedder")):
-            assert time.monotonic() < deadline, f"models never became ready; see {tmp_path / 'triton.log'}"
-            time.sleep(0.2)
-        client.close()
+    log_path = tmp_path / "triton.log"
+    with running_triton(repository_with_a_broken_model, log_path, [EMBED_MODEL, "broken-embedder"]) as server:
         settings = router_settings(server, model_repository=repository_with_a_broken_model)
         with LocalRouter(settings) as target, grpc.insecure_channel(target) as channel:
             stub = pb_grpc.ModelRouterServiceStub(channel)
@@ -124,5 +114,3 @@ def test_one_model_with_a_bad_config_does_not_take_the_others_down(repository_wi
                 stub.Embed(pb.EmbedRequest(model="broken-embedder", inputs=["x"]), timeout=30)
             details = details_of(caught.value)
             assert details.code is grpc.StatusCode.UNAVAILABLE and details.info.reason == "MODEL_UNUSABLE"
-    finally:
-        server.stop()

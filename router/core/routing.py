@@ -1,0 +1,182 @@
+"""Which shard runs a batch, and whether a failed batch may run again elsewhere.
+
+A shard is one model server. Discovery (adapters/triton/fleet.py) tells each `Shard` whether the
+server answers and is ready, and which model versions it holds; the backend tells it when a batch
+starts and ends. From that:
+
+- `ShardSet.pick` chooses by power of two choices: two random shards among those that are usable and
+  hold the model's version, and of the two the one whose outstanding work would drain first: the
+  tokens it has in flight (exact: the router tokenized them) plus this batch's, times the seconds per
+  token it has been measured at. A slow shard is thus sent proportionally less.
+- Passive health: a batch that fails on a shard's account (connection lost, server gone) ejects the
+  shard for a backoff that doubles with each failure in a row (`HealthConfig`); it stays out until the
+  backoff has passed *and* discovery has found it answering again. A shard whose seconds per token is
+  far above the others' is ejected the same way. Discovery's verdict (ready or not) is the active part.
+- `RetryBudget`: retries are allowed at a fraction of first attempts (about 10%), plus a small reserve,
+  so a sick fleet is not stormed with retries.
+"""
+
+from __future__ import annotations
+
+import random
+import statistics
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+
+
+@dataclass(frozen=True)
+class HealthConfig:
+    eject_base_s: float = 0.5
+    """First ejection of a failing shard; doubled for each further failure in a row."""
+    eject_max_s: float = 10.0
+    """Longest ejection."""
+    slow_factor: float = 5.0
+    """A shard this many times slower per token than the median of the others is ejected."""
+    smoothing: float = 0.3
+    """Weight of the newest batch in a shard's seconds per token (exponential moving average)."""
+
+    def __post_init__(self) -> None:
+        if not 0 < self.eject_base_s <= self.eject_max_s:
+            raise ValueError("need 0 < eject_base_s <= eject_max_s")
+        if self.slow_factor <= 1:
+            raise ValueError("slow_factor must be above 1")
+        if not 0 < self.smoothing <= 1:
+            raise ValueError("smoothing must be in (0, 1]")
+
+
+@dataclass
+class Shard:
+    address: str
+    ready: bool = False
+    """Discovery's last word: the server answered and is ready."""
+    models: dict[str, frozenset[str]] = field(default_factory=dict)
+    """Model name -> its versions ready on this shard."""
+    outstanding_tokens: int = 0
+    """Tokens of batches sent to this shard and not answered yet."""
+    inflight: int = 0
+    seconds_per_token: float | None = None
+    """Measured answer time per token of its batches (unknown until it has answered one)."""
+    ejected_until: float = 0.0
+    failures: int = 0
+    """Failures in a row on the shard's account."""
+    answered: int = 0
+    failed: int = 0
+
+    def holds(self, model: str, version: str = "") -> bool:
+        versions = self.models.get(model)
+        return versions is not None and (not version or version in versions)
+
+    def usable(self, now: float) -> bool:
+        return self.ready and now >= self.ejected_until
+
+
+class ShardSet:
+    def __init__(self, health: HealthConfig | None = None, rng: random.Random | None = None) -> None:
+        self.health = health or HealthConfig()
+        self._rng = rng or random.Random()
+        self.shards: dict[str, Shard] = {}
+
+    def update(self, addresses: Iterable[str]) -> tuple[list[Shard], list[Shard]]:
+        """Make the set these addresses; return (added, removed). A removed shard's batches in flight
+        still finish: they hold the shard itself."""
+        wanted = list(dict.fromkeys(addresses))
+        removed = [shard for address, shard in self.shards.items() if address not in wanted]
+        added = {address: Shard(address) for address in wanted if address not in self.shards}
+        self.shards = {address: self.shards.get(address) or added[address] for address in wanted}
+        return list(added.values()), removed
+
+    def holding(self, model: str, version: str = "") -> list[Shard]:
+        """Shards that hold the model's version, usable or not."""
+        return [shard for shard in self.shards.values() if shard.holds(model, version)]
+
+    def candidates(self, model: str, version: str, now: float, exclude: Iterable[str] = ()) -> list[Shard]:
+        skip = set(exclude)
+        return [
+            shard
+            for shard in self.shards.values()
+            if shard.address not in skip and shard.usable(now) and shard.holds(model, version)
+        ]
+
+    def pick(self, model: str, version: str, tokens: int, now: float, exclude: Iterable[str] = ()) -> Shard | None:
+        """The shard for a batch of `tokens` tokens, or None when no shard (not excluded) holds the model.
+
+        When none that holds it is usable (all ejected or not ready), all that hold it are candidates
+        (a "panic" choice, as Envoy makes): a shard that is back gets the work at once, and a dead one
+        fails fast."""
+        shards = self.candidates(model, version, now, exclude)
+        if not shards:
+            skip = set(exclude)
+            shards = [shard for shard in self.holding(model, version) if shard.address not in skip]
+        if len(shards) <= 1:
+            return shards[0] if shards else None
+        first, second = self._rng.sample(shards, 2)
+        return first if self.cost(first, tokens) <= self.cost(second, tokens) else second
+
+    def cost(self, shard: Shard, tokens: int) -> float:
+        """Seconds until the shard would have answered its outstanding work and this batch."""
+        return (shard.outstanding_tokens + tokens) * self._speed(shard)
+
+    def _speed(self, shard: Shard) -> float:
+        if shard.seconds_per_token is not None:
+            return shard.seconds_per_token
+        known = [s.seconds_per_token for s in self.shards.values() if s.seconds_per_token is not None]
+        # A new shard is taken to be as fast as the fastest known one, so it is tried at once.
+        return min(known) if known else 1.0
+
+    def started(self, shard: Shard, tokens: int) -> None:
+        shard.outstanding_tokens += tokens
+        shard.inflight += 1
+
+    def ended(self, shard: Shard, tokens: int) -> None:
+        """A batch ended without a verdict on the shard (cancelled, or refused for the caller's reasons)."""
+        shard.outstanding_tokens -= tokens
+        shard.inflight -= 1
+
+    def succeeded(self, shard: Shard, tokens: int, elapsed_s: float, now: float) -> None:
+        self.ended(shard, tokens)
+        shard.answered += 1
+        shard.failures = 0
+        per_token = elapsed_s / max(1, tokens)
+        alpha = self.health.smoothing
+        previous = shard.seconds_per_token
+        shard.seconds_per_token = per_token if previous is None else alpha * per_token + (1 - alpha) * previous
+        others = [
+            s.seconds_per_token
+            for s in self.shards.values()
+            if s is not shard and s.seconds_per_token is not None and s.usable(now)
+        ]
+        if others and shard.seconds_per_token > self.health.slow_factor * statistics.median(others):
+            self._eject(shard, now)
+
+    def failed(self, shard: Shard, tokens: int, now: float) -> None:
+        """The batch failed on the shard's account: eject it, and wait for discovery to see it ready."""
+        self.ended(shard, tokens)
+        shard.failed += 1
+        shard.ready = False
+        self._eject(shard, now)
+
+    def _eject(self, shard: Shard, now: float) -> None:
+        shard.failures += 1
+        backoff = min(self.health.eject_max_s, self.health.eject_base_s * 2 ** (shard.failures - 1))
+        shard.ejected_until = now + backoff
+
+
+class RetryBudget:
+    """Retries allowed: `ratio` of first attempts, plus a reserve of `reserve` (a token bucket)."""
+
+    def __init__(self, ratio: float = 0.1, reserve: float = 10.0) -> None:
+        if ratio < 0 or reserve < 1:
+            raise ValueError("need ratio >= 0 and reserve >= 1")
+        self.ratio = ratio
+        self.reserve = reserve
+        self.balance = reserve
+
+    def attempted(self) -> None:
+        """A first attempt: earn `ratio` of a retry."""
+        self.balance = min(self.reserve, self.balance + self.ratio)
+
+    def try_retry(self) -> bool:
+        if self.balance < 1 - 1e-9:  # ten deposits of 0.1 make one retry, whatever the float sum says
+            return False
+        self.balance -= 1
+        return True
