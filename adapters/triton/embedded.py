@@ -105,6 +105,11 @@ class EmbeddedTriton:
             f"--http-port={self.http_port}",
             f"--metrics-address={self.host}",
             f"--metrics-port={self.metrics_port}",
+            # Explicit model control: every model in the repository is loaded at start, and a deployer
+            # loads, unloads or rolls one on a running server with Triton's repository API; the router
+            # follows within about a second (adapters/triton/fleet.py).
+            "--model-control-mode=explicit",
+            "--load-model=*",
             "--log-verbose=0",
             *self.extra_args,
         ]

@@ -34,6 +34,8 @@ class HealthConfig:
     """A shard this many times slower per token than the median of the others is ejected."""
     smoothing: float = 0.3
     """Weight of the newest batch in a shard's seconds per token (exponential moving average)."""
+    tie_ratio: float = 1.25
+    """Two shards whose costs are within this ratio are equal choices (either is taken, at random)."""
 
     def __post_init__(self) -> None:
         if not 0 < self.eject_base_s <= self.eject_max_s:
@@ -42,6 +44,8 @@ class HealthConfig:
             raise ValueError("slow_factor must be above 1")
         if not 0 < self.smoothing <= 1:
             raise ValueError("smoothing must be in (0, 1]")
+        if self.tie_ratio < 1:
+            raise ValueError("tie_ratio must be at least 1")
 
 
 @dataclass
@@ -110,7 +114,12 @@ class ShardSet:
         if len(shards) <= 1:
             return shards[0] if shards else None
         first, second = self._rng.sample(shards, 2)
-        return first if self.cost(first, tokens) <= self.cost(second, tokens) else second
+        a, b = self.cost(first, tokens), self.cost(second, tokens)
+        if max(a, b) <= self.health.tie_ratio * min(a, b):
+            # Near enough to call even: either will do, and both keep being measured (with one caller at a
+            # time, the shard measured a hair faster would otherwise take every batch).
+            return first
+        return first if a < b else second
 
     def cost(self, shard: Shard, tokens: int) -> float:
         """Seconds until the shard would have answered its outstanding work and this batch."""
@@ -153,6 +162,8 @@ class ShardSet:
         self.ended(shard, tokens)
         shard.failed += 1
         shard.ready = False
+        # Whatever comes back (a restarted process, say) is measured afresh, and so tried at once.
+        shard.seconds_per_token = None
         self._eject(shard, now)
 
     def _eject(self, shard: Shard, now: float) -> None:

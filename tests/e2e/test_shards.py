@@ -107,6 +107,17 @@ def embedded_pair(tmp_path_factory):
         yield local, pb_grpc.ModelRouterServiceStub(channel)
 
 
+def test_one_big_request_is_spread_over_every_shard(embedded_pair):
+    local, stub = embedded_pair
+    shards = list(local.router.backend.shards.shards.values())
+    wait_for(lambda: all(shard.usable(time.monotonic()) for shard in shards), "both shards usable")
+    before = [shard.answered for shard in shards]
+    documents = [f"{TEXTS[i % len(TEXTS)]} and then some more words about document {i}" for i in range(400)]
+    reply = stub.Rerank(pb.RerankRequest(model=RERANK_MODEL, query="a quick fox", documents=documents), timeout=120)
+    assert sorted(r.index for r in reply.results) == list(range(400))
+    assert all(shard.answered > seen for shard, seen in zip(shards, before, strict=True))
+
+
 def test_killing_one_shard_under_load_loses_no_call_and_it_rejoins(embedded_pair):
     local, stub = embedded_pair
     router = local.router

@@ -139,3 +139,19 @@ def test_health_config_checks_itself(bad):
 def test_holds_any_version_when_none_is_pinned():
     shard = Shard("a", models={"m": frozenset({"1", "2"})})
     assert shard.holds("m") and shard.holds("m", "2") and not shard.holds("m", "3") and not shard.holds("x")
+
+
+def test_one_caller_at_a_time_is_spread_over_shards_of_about_equal_speed():
+    shards = fleet("a", "b", seed=3)
+    shards.shards["a"].seconds_per_token, shards.shards["b"].seconds_per_token = 0.00100, 0.00101
+    chosen = Counter(shards.pick("m", "1", 100, now=0.0).address for _ in range(200))
+    assert chosen["a"] > 50 and chosen["b"] > 50
+
+
+def test_a_failed_shard_is_measured_afresh_when_it_comes_back():
+    shards = fleet("a", "b")
+    a = shards.shards["a"]
+    a.seconds_per_token = 0.5
+    shards.started(a, 10)
+    shards.failed(a, 10, now=0.0)
+    assert a.seconds_per_token is None
