@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import sys
 
-from bench import admission, batching, embed, overhead, rerank
+from bench import admission, batching, embed, overhead, rerank, shards
 
 BENCHMARKS = {
     "embed": embed.main,
@@ -12,6 +12,7 @@ BENCHMARKS = {
     "batching": batching.main,
     "admission": admission.main,
     "overhead": overhead.main,
+    "shards": shards.main,
 }
 
 

@@ -89,10 +89,12 @@ async def measure(name: str, items: int, jobs, concurrency: int, **extra: float)
 
 
 @contextlib.contextmanager
-def triton_server() -> Iterator[EmbeddedTriton]:
+def triton_server(
+    repository: Path = REPOSITORY, log_name: str = "triton.log", cpus: frozenset[int] | None = None
+) -> Iterator[EmbeddedTriton]:
     import tritonclient.grpc as triton_grpc
 
-    server = EmbeddedTriton(REPOSITORY.resolve(), log_path=SCRATCH / "triton.log")
+    server = EmbeddedTriton(repository.resolve(), log_path=SCRATCH / log_name, cpus=cpus)
     say("starting Triton on 127.0.0.1 ...")
     with server:
         client = triton_grpc.InferenceServerClient(server.grpc_address)
@@ -103,22 +105,36 @@ def triton_server() -> Iterator[EmbeddedTriton]:
 
 
 @contextlib.contextmanager
-def router_process(triton_address: str, **settings: str) -> Iterator[str]:
-    """`router serve` in its own process (as deployed), in front of the given Triton."""
+def router_process(triton_address: str | Sequence[str], **settings: str) -> Iterator[str]:
+    """`router serve` in its own process (as deployed), in front of the given Triton(s)."""
+    addresses = [triton_address] if isinstance(triton_address, str) else list(triton_address)
+    with router_serve([arg for address in addresses for arg in ("--triton", address)], **settings) as (target, _):
+        yield target
+
+
+@contextlib.contextmanager
+def router_serve(arguments: Sequence[str], **settings: str) -> Iterator[tuple[str, subprocess.Popen]]:
+    """`router serve ARGUMENTS` in its own process on a free port; yields its target and its process."""
     port = free_port()
     env = dict(os.environ, **{f"MODELROUTER_{k.upper()}": str(v) for k, v in settings.items()})
     env.setdefault("MODELROUTER_LOG_LEVEL", "warning")
-    command = [sys.executable, "-m", "router", "serve", "--port", str(port), "--triton", triton_address]
+    command = [sys.executable, "-m", "router", "serve", "--port", str(port), *arguments]
     SCRATCH.mkdir(parents=True, exist_ok=True)
     with open(SCRATCH / "router.log", "ab") as log:
         process = subprocess.Popen(command, cwd=PROJECT_ROOT, env=env, stdout=log, stderr=subprocess.STDOUT)
     target = f"127.0.0.1:{port}"
     try:
         _wait_serving(target, process)
-        yield target
+        yield target, process
     finally:
         process.terminate()
-        process.wait(timeout=30)
+        process.wait(timeout=60)
+
+
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU time a process has used so far (from /proc)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def _wait_serving(target: str, process: subprocess.Popen, timeout_s: float = 120) -> None:

@@ -87,6 +87,8 @@ class Router:
             discovery_interval_s=s.discovery_interval_s,
             dns_interval_s=s.dns_interval_s,
             retry_budget=RetryBudget(s.retry_budget_ratio),
+            balancing=s.shard_balancing,
+            max_inflight_per_shard=s.max_inflight_batches,
         )
         self.backend.fleet.on_change(self._changed.set)
         await self.backend.start()

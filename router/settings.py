@@ -86,6 +86,9 @@ class Settings(BaseSettings):
     backend_retries: int = Field(default=2, ge=0)
     """Attempts after the first for a batch that failed for reasons outside it (the shard died or is
     unreachable, its queue is full, it no longer has the model): each on another shard when there is one."""
+    shard_balancing: Literal["least_work", "round_robin"] = "least_work"
+    """How a batch's shard is chosen: `least_work` (power of two choices on the tokens each shard has
+    outstanding times its measured seconds per token) or `round_robin` (for comparison)."""
     retry_budget_ratio: float = Field(default=0.1, ge=0, le=1)
     """Retries allowed as a share of batches (plus a reserve of 10), so a failing fleet is not stormed."""
 

@@ -25,7 +25,7 @@ from adapters.triton.tensors import input_tensors
 from router.core import errors
 from router.core.contract import ModelContract, ModelDescription
 from router.core.errors import ErrorKind, RouterError
-from router.core.routing import HealthConfig, RetryBudget, ShardSet
+from router.core.routing import LEAST_WORK, HealthConfig, RetryBudget, ShardSet
 from router.core.tokenize import Window
 
 log = structlog.get_logger(__name__)
@@ -92,8 +92,10 @@ class TritonBackend:
         dns_interval_s: float = 5.0,
         retry_budget: RetryBudget | None = None,
         health: HealthConfig | None = None,
+        balancing: str = LEAST_WORK,
+        max_inflight_per_shard: int | None = None,
     ) -> None:
-        self.shards = ShardSet(health)
+        self.shards = ShardSet(health, balancing=balancing, max_inflight=max_inflight_per_shard)
         self.fleet = TritonFleet(targets, self.shards, discovery_interval_s, dns_interval_s)
         self.retries = retries
         self.backoff_s = backoff_s

@@ -66,9 +66,12 @@ def prepare_backends(root: Path) -> Path:
 TRITON_NICENESS = 10
 
 
-def _prepare_child() -> None:
-    """Runs in the child before exec: lower priority, and SIGTERM from the kernel if the router dies."""
+def _prepare_child(cpus: frozenset[int] | None) -> None:
+    """Runs in the child before exec: lower priority, the CPUs it may use (inherited by the model stubs),
+    and SIGTERM from the kernel if the router dies."""
     os.nice(TRITON_NICENESS)
+    if cpus:
+        os.sched_setaffinity(0, cpus)
     libc = ctypes.CDLL("libc.so.6", use_errno=True)
     libc.prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
 
@@ -84,6 +87,8 @@ class EmbeddedTriton:
     metrics_port: int = 0
     log_path: Path | None = None
     extra_args: tuple[str, ...] = ()
+    cpus: frozenset[int] | None = None
+    """Pin the server and its model stubs to these CPUs (benchmarks emulate separate machines so)."""
 
     def __post_init__(self) -> None:
         self._process: subprocess.Popen | None = None
@@ -142,7 +147,7 @@ class EmbeddedTriton:
             # Its own process group: a Ctrl-C at the terminal reaches the router, which stops Triton in
             # order; the parent-death signal covers a router that dies without stopping it.
             process_group=0,
-            preexec_fn=_prepare_child,
+            preexec_fn=lambda: _prepare_child(self.cpus),
         )
 
     def wait_ready(self, timeout_s: float = 120.0) -> None:

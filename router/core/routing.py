@@ -4,10 +4,11 @@ A shard is one model server. Discovery (adapters/triton/fleet.py) tells each `Sh
 server answers and is ready, and which model versions it holds; the backend tells it when a batch
 starts and ends. From that:
 
-- `ShardSet.pick` chooses by power of two choices: two random shards among those that are usable and
-  hold the model's version, and of the two the one whose outstanding work would drain first: the
-  tokens it has in flight (exact: the router tokenized them) plus this batch's, times the seconds per
-  token it has been measured at. A slow shard is thus sent proportionally less.
+- `ShardSet.pick` chooses by power of two choices: two random shards among those that are usable, hold
+  the model's version and have a free slot (fewer than `max_inflight` batches), and of the two the one
+  whose outstanding work would drain first: the tokens it has in flight (exact: the router tokenized
+  them) plus this batch's, times the seconds per token it has been measured at. A slow shard is thus
+  sent proportionally less, and at capacity it takes what the faster ones have no slot for.
 - Passive health: a batch that fails on a shard's account (connection lost, server gone) ejects the
   shard for a backoff that doubles with each failure in a row (`HealthConfig`); it stays out until the
   backoff has passed *and* discovery has found it answering again. A shard whose seconds per token is
@@ -22,6 +23,13 @@ import random
 import statistics
 from collections.abc import Iterable
 from dataclasses import dataclass, field
+
+
+LEAST_WORK = "least_work"
+"""Power of two choices on outstanding tokens x seconds per token (the default)."""
+ROUND_ROBIN = "round_robin"
+"""Each usable shard in turn, whatever it has outstanding (benchmarks compare with it)."""
+BALANCING = (LEAST_WORK, ROUND_ROBIN)
 
 
 @dataclass(frozen=True)
@@ -75,9 +83,21 @@ class Shard:
 
 
 class ShardSet:
-    def __init__(self, health: HealthConfig | None = None, rng: random.Random | None = None) -> None:
+    def __init__(
+        self,
+        health: HealthConfig | None = None,
+        rng: random.Random | None = None,
+        balancing: str = LEAST_WORK,
+        max_inflight: int | None = None,
+    ) -> None:
+        if balancing not in BALANCING:
+            raise ValueError(f"balancing must be one of {', '.join(BALANCING)}")
         self.health = health or HealthConfig()
+        self.balancing = balancing
+        self.max_inflight = max_inflight
+        """Batches in flight per shard that least_work aims for: a shard below it is preferred to one at it."""
         self._rng = rng or random.Random()
+        self._turn = 0
         self.shards: dict[str, Shard] = {}
 
     def update(self, addresses: Iterable[str]) -> tuple[list[Shard], list[Shard]]:
@@ -113,6 +133,15 @@ class ShardSet:
             shards = [shard for shard in self.holding(model, version) if shard.address not in skip]
         if len(shards) <= 1:
             return shards[0] if shards else None
+        if self.balancing == ROUND_ROBIN:
+            self._turn += 1
+            return shards[self._turn % len(shards)]
+        if self.max_inflight:
+            # A shard with a free slot first: at capacity a slower shard takes the overflow rather than the
+            # faster one queueing more, so every shard's capacity is used.
+            shards = [s for s in shards if s.inflight < self.max_inflight] or shards
+            if len(shards) == 1:
+                return shards[0]
         first, second = self._rng.sample(shards, 2)
         a, b = self.cost(first, tokens), self.cost(second, tokens)
         if max(a, b) <= self.health.tie_ratio * min(a, b):

@@ -155,3 +155,28 @@ def test_a_failed_shard_is_measured_afresh_when_it_comes_back():
     shards.started(a, 10)
     shards.failed(a, 10, now=0.0)
     assert a.seconds_per_token is None
+
+
+def test_round_robin_takes_each_usable_shard_in_turn_whatever_its_load():
+    shards = fleet("a", "b", "c")
+    shards.balancing = "round_robin"
+    shards.started(shards.shards["a"], 10_000)
+    picks = [shards.pick("m", "1", 10, now=0.0).address for _ in range(6)]
+    assert sorted(picks) == ["a", "a", "b", "b", "c", "c"]
+    with pytest.raises(ValueError):
+        ShardSet(balancing="fastest")
+
+
+def test_at_capacity_a_slower_shard_takes_what_the_faster_one_has_no_slot_for():
+    shards = fleet("fast", "slow")
+    shards.max_inflight = 2
+    fast, slow = shards.shards["fast"], shards.shards["slow"]
+    fast.seconds_per_token, slow.seconds_per_token = 0.001, 0.003
+    assert shards.pick("m", "1", 500, now=0.0) is fast
+    shards.started(fast, 500)
+    assert shards.pick("m", "1", 500, now=0.0) is fast  # 1,000 x 1 ms beats 500 x 3 ms
+    shards.started(fast, 500)
+    assert shards.pick("m", "1", 500, now=0.0) is slow  # fast is full
+    shards.started(slow, 500)
+    shards.started(slow, 500)
+    assert shards.pick("m", "1", 500, now=0.0) is fast  # all full: by cost again
