@@ -24,7 +24,6 @@ import statistics
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 
-
 LEAST_WORK = "least_work"
 """Power of two choices on outstanding tokens x seconds per token (the default)."""
 ROUND_ROBIN = "round_robin"
