@@ -54,8 +54,9 @@ $(BUF):
 	@echo "[lint] installing @bufbuild/buf@$(BUF_VERSION) from the npm registry into .tools/"
 	npm install --silent --prefix .tools @bufbuild/buf@$(BUF_VERSION)
 
-lint: setup $(BUF) ## buf lint (STANDARD) on protos/, ruff on the Python code
+lint: setup $(BUF) ## buf lint (STANDARD) on protos/, ruff on the Python code, deploy/ against Kubernetes schemas
 	$(BUF) lint protos
+	$(VENV)/bin/kubernetes-validate --strict --quiet deploy/kubernetes/*.yaml
 	$(VENV)/bin/ruff check router adapters tests triton_models bench
 	$(VENV)/bin/ruff format --check router adapters tests triton_models bench
 

@@ -1,0 +1,56 @@
+"""The Kubernetes manifests in deploy/: valid against the Kubernetes schemas (strict: no unknown field),
+and consistent with the router's own settings and shutdown."""
+
+from __future__ import annotations
+
+import tomllib
+
+import kubernetes_validate
+import pytest
+import yaml
+
+from router.settings import PROJECT_ROOT, Settings
+
+MANIFESTS = sorted((PROJECT_ROOT / "deploy" / "kubernetes").glob("*.yaml"))
+KUBERNETES = "1.30.0"  # the oldest version the manifests promise to work on (gRPC probes, preStop sleep)
+
+
+def resources() -> dict[str, dict]:
+    found = {}
+    for path in MANIFESTS:
+        for document in yaml.safe_load_all(path.read_text()):
+            found[f"{document['kind']}/{document['metadata']['name']}"] = document
+    return found
+
+
+@pytest.mark.parametrize("version", [KUBERNETES, kubernetes_validate.latest_version()])
+@pytest.mark.parametrize("name", sorted(resources()))
+def test_each_resource_is_valid_kubernetes(name, version):
+    kubernetes_validate.validate(resources()[name], version, strict=True)
+
+
+def router_pod() -> dict:
+    return resources()["Deployment/model-router"]["spec"]["template"]["spec"]
+
+
+def router_settings() -> Settings:
+    config = tomllib.loads(resources()["ConfigMap/model-router"]["data"]["router.toml"])
+    return Settings(**config)  # every key a setting; values checked (a bad dns:/// target would fail)
+
+
+def test_the_router_config_is_valid_settings_with_triton_found_through_the_headless_service():
+    settings = router_settings()
+    service = resources()["Service/triton-shards"]
+    assert service["spec"]["clusterIP"] == "None"
+    [target] = settings.triton
+    assert target.startswith(f"dns:///{service['metadata']['name']}.") and target.endswith(":8001")
+    assert settings.host == "0.0.0.0" and str(settings.model_repository) == "/models"
+
+
+def test_the_router_drains_within_its_grace_period_and_is_ready_by_grpc_health():
+    pod = router_pod()
+    [container] = pod["containers"]
+    pre_stop = container["lifecycle"]["preStop"]["sleep"]["seconds"]
+    assert pre_stop + router_settings().shutdown_grace_s < pod["terminationGracePeriodSeconds"]
+    assert container["readinessProbe"]["grpc"]["port"] == router_settings().port
+    assert "grpc" not in container["livenessProbe"]  # a Triton outage must not restart the router
