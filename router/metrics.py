@@ -22,3 +22,16 @@ MODEL_USABLE = Gauge(
     "1 for each model the backend has that the router serves, 0 for one whose contract or tokenizer is broken.",
     ["model"],
 )
+
+SHARD_BATCHES = Counter(
+    "modelrouter_shard_batches_total",
+    "Batches sent to each model server (shard) by outcome: ok, failed (the shard's fault: ejected), "
+    "error (the batch's own failure), retried (sent again elsewhere).",
+    ["shard", "outcome"],
+)
+SHARD_READY = Gauge(
+    "modelrouter_shard_ready", "1 while a model server answers discovery and says it is ready, else 0.", ["shard"]
+)
+SHARD_OUTSTANDING_TOKENS = Gauge(
+    "modelrouter_shard_outstanding_tokens", "Tokens of batches in flight at each model server.", ["shard"]
+)

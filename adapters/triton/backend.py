@@ -22,6 +22,7 @@ from tritonclient.utils import InferenceServerException, np_to_triton_dtype
 
 from adapters.triton.fleet import TritonFleet
 from adapters.triton.tensors import input_tensors
+from router import metrics
 from router.core import errors
 from router.core.contract import ModelContract, ModelDescription
 from router.core.errors import ErrorKind, RouterError
@@ -82,6 +83,16 @@ def _no_shard(model: str) -> RouterError:
     )
 
 
+def _version_gone(model: str, version: str) -> RouterError:
+    return RouterError(
+        ErrorKind.BACKEND_UNAVAILABLE,
+        errors.MODEL_VERSION_GONE,
+        f"version {version} of {model!r} is no longer on any model server",
+        retry_after_s=1.0,
+        metadata={"model": model},
+    )
+
+
 class TritonBackend:
     def __init__(
         self,
@@ -135,6 +146,8 @@ class TritonBackend:
                 # Every usable shard was tried: the least loaded one again, after a short backoff.
                 shard = self.shards.pick(model, contract.version, tokens, now)
             if shard is None:
+                if contract.version and self.shards.holding(model):
+                    raise _version_gone(model, contract.version)
                 raise _no_shard(model)
             left = None if deadline is None else max(0.001, deadline - now)
             self.shards.started(shard, tokens)
@@ -152,6 +165,7 @@ class TritonBackend:
                 )
                 verdict = True
                 self.shards.succeeded(shard, tokens, time.monotonic() - now, time.monotonic())
+                metrics.SHARD_BATCHES.labels(shard.address, "ok").inc()
                 return result.as_numpy(output)
             except InferenceServerException as error:
                 failure = Failure(error)
@@ -164,7 +178,9 @@ class TritonBackend:
                     self.fleet.poke()
                 backoff = self.backoff_s * 2 ** len(tried) if len(tried) >= len(self.shards.shards) - 1 else 0.0
                 in_time = deadline is None or time.monotonic() + backoff < deadline
+                outcome = "failed" if failure.shard_down else "error"
                 if failure.retryable and len(tried) < self.retries and in_time and self.budget.try_retry():
+                    metrics.SHARD_BATCHES.labels(shard.address, "retried").inc()
                     tried.append(shard.address)
                     log.info(
                         "triton.retry", shard=shard.address, model=model, attempt=len(tried), status=failure.status
@@ -172,10 +188,14 @@ class TritonBackend:
                     if backoff:
                         await asyncio.sleep(backoff)
                     continue
+                metrics.SHARD_BATCHES.labels(shard.address, outcome).inc()
+                if failure.model_gone and contract.version:
+                    raise _version_gone(model, contract.version) from error
                 raise _as_router_error(error, shard.address, model) from error
             finally:
                 if not verdict:  # cancelled, or an error outside Triton's: no verdict on the shard
                     self.shards.ended(shard, tokens)
+                metrics.SHARD_OUTSTANDING_TOKENS.labels(shard.address).set(shard.outstanding_tokens)
 
     async def close(self) -> None:
         await self.fleet.close()

@@ -23,6 +23,7 @@ import structlog
 import tritonclient.grpc.aio as triton_grpc
 from tritonclient.utils import InferenceServerException
 
+from router import metrics
 from router.core import errors
 from router.core.contract import ModelDescription, TensorSpec
 from router.core.errors import ErrorKind, RouterError
@@ -164,6 +165,9 @@ class TritonFleet:
             log.info("triton.shard_removed", shard=shard.address, inflight=shard.inflight)
             self.reachable.discard(shard.address)
             self._retiring.append((shard, self.clients.pop(shard.address)))
+            for metric in (metrics.SHARD_READY, metrics.SHARD_OUTSTANDING_TOKENS):
+                with contextlib.suppress(KeyError):  # never reported
+                    metric.remove(shard.address)
 
     async def _close_retired(self) -> None:
         """Close the clients of removed shards once their batches in flight have finished."""
@@ -196,11 +200,13 @@ class TritonFleet:
                 log.warning("triton.shard_unreachable", shard=shard.address, detail=error.message())
             self.reachable.discard(shard.address)
             shard.ready = False
+            metrics.SHARD_READY.labels(shard.address).set(0)
             return
         if shard.address not in self.reachable or shard.ready != ready:
             log.info("triton.shard_seen", shard=shard.address, ready=ready, models=sorted(models))
         self.reachable.add(shard.address)
         shard.ready = ready
+        metrics.SHARD_READY.labels(shard.address).set(1 if ready else 0)
         shard.models = {name: frozenset(versions) for name, versions in models.items()}
 
     def describe(self) -> list[ModelDescription]:

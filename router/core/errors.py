@@ -68,6 +68,8 @@ NOT_IMPLEMENTED = "NOT_IMPLEMENTED"
 SHUTTING_DOWN = "SHUTTING_DOWN"
 BACKEND_INDEX_UNAVAILABLE = "BACKEND_INDEX_UNAVAILABLE"
 MODEL_UNUSABLE = "MODEL_UNUSABLE"
+MODEL_VERSION_GONE = "MODEL_VERSION_GONE"
+"""The model version a batch was pinned to is no longer on any server (a rollout unloaded it)."""
 
 # A caller's value is echoed in an error (message or metadata) at most this long: gRPC clients refuse
 # trailers over 8 KiB by default, and a status that grows with the caller's input would hit that.

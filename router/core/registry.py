@@ -11,6 +11,7 @@ others are served.
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -37,6 +38,7 @@ class ServedModel:
     scheduler: ModelScheduler
     served_by: tuple[str, ...] = ()
     """The backend servers that hold the model now (changes without touching the scheduler)."""
+    tokenizer_digest: str = ""
 
 
 class ModelRegistry:
@@ -99,12 +101,22 @@ class ModelRegistry:
             current.served_by = description.served_by
             current.scheduler.shards = len(description.served_by)
             return current
-        tokenizer = ModelTokenizer.from_file(self.repository / contract.name / contract.tokenizer_file)
+        tokenizer_path = self.repository / contract.name / contract.tokenizer_file
+        tokenizer = ModelTokenizer.from_file(tokenizer_path)
         contract = dataclasses.replace(contract, pad_id=tokenizer.pad_id(contract.pad_token))
         scheduler = ModelScheduler(contract, self.backend, self.batching, self.cache, self.admission, self.tenants)
         scheduler.shards = len(description.served_by)
+        digest = hashlib.sha256(tokenizer_path.read_bytes()).hexdigest()
+        if (
+            current is not None
+            and current.tokenizer_digest == digest
+            and dataclasses.replace(current.contract, version=contract.version) == contract
+        ):
+            # A new version with the same tokenizer and tensors: what the old version's scheduler still
+            # holds when that version is unloaded runs on this one.
+            current.scheduler.successor = scheduler
         log.info("model.ready", model=contract.name, version=contract.version, task=contract.task.value)
-        return ServedModel(contract, tokenizer, scheduler, description.served_by)
+        return ServedModel(contract, tokenizer, scheduler, description.served_by, digest)
 
     def models(self) -> list[ServedModel]:
         return [self._models[name] for name in sorted(self._models)]

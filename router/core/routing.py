@@ -41,6 +41,9 @@ class HealthConfig:
     """A shard this many times slower per token than the median of the others is ejected."""
     smoothing: float = 0.3
     """Weight of the newest batch in a shard's seconds per token (exponential moving average)."""
+    stale_after_s: float = 5.0
+    """A shard's speed measured longer ago than this is forgotten: the shard is tried again as if new (a
+    shard measured slow once, then sent nothing, would otherwise never be measured again)."""
     tie_ratio: float = 1.25
     """Two shards whose costs are within this ratio are equal choices (either is taken, at random)."""
 
@@ -49,6 +52,8 @@ class HealthConfig:
             raise ValueError("need 0 < eject_base_s <= eject_max_s")
         if self.slow_factor <= 1:
             raise ValueError("slow_factor must be above 1")
+        if self.stale_after_s <= 0:
+            raise ValueError("stale_after_s must be positive")
         if not 0 < self.smoothing <= 1:
             raise ValueError("smoothing must be in (0, 1]")
         if self.tie_ratio < 1:
@@ -67,6 +72,7 @@ class Shard:
     inflight: int = 0
     seconds_per_token: float | None = None
     """Measured answer time per token of its batches (unknown until it has answered one)."""
+    measured_at: float = 0.0
     ejected_until: float = 0.0
     failures: int = 0
     """Failures in a row on the shard's account."""
@@ -142,22 +148,26 @@ class ShardSet:
             if len(shards) == 1:
                 return shards[0]
         first, second = self._rng.sample(shards, 2)
-        a, b = self.cost(first, tokens), self.cost(second, tokens)
+        a, b = self.cost(first, tokens, now), self.cost(second, tokens, now)
         if max(a, b) <= self.health.tie_ratio * min(a, b):
             # Near enough to call even: either will do, and both keep being measured (with one caller at a
             # time, the shard measured a hair faster would otherwise take every batch).
             return first
         return first if a < b else second
 
-    def cost(self, shard: Shard, tokens: int) -> float:
+    def cost(self, shard: Shard, tokens: int, now: float) -> float:
         """Seconds until the shard would have answered its outstanding work and this batch."""
-        return (shard.outstanding_tokens + tokens) * self._speed(shard)
+        return (shard.outstanding_tokens + tokens) * self._speed(shard, now)
 
-    def _speed(self, shard: Shard) -> float:
-        if shard.seconds_per_token is not None:
+    def _fresh(self, shard: Shard, now: float) -> bool:
+        return shard.seconds_per_token is not None and now - shard.measured_at <= self.health.stale_after_s
+
+    def _speed(self, shard: Shard, now: float) -> float:
+        if self._fresh(shard, now):
             return shard.seconds_per_token
-        known = [s.seconds_per_token for s in self.shards.values() if s.seconds_per_token is not None]
-        # A new shard is taken to be as fast as the fastest known one, so it is tried at once.
+        known = [s.seconds_per_token for s in self.shards.values() if self._fresh(s, now)]
+        # A new shard (or one not heard from lately) is taken to be as fast as the fastest known one, so
+        # it is tried at once.
         return min(known) if known else 1.0
 
     def started(self, shard: Shard, tokens: int) -> None:
@@ -176,11 +186,13 @@ class ShardSet:
         per_token = elapsed_s / max(1, tokens)
         alpha = self.health.smoothing
         previous = shard.seconds_per_token
-        shard.seconds_per_token = per_token if previous is None else alpha * per_token + (1 - alpha) * previous
+        fresh = previous is not None and now - shard.measured_at <= self.health.stale_after_s
+        shard.seconds_per_token = alpha * per_token + (1 - alpha) * previous if fresh else per_token
+        shard.measured_at = now
         others = [
             s.seconds_per_token
             for s in self.shards.values()
-            if s is not shard and s.seconds_per_token is not None and s.usable(now)
+            if s is not shard and self._fresh(s, now) and s.usable(now)
         ]
         if others and shard.seconds_per_token > self.health.slow_factor * statistics.median(others):
             self._eject(shard, now)

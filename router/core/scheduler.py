@@ -27,7 +27,7 @@ from collections.abc import Sequence
 import numpy as np
 
 from router import metrics
-from router.core import admission
+from router.core import admission, errors
 from router.core.admission import AdmissionController, TenantLimiter
 from router.core.backend import Backend
 from router.core.batching import BatchLimits, grow
@@ -69,6 +69,9 @@ class ModelScheduler:
             tenants,
             batch_tokens=budget,
         )
+        self.successor: ModelScheduler | None = None
+        """The scheduler of the model's next version (same tokenizer, same tensors), once the registry has
+        switched to it: a batch whose version was unloaded everywhere runs there instead of failing."""
         self.shards = 1
         """Servers that hold the model: `max_inflight_batches` may be in flight to each, so one request's
         batches spread over all of them at once (the backend picks which batch goes where)."""
@@ -76,6 +79,7 @@ class ModelScheduler:
         self._seq_numbers = itertools.count()
         self._batch_numbers = itertools.count()
         self._dispatches: set[asyncio.Task] = set()
+        self._handovers: set[asyncio.Task] = set()
         name = contract.name
         self._batches = metrics.BATCHES.labels(name)
         self._batch_rows = metrics.BATCH_ROWS.labels(name)
@@ -236,6 +240,8 @@ class ModelScheduler:
             )
             done = computed
         except BaseException as error:
+            if self._hand_over(batch, error):
+                return
             for item in batch:
                 if not item.future.done():
                     item.future.set_exception(error)
@@ -253,6 +259,37 @@ class ModelScheduler:
             self.admission.drain.finished(done, time.monotonic(), len(self._dispatches) - 1, waiting=bool(self.queue))
             self._dispatches.discard(asyncio.current_task())
             self._pump()
+
+    def _hand_over(self, batch: list[Item], error: BaseException) -> bool:
+        """Give a batch whose model version is gone to the next version's scheduler, request by request
+        (its results, cache keys and version are the new version's); False when there is none."""
+        successor = self.successor
+        if successor is None or not (isinstance(error, RouterError) and error.reason == errors.MODEL_VERSION_GONE):
+            return False
+        by_ticket: dict[int, list[Item]] = {}
+        for item in batch:
+            by_ticket.setdefault(id(item.ticket), []).append(item)
+
+        async def rerun(items: list[Item]) -> None:
+            ticket = items[0].ticket
+            try:
+                rows, _ = await successor.run([item.window for item in items], ticket.tenant, ticket.deadline)
+            except BaseException as failure:  # the request fails as the new version failed it
+                for item in items:
+                    if not item.future.done():
+                        item.future.set_exception(failure)
+                if not isinstance(failure, Exception):
+                    raise
+                return
+            for item, row in zip(items, rows, strict=True):
+                if not item.future.done():
+                    item.future.set_result(row)
+
+        for items in by_ticket.values():
+            task = asyncio.get_running_loop().create_task(rerun(items))
+            self._handovers.add(task)
+            task.add_done_callback(self._handovers.discard)
+        return True
 
     def _timeout(self, batch: Sequence[Item], now: float) -> float | None:
         """The backend timeout: the longest deadline left among the batch's requests, within the setting."""

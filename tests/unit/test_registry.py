@@ -76,3 +76,56 @@ async def test_an_echoed_model_name_is_cut():
         registry.get("m" * 100_000, Task.EMBED)
     assert len(caught.value.message) < 300 and "100000 characters" in caught.value.message
     assert all(len(v) <= 100 for v in caught.value.metadata.values())
+
+
+async def test_work_left_for_a_version_unloaded_everywhere_runs_on_the_next_version(repository):
+    import asyncio
+    import dataclasses
+
+    import numpy as np
+
+    from router.core import errors
+    from router.core.tokenize import Window
+
+    class RollingBackend(IndexBackend):
+        """Answers only the version it holds; the one before is gone."""
+
+        held = "1"
+
+        async def infer(self, contract, rows, timeout_s):
+            if self.gate is not None:
+                await self.gate.wait()
+            if contract.version != self.held:
+                raise RouterError(ErrorKind.BACKEND_UNAVAILABLE, errors.MODEL_VERSION_GONE, "gone", retry_after_s=1)
+            out = await super().infer(contract, rows, timeout_s)
+            return out + float(contract.version) * 1000  # tells the versions apart
+
+    backend = RollingBackend([description("good")])
+    registry = ModelRegistry(backend, repository)
+    await registry.refresh()
+    old = registry.get("good", Task.EMBED).scheduler
+    backend.gate = asyncio.Event()  # hold the old version's work in flight
+    window = Window(np.array([2, 5, 3], dtype=np.int64), None, 0, 3)
+    pending = asyncio.create_task(old.run([window]))
+    await asyncio.sleep(0.01)
+    backend.descriptions = [dataclasses.replace(description("good"), version="2")]
+    await registry.refresh()
+    new = registry.get("good", Task.EMBED).scheduler
+    assert new is not old and old.successor is new
+    backend.held = "2"  # version 1 unloaded everywhere
+    backend.gate.set()
+    rows, _ = await pending
+    assert rows[0][0] == 2000 + 10  # answered by version 2, not failed
+
+
+async def test_a_new_version_with_another_tokenizer_gets_no_work_handed_over(repository):
+    import dataclasses
+
+    backend = IndexBackend([description("good")])
+    registry = ModelRegistry(backend, repository)
+    await registry.refresh()
+    old = registry.get("good", Task.EMBED).scheduler
+    write_tokenizer(repository / "good" / "tokenizer.json", pad="[PADDING]")
+    backend.descriptions = [dataclasses.replace(description("good"), version="2")]
+    await registry.refresh()
+    assert old.successor is None

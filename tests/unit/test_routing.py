@@ -180,3 +180,15 @@ def test_at_capacity_a_slower_shard_takes_what_the_faster_one_has_no_slot_for():
     shards.started(slow, 500)
     shards.started(slow, 500)
     assert shards.pick("m", "1", 500, now=0.0) is fast  # all full: by cost again
+
+
+def test_a_shard_measured_slow_long_ago_is_tried_again():
+    shards = fleet("a", "b")
+    a, b = shards.shards["a"], shards.shards["b"]
+    shards.started(a, 100)
+    shards.succeeded(a, 100, 1.0, now=0.0)  # 10 ms per token, once
+    shards.started(b, 100)
+    shards.succeeded(b, 100, 0.1, now=0.0)  # 1 ms per token
+    assert all(shards.pick("m", "1", 100, now=1.0) is b for _ in range(20))
+    b.measured_at = 100.0  # b kept being measured; a was not, for longer than stale_after_s
+    assert {shards.pick("m", "1", 100, now=100.0).address for _ in range(50)} == {"a", "b"}
