@@ -327,7 +327,7 @@ def write(result: dict) -> None:
 
 def main(argv: list[str]) -> None:
     parser = argparse.ArgumentParser(prog="bench shards")
-    parser.add_argument("--seconds", type=float, default=12.0, help="length of each closed-loop measurement")
+    parser.add_argument("--seconds", type=float, default=20.0, help="length of each closed-loop measurement")
     args, _ = parser.parse_known_args(argv)
     say("shards: balancing with one shard slowed 3x ...")
     result = {"balancing": asyncio.run(balancing(args.seconds))}

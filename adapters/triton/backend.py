@@ -176,7 +176,9 @@ class TritonBackend:
                     self.shards.ended(shard, tokens)
                 if failure.shard_down or failure.model_gone:
                     self.fleet.poke()
-                backoff = self.backoff_s * 2 ** len(tried) if len(tried) >= len(self.shards.shards) - 1 else 0.0
+                # Another shard first, at once; the same one again (all tried) only after a backoff.
+                others = len(self.shards.holding(model, contract.version)) - 1
+                backoff = self.backoff_s * 2 ** len(tried) if len(tried) >= others else 0.0
                 in_time = deadline is None or time.monotonic() + backoff < deadline
                 outcome = "failed" if failure.shard_down else "error"
                 if failure.retryable and len(tried) < self.retries and in_time and self.budget.try_retry():

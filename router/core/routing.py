@@ -37,8 +37,10 @@ class HealthConfig:
     """First ejection of a failing shard; doubled for each further failure in a row."""
     eject_max_s: float = 10.0
     """Longest ejection."""
-    slow_factor: float = 5.0
-    """A shard this many times slower per token than the median of the others is ejected."""
+    slow_factor: float = 10.0
+    """A shard this many times slower per token than the median of the others is ejected. Generous: the
+    answer time includes the shard's own queue, so a shard merely a few times slower, and busy, reaches
+    several times the others' (and least_work already sends it less)."""
     smoothing: float = 0.3
     """Weight of the newest batch in a shard's seconds per token (exponential moving average)."""
     stale_after_s: float = 5.0

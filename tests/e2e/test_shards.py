@@ -188,3 +188,15 @@ def test_the_embedded_shard_killed_is_restarted_and_the_router_recovers(tmp_path
         assert server.pid != pid
         for refused in refusals:  # while no shard held the model: retry later, said clearly
             assert refused.code is grpc.StatusCode.UNAVAILABLE and refused.retry.retry_delay.ToMilliseconds() > 0
+
+
+def test_a_dns_target_becomes_one_shard_per_address(triton):
+    port = triton.grpc_address.rsplit(":", 1)[1]
+    settings = Settings(host="127.0.0.1", port=0, model_repository=REPOSITORY, triton=[f"dns:///localhost:{port}"])
+    local = LocalRouter(settings)
+    with local as target, grpc.insecure_channel(target) as channel:
+        stub = pb_grpc.ModelRouterServiceStub(channel)
+        assert embed(stub, ["found through DNS"]).shape == (1, 384)
+        addresses = local.router.backend.addresses
+        assert f"127.0.0.1:{port}" in addresses  # resolved to addresses, not kept as the name
+        assert all(not address.startswith("localhost") for address in addresses)
