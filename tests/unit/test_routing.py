@@ -105,7 +105,7 @@ def test_a_shard_far_slower_than_the_others_is_ejected():
         shards.shards[address].seconds_per_token = 0.001
     a = shards.shards["a"]
     shards.started(a, 100)
-    shards.succeeded(a, 100, 1.0, now=0.0)  # 10 ms per token: 10x the others
+    shards.succeeded(a, 100, 2.0, now=0.0)  # 20 ms per token: 20x the others
     assert a.ejected_until > 0.0 and not a.usable(0.0)
 
 
