@@ -56,11 +56,11 @@ def backend_with(clients: dict[str, FakeClient], **options) -> TritonBackend:
 async def test_a_batch_failing_on_a_dead_shard_runs_on_another_and_the_dead_one_is_ejected():
     dead, alive = FakeClient("StatusCode.UNAVAILABLE"), FakeClient()
     backend = backend_with({"127.0.0.1:1": dead, "127.0.0.1:2": alive})
-    for _ in range(5):
+    for _ in range(50):  # the first pick is a coin toss between two unmeasured shards: 50 calls settle it
         out = await backend.infer(contract(), ROWS, timeout_s=10.0)
         assert out.shape == (1, 4)
     assert len(dead.timeouts) == 1  # tried once, then ejected
-    assert len(alive.timeouts) == 5
+    assert len(alive.timeouts) == 50
     assert not backend.shards.shards["127.0.0.1:1"].usable(0.0)
 
 
