@@ -208,34 +208,44 @@ class EmbeddedTriton:
 
 class Supervisor:
     """Keeps an embedded server running: a server that exits on its own is cleaned up (its whole process
-    group) and started again on the same ports, after a backoff that doubles while it keeps failing."""
+    group) and started again on the same ports, after a backoff that doubles while it keeps failing (a
+    server that stayed up `stable_s` starts again from the first backoff)."""
 
     def __init__(
-        self, server: EmbeddedTriton, check_s: float = 0.25, backoff_s: float = 0.5, max_backoff_s: float = 30.0
+        self,
+        server: EmbeddedTriton,
+        check_s: float = 0.25,
+        backoff_s: float = 0.5,
+        max_backoff_s: float = 30.0,
+        stable_s: float = 30.0,
     ) -> None:
         self.server = server
         self.check_s = check_s
         self.backoff_s = backoff_s
         self.max_backoff_s = max_backoff_s
+        self.stable_s = stable_s
         self.restarts = 0
 
     async def run(self) -> None:
         backoff = self.backoff_s
+        up_since = time.monotonic()
         while True:
             await asyncio.sleep(self.check_s)
             status = self.server.exited()
             if status is None:
                 continue
+            if time.monotonic() - up_since >= self.stable_s:
+                backoff = self.backoff_s
             log.error("triton.exited", grpc=self.server.grpc_address, status=status, restart_in_s=backoff)
             await asyncio.to_thread(self.server.stop)
             await asyncio.sleep(backoff)
+            backoff = min(self.max_backoff_s, backoff * 2)
             try:
                 self.server.start()
                 await asyncio.to_thread(self.server.wait_ready)
             except EmbeddedTritonError as error:
                 log.error("triton.restart_failed", grpc=self.server.grpc_address, error=str(error))
-                backoff = min(self.max_backoff_s, backoff * 2)
                 continue
             self.restarts += 1
+            up_since = time.monotonic()
             log.info("triton.restarted", grpc=self.server.grpc_address, pid=self.server.pid, restarts=self.restarts)
-            backoff = self.backoff_s
