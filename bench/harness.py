@@ -6,6 +6,8 @@ import asyncio
 import contextlib
 import json
 import os
+import re
+import shutil
 import subprocess
 import sys
 import time
@@ -23,6 +25,27 @@ from router.settings import PROJECT_ROOT
 RESULTS = PROJECT_ROOT / "bench" / "results"
 REPOSITORY = PROJECT_ROOT / "triton_models" / "repository"
 SCRATCH = PROJECT_ROOT / "bench" / "out"
+
+
+def linked_repository(root: Path, models: dict[str, dict[str, str]]) -> Path:
+    """A model repository under `root` (made anew) holding these models of the built one, with their
+    config parameters set to the given values (replaced where the config has them, added otherwise);
+    weights and tokenizers are linked, not copied."""
+    if root.exists():
+        shutil.rmtree(root)  # removes the links, not what they point to
+    for model, parameters in models.items():
+        folder = root / model
+        folder.mkdir(parents=True)
+        (folder / "1").symlink_to(REPOSITORY / model / "1")
+        (folder / "tokenizer.json").symlink_to(REPOSITORY / model / "tokenizer.json")
+        config = (REPOSITORY / model / "config.pbtxt").read_text()
+        for key, value in parameters.items():
+            line = f'parameters {{ key: "{key}", value: {{ string_value: "{value}" }} }}'
+            config, found = re.subn(rf'^parameters \{{ key: "{re.escape(key)}".*$', line, config, flags=re.M)
+            if not found:
+                config += line + "\n"
+        (folder / "config.pbtxt").write_text(config)
+    return root
 
 
 def say(message: str) -> None:

@@ -28,13 +28,20 @@ import numpy as np
 import tritonclient.grpc.aio as triton_aio
 
 from bench.corpus import mixed_texts
-from bench.harness import RESULTS, SCRATCH, cpu_seconds, machine, router_serve, say, triton_server
+from bench.harness import (
+    RESULTS,
+    SCRATCH,
+    cpu_seconds,
+    linked_repository,
+    machine,
+    router_serve,
+    say,
+    triton_server,
+)
 from router.grpc.gen.modelrouter.v1 import model_router_service_pb2 as pb
 from router.grpc.gen.modelrouter.v1 import model_router_service_pb2_grpc as pb_grpc
-from router.settings import PROJECT_ROOT
 
 MODEL = "all-minilm-l6-v2"
-REPOSITORY = PROJECT_ROOT / "triton_models" / "repository"
 CALLERS = 16
 TEXTS_PER_CALL = 8
 SEED = 7
@@ -136,23 +143,8 @@ async def behind_router(
 def one_core_repository(name: str, delay_s: float = 0.0) -> Path:
     """A repository holding the embedder only, on one onnxruntime thread (its server is pinned to one
     core), and with model.py told to sleep `delay_s` per batch when slowed."""
-    root = SCRATCH / name
-    if root.exists():
-        for path in sorted(root.rglob("*"), reverse=True):
-            path.unlink() if path.is_symlink() or path.is_file() else path.rmdir()
-    folder = root / MODEL
-    folder.mkdir(parents=True)
-    (folder / "1").symlink_to(REPOSITORY / MODEL / "1")
-    (folder / "tokenizer.json").symlink_to(REPOSITORY / MODEL / "tokenizer.json")
-    config = (REPOSITORY / MODEL / "config.pbtxt").read_text()
-    config = config.replace(
-        'key: "onnx_intra_op_threads", value: { string_value: "2" }',
-        'key: "onnx_intra_op_threads", value: { string_value: "1" }',
-    )
-    assert '"onnx_intra_op_threads", value: { string_value: "1" }' in config
-    extra = f'parameters {{ key: "test_delay_per_batch_s", value: {{ string_value: "{delay_s:.4f}" }} }}\n'
-    (folder / "config.pbtxt").write_text(config + extra)
-    return root
+    parameters = {"onnx_intra_op_threads": "1", "test_delay_per_batch_s": f"{delay_s:.4f}"}
+    return linked_repository(SCRATCH / name, {MODEL: parameters})
 
 
 async def balancing(seconds: float) -> dict:

@@ -6,7 +6,6 @@ seconds, with no Triton and no built models (imports that need them happen insid
 
 from __future__ import annotations
 
-import time
 from pathlib import Path
 
 import pytest
@@ -23,25 +22,11 @@ def pytest_collection_modifyitems(config, items):
 @pytest.fixture(scope="session")
 def triton(tmp_path_factory: pytest.TempPathFactory):
     """A real tritonserver (nvidia-pytriton's binary) serving triton_models/repository on 127.0.0.1."""
-    import tritonclient.grpc as triton_grpc
-
-    from adapters.triton.embedded import EmbeddedTriton
-    from tests.helpers import EMBED_MODEL, REPOSITORY
+    from tests.helpers import EMBED_MODEL, REPOSITORY, running_triton
 
     log_path = tmp_path_factory.mktemp("triton") / "triton.log"
-    server = EmbeddedTriton(REPOSITORY, log_path=log_path)
-    server.start()
-    try:
-        server.wait_ready()
-        client = triton_grpc.InferenceServerClient(server.grpc_address)
-        deadline = time.monotonic() + 120
-        while not client.is_model_ready(EMBED_MODEL):
-            assert time.monotonic() < deadline, f"model never became ready; see {log_path}"
-            time.sleep(0.2)
-        client.close()
+    with running_triton(REPOSITORY, log_path, [EMBED_MODEL]) as server:
         yield server
-    finally:
-        server.stop()
 
 
 @pytest.fixture(scope="session")

@@ -49,21 +49,13 @@ def details_of(error: grpc.RpcError) -> RpcErrorDetails:
     return RpcErrorDetails(error)
 
 
-def repository_of(root, models: dict[str, dict[str, str]]):
-    """A model repository under `root` holding these models of the real one, each with extra config
-    parameters (model.py's test_delay_per_batch_s, say); weights and tokenizers are linked, not copied."""
-    for model, parameters in models.items():
-        folder = root / model
-        folder.mkdir(parents=True)
-        (folder / "1").symlink_to(REPOSITORY / model / "1")
-        (folder / "tokenizer.json").symlink_to(REPOSITORY / model / "tokenizer.json")
-        config = (REPOSITORY / model / "config.pbtxt").read_text()
-        extra = "".join(
-            f'parameters {{ key: "{key}", value: {{ string_value: "{value}" }} }}\n'
-            for key, value in parameters.items()
-        )
-        (folder / "config.pbtxt").write_text(config + extra)
-    return root
+def wait_for(condition, what: str, timeout_s: float = 120.0) -> float:
+    """Poll `condition` until true; return how long that took. A generous bound, only against a hang."""
+    started = time.monotonic()
+    while not condition():
+        assert time.monotonic() - started < timeout_s, f"gave up waiting: {what}"
+        time.sleep(0.05)
+    return time.monotonic() - started
 
 
 @contextlib.contextmanager

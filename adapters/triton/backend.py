@@ -32,15 +32,11 @@ from router.core.tokenize import Window
 log = structlog.get_logger(__name__)
 
 
-def _status(error: InferenceServerException) -> str:
-    return str(error.status() or "")
-
-
 class Failure:
     """What a failed Triton call says: whose fault it was, and whether another shard may run the batch."""
 
     def __init__(self, error: InferenceServerException) -> None:
-        status, message = _status(error), (error.message() or "").lower()
+        status, message = str(error.status() or ""), (error.message() or "").lower()
         self.status = status
         self.queue_full = status == "StatusCode.UNAVAILABLE" and "queue" in message
         self.model_gone = ("unknown model" in message or "is not ready" in message or "not found" in message) and (
@@ -53,10 +49,9 @@ class Failure:
         self.retryable = self.shard_down or self.queue_full or self.model_gone
 
 
-def _as_router_error(error: InferenceServerException, shard: str, model: str) -> RouterError:
-    status = _status(error)
+def _as_router_error(error: InferenceServerException, failure: Failure, shard: str, model: str) -> RouterError:
+    status = failure.status
     log.warning("triton.error", shard=shard, model=model, status=status, detail=error.message())
-    failure = Failure(error)
     if failure.shard_down or failure.model_gone:
         return RouterError(
             ErrorKind.BACKEND_UNAVAILABLE,
@@ -193,7 +188,7 @@ class TritonBackend:
                 metrics.SHARD_BATCHES.labels(shard.address, outcome).inc()
                 if failure.model_gone and contract.version:
                     raise _version_gone(model, contract.version) from error
-                raise _as_router_error(error, shard.address, model) from error
+                raise _as_router_error(error, failure, shard.address, model) from error
             finally:
                 if not verdict:  # cancelled, or an error outside Triton's: no verdict on the shard
                     self.shards.ended(shard, tokens)

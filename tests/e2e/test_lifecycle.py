@@ -13,21 +13,14 @@ import grpc
 import pytest
 import tritonclient.grpc as triton_grpc
 
+from bench.harness import linked_repository
 from router.grpc.gen.modelrouter.v1 import model_router_service_pb2 as pb
 from router.grpc.gen.modelrouter.v1 import model_router_service_pb2_grpc as pb_grpc
 from router.local import LocalRouter
 from router.settings import Settings
-from tests.helpers import EMBED_MODEL, REPOSITORY, executions, repository_of, running_triton
+from tests.helpers import EMBED_MODEL, REPOSITORY, executions, running_triton, wait_for
 
 LATE = "embedder-late"
-
-
-def wait_for(condition, what: str, timeout_s: float = 120.0) -> float:
-    started = time.monotonic()
-    while not condition():
-        assert time.monotonic() - started < timeout_s, f"gave up waiting: {what}"
-        time.sleep(0.05)
-    return time.monotonic() - started
 
 
 @contextmanager
@@ -64,7 +57,7 @@ def fleet(tmp_path_factory):
     """Two tritonservers over one repository that also holds a second copy of the embedder under another
     name, with a version 2 beside its version 1 (the same weights) and a policy that serves only 1."""
     root = tmp_path_factory.mktemp("lifecycle")
-    repository = repository_of(root / "repository", {EMBED_MODEL: {}})
+    repository = linked_repository(root / "repository", {EMBED_MODEL: {}})
     late = repository / LATE
     (late / "1").mkdir(parents=True)
     (late / "1" / "model.onnx").symlink_to(REPOSITORY / EMBED_MODEL / "1" / "model.onnx")

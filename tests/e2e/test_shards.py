@@ -14,6 +14,7 @@ import grpc
 import numpy as np
 import pytest
 
+from bench.harness import linked_repository
 from router.grpc.gen.modelrouter.v1 import model_router_service_pb2 as pb
 from router.grpc.gen.modelrouter.v1 import model_router_service_pb2_grpc as pb_grpc
 from router.local import LocalRouter
@@ -25,8 +26,8 @@ from tests.helpers import (
     details_of,
     executions,
     process_group,
-    repository_of,
     running_triton,
+    wait_for,
 )
 
 TEXTS = [f"passage {i}: the {'quick ' * (i % 7)}brown fox jumps over dog number {i}" for i in range(64)]
@@ -35,13 +36,6 @@ TEXTS = [f"passage {i}: the {'quick ' * (i % 7)}brown fox jumps over dog number 
 def embed(stub, texts: list[str], timeout: float = 30.0) -> np.ndarray:
     reply = stub.Embed(pb.EmbedRequest(model=EMBED_MODEL, inputs=texts), timeout=timeout)
     return np.array([e.values for e in reply.embeddings], dtype=np.float32)
-
-
-def wait_for(condition, what: str, timeout_s: float = 120.0) -> None:
-    deadline = time.monotonic() + timeout_s
-    while not condition():
-        assert time.monotonic() < deadline, f"gave up waiting: {what}"
-        time.sleep(0.1)
 
 
 def shard_back(router, address: str) -> bool:
@@ -55,7 +49,7 @@ def shard_back(router, address: str) -> bool:
 @pytest.fixture(scope="module")
 def slowed_shard(tmp_path_factory):
     root = tmp_path_factory.mktemp("slowed")
-    repository = repository_of(root / "repository", {EMBED_MODEL: {"test_delay_per_batch_s": "0.3"}})
+    repository = linked_repository(root / "repository", {EMBED_MODEL: {"test_delay_per_batch_s": "0.3"}})
     with running_triton(repository, root / "triton.log", [EMBED_MODEL]) as server:
         yield server
 
@@ -184,10 +178,11 @@ def test_the_embedded_shard_killed_is_restarted_and_the_router_recovers(tmp_path
                 return False
 
         wait_for(served, "the router to serve again")
-        assert process_group(pid) == []
+        assert process_group(pid) == [], "processes of the killed server's group are still running"
         assert server.pid != pid
         for refused in refusals:  # while no shard held the model: retry later, said clearly
-            assert refused.code is grpc.StatusCode.UNAVAILABLE and refused.retry.retry_delay.ToMilliseconds() > 0
+            said = (refused.code, refused.info.reason, refused.retry.retry_delay.ToMilliseconds())
+            assert refused.code is grpc.StatusCode.UNAVAILABLE and refused.retry.retry_delay.ToMilliseconds() > 0, said
 
 
 def test_a_dns_target_becomes_one_shard_per_address(triton):
