@@ -48,7 +48,16 @@ class DrainRate:
 
     def finished(self, tokens: int, now: float, still_inflight: int, waiting: bool = False) -> None:
         """A batch of `tokens` came back (0: it failed), leaving `still_inflight` batches out; `waiting`:
-        work is queued, so the model stays busy until the next completion."""
+        work is queued, so the model stays busy until the next completion.
+
+        A failed batch's time is not counted at all: a shard that refuses at once, or one that hangs until
+        it is declared dead, says nothing about how fast the model computes, and counting that time with no
+        tokens would make the drain rate collapse, so admission would refuse everything for a while after."""
+        if tokens == 0:
+            self._saturated_since = now if waiting else None
+            if self._busy_since is not None:
+                self._busy_since = now if still_inflight else None
+            return
         if self._saturated_since is not None:
             self._saturated_s += now - self._saturated_since
             self._saturated_tokens += tokens

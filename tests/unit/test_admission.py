@@ -268,3 +268,16 @@ def test_the_drain_rate_prefers_time_when_work_was_waiting():
     drain.finished(300, 1.7, still_inflight=0, waiting=False)
     assert drain.saturated_rate == pytest.approx(600 / 0.6)
     assert drain.rate == drain.saturated_rate
+
+
+def test_failed_batches_do_not_slow_the_drain_rate():
+    drain = DrainRate(smoothing=1.0, min_span_s=0.5)
+    drain.started(0.0)
+    drain.finished(1000, 0.5, still_inflight=0)
+    assert drain.rate == pytest.approx(2000)
+    drain.started(1.0)
+    drain.finished(0, 6.0, still_inflight=0)  # a shard hung for 5 s and failed: no tokens, no time
+    drain.started(7.0)
+    drain.finished(0, 7.1, still_inflight=1, waiting=True)  # refused at once while another batch runs
+    drain.finished(1000, 7.7, still_inflight=0)
+    assert drain.busy_rate == pytest.approx(1000 / 0.6)  # not 1,000 tokens over 5.7 s
