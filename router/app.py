@@ -15,6 +15,7 @@ from router.core.admission import TenantLimiter, TenantLimits
 from router.core.cache import OutputCache
 from router.core.config import AdmissionConfig, BatchingConfig, RequestLimits
 from router.core.embed import EmbedService
+from router.core.generate import GenerateService
 from router.core.pipeline import RequestPipeline
 from router.core.registry import ModelRegistry
 from router.core.rerank import RerankService
@@ -62,6 +63,7 @@ class Router:
         self.pipeline: RequestPipeline | None = None
         self.embed: EmbedService | None = None
         self.rerank: RerankService | None = None
+        self.generate: GenerateService | None = None
         self.ready = False
         self.closing = False
         self._ready_event = asyncio.Event()
@@ -107,6 +109,7 @@ class Router:
         self.pipeline = RequestPipeline(self.registry, limits)
         self.embed = EmbedService(self.pipeline)
         self.rerank = RerankService(self.pipeline)
+        self.generate = GenerateService(self.pipeline)
         self._watch_task = asyncio.create_task(self._watch())
 
     async def _start_embedded(self) -> list[str]:

@@ -13,20 +13,23 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Sequence
+from collections.abc import AsyncIterator, Sequence
 
+import grpc
 import numpy as np
 import structlog
 import tritonclient.grpc.aio as triton_grpc
+from tritonclient.grpc._utils import get_error_grpc
 from tritonclient.utils import InferenceServerException, np_to_triton_dtype
 
 from adapters.triton.fleet import TritonFleet
-from adapters.triton.tensors import input_tensors
+from adapters.triton.tensors import generation_tensors, input_tensors
 from router import metrics
 from router.core import errors
 from router.core.contract import ModelContract, ModelDescription
 from router.core.errors import ErrorKind, RouterError
-from router.core.routing import LEAST_WORK, HealthConfig, RetryBudget, ShardSet
+from router.core.prompting import Sampling
+from router.core.routing import LEAST_WORK, HealthConfig, RetryBudget, Shard, ShardSet
 from router.core.tokenize import Window
 
 log = structlog.get_logger(__name__)
@@ -193,6 +196,90 @@ class TritonBackend:
                 if not verdict:  # cancelled, or an error outside Triton's: no verdict on the shard
                     self.shards.ended(shard, tokens)
                 metrics.SHARD_OUTSTANDING_TOKENS.labels(shard.address).set(shard.outstanding_tokens)
+
+    async def generate(
+        self, contract: ModelContract, prompt: Sequence[int], sampling: Sampling, timeout_s: float | None
+    ) -> AsyncIterator[int]:
+        """Stream a generation from one shard. A shard that fails before the first token is replaced by
+        another (nothing was sent to the caller yet); after it, the failure is the caller's to see."""
+        model = contract.name
+        tensors = []
+        for name, array in generation_tensors(prompt, sampling).items():
+            tensor = triton_grpc.InferInput(name, list(array.shape), np_to_triton_dtype(array.dtype))
+            tensor.set_data_from_numpy(array)
+            tensors.append(tensor)
+        tokens = len(prompt) + sampling.max_tokens
+        deadline = None if timeout_s is None else time.monotonic() + timeout_s
+        tried: list[str] = []
+        while True:
+            now = time.monotonic()
+            shard = self.shards.pick(model, contract.version, tokens, now, exclude=tried)
+            if shard is None:
+                raise _version_gone(model, contract.version) if tried and contract.version else _no_shard(model)
+            self.shards.started(shard, tokens)
+            produced, verdict = 0, False
+            try:
+                left = None if deadline is None else max(0.001, deadline - now)
+                async for token in self._stream(shard, contract, tensors, left):
+                    produced += 1
+                    yield token
+                verdict = True
+                self.shards.ended(shard, tokens)  # a stream's length says nothing of the shard's speed
+                metrics.SHARD_BATCHES.labels(shard.address, "ok").inc()
+                return
+            except InferenceServerException as error:
+                failure = Failure(error)
+                verdict = True
+                if failure.shard_down:
+                    self.shards.failed(shard, tokens, time.monotonic())
+                    self.fleet.poke()
+                else:
+                    self.shards.ended(shard, tokens)
+                if failure.retryable and not produced and len(tried) < self.retries and self.budget.try_retry():
+                    metrics.SHARD_BATCHES.labels(shard.address, "retried").inc()
+                    tried.append(shard.address)
+                    log.info(
+                        "triton.retry", shard=shard.address, model=model, attempt=len(tried), status=failure.status
+                    )
+                    continue
+                metrics.SHARD_BATCHES.labels(shard.address, "failed" if failure.shard_down else "error").inc()
+                raise _as_router_error(error, failure, shard.address, model) from error
+            finally:
+                if not verdict:  # the caller left, or a stop matched: the stream was cancelled
+                    self.shards.ended(shard, tokens)
+
+    async def _stream(
+        self, shard: Shard, contract: ModelContract, tensors: list, timeout_s: float | None
+    ) -> AsyncIterator[int]:
+        async def one_request():
+            yield {
+                "model_name": contract.name,
+                "model_version": contract.version,
+                "inputs": tensors,
+                "outputs": [triton_grpc.InferRequestedOutput("output_ids")],
+            }
+
+        responses = self.fleet.client(shard).stream_infer(one_request(), stream_timeout=timeout_s)
+        try:
+            while True:
+                try:
+                    result, error = await responses.__anext__()
+                except StopAsyncIteration:
+                    ended = "the stream ended before its final response"
+                    raise InferenceServerException(ended, "StatusCode.UNAVAILABLE") from None
+                except grpc.RpcError as rpc_error:
+                    raise get_error_grpc(rpc_error) from None
+                if error is not None:
+                    raise error
+                ids = result.as_numpy("output_ids")
+                if ids is not None:
+                    for token in ids.reshape(-1):
+                        yield int(token)
+                final = result.get_response().parameters.get("triton_final_response")
+                if final is not None and final.bool_param:
+                    return
+        finally:
+            responses.cancel()  # stops the model's work when the stream is left early
 
     async def close(self) -> None:
         await self.fleet.close()

@@ -8,12 +8,13 @@ as one row per sequence.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import AsyncIterator, Sequence
 from typing import Protocol
 
 import numpy as np
 
 from router.core.contract import ModelContract, ModelDescription
+from router.core.prompting import Sampling
 from router.core.tokenize import Window
 
 
@@ -30,6 +31,13 @@ class Backend(Protocol):
     async def infer(self, contract: ModelContract, rows: Sequence[Window], timeout_s: float | None) -> np.ndarray:
         """Run one batch; return the contract's output, a row per sequence. Raise RouterError
         (BACKEND_*) on failure."""
+        ...
+
+    def generate(
+        self, contract: ModelContract, prompt: Sequence[int], sampling: Sampling, timeout_s: float | None
+    ) -> AsyncIterator[int]:
+        """Stream the token ids a generation model produces for `prompt`, one at a time. Closing the
+        iterator early cancels the request in the model server. Raise RouterError (BACKEND_*) on failure."""
         ...
 
     async def close(self) -> None: ...

@@ -20,6 +20,9 @@ repository (`model_repository` setting).
 | `modelrouter.pad_token`           | the token rows are padded with                            | tokenizer's |
 | `modelrouter.max_query_tokens`    | rerank: a longer query is cut to this (or rejected: NONE) | length / 4 |
 | `modelrouter.max_batch_tokens`    | padded tokens per batch, tuned to the serving hardware    | settings   |
+| `modelrouter.chat_template`       | generate: Jinja chat template file, relative to the folder | none (prompts only) |
+| `modelrouter.end_tokens`          | generate: comma list of tokens that end an answer (first: `end_id`) | required |
+| `modelrouter.generate_options`    | generate: comma list of the sampling options honoured     | none       |
 | `modelrouter.min_batch_fill`      | least share of real tokens in a padded batch (0 to 1)     | settings   |
 
 Input tensors are recognised by name: `input_ids` (required), `attention_mask` and `token_type_ids`
@@ -45,6 +48,11 @@ class Task(enum.Enum):
 
 
 POOLINGS = ("mean", "cls", "max", "last")
+
+# The sampling options of a generate request that a model may declare (`modelrouter.generate_options`).
+GENERATE_OPTIONS = frozenset(
+    {"temperature", "top_p", "top_k", "seed", "repetition_penalty", "presence_penalty", "frequency_penalty"}
+)
 
 
 class Truncation(enum.Enum):
@@ -101,6 +109,12 @@ class ModelContract:
     """The token to pad with, when the config names one (else the tokenizer's own)."""
     pad_id: int | None = None
     """The pad token's id: filled in from the model's tokenizer when the model is loaded."""
+    chat_template_file: str | None = None
+    """Generate: the chat template beside the config (none: the model takes plain prompts only)."""
+    end_tokens: tuple[str, ...] = ()
+    """Generate: tokens that end an answer; the first is the model's `end_id`."""
+    generate_options: frozenset[str] = frozenset()
+    """Generate: the GenerateRequest sampling options the model honours."""
 
     @property
     def embedding_dimensions(self) -> int:
@@ -207,12 +221,14 @@ def parse_contract(description: ModelDescription) -> ModelContract:
     if task is Task.RERANK and width > 0 and score_column >= width:
         raise _contract_error(name, f"{PREFIX}score_column {score_column} is outside output {output.name!r} ({width})")
 
-    default_truncation = _truncation(name, params.get("default_truncation", "CHUNK"))
+    # A prompt is never chunked: it fits, is cut from its oldest side on request (START), or is refused.
+    generate = task is Task.GENERATE
+    default_truncation = _truncation(name, params.get("default_truncation", "NONE" if generate else "CHUNK"))
     allowed = params.get("truncations")
     truncations = (
         frozenset(_truncation(name, part) for part in allowed.split(",") if part.strip())
         if allowed
-        else frozenset(Truncation)
+        else frozenset({Truncation.NONE, Truncation.START} if generate else Truncation)
     )
     if default_truncation not in truncations:
         raise _contract_error(name, "default_truncation is not among the allowed truncations")
@@ -237,4 +253,21 @@ def parse_contract(description: ModelDescription) -> ModelContract:
         max_query_tokens=_query_cap(name, max_len, params.get("max_query_tokens")),
         score_column=score_column,
         pad_token=params.get("pad_token") or None,
+        chat_template_file=params.get("chat_template") or None,
+        end_tokens=_names(params.get("end_tokens", "")),
+        generate_options=_options(name, params.get("generate_options", "")),
     )
+
+
+def _names(value: str) -> tuple[str, ...]:
+    return tuple(part.strip() for part in value.split(",") if part.strip())
+
+
+def _options(model: str, value: str) -> frozenset[str]:
+    options = frozenset(_names(value))
+    unknown = options - GENERATE_OPTIONS
+    if unknown:
+        raise _contract_error(
+            model, f"{PREFIX}generate_options: unknown {sorted(unknown)}; known: {sorted(GENERATE_OPTIONS)}"
+        )
+    return options

@@ -11,8 +11,9 @@ so a shutdown can stop admitting and wait for them (`close`, `drain`).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -81,6 +82,12 @@ class RequestPipeline:
         self._idle.set()
 
     async def run(self, model: str, task: Task, call: CallContext, job: Job) -> Scheduled:
+        with self.inside():
+            return await self._run(model, task, call, job)
+
+    @contextlib.contextmanager
+    def inside(self) -> Iterator[None]:
+        """Count a request as inside the router (Generate's streams too); refuse it while shutting down."""
         if self._closing:
             raise RouterError(
                 ErrorKind.NOT_READY, errors.SHUTTING_DOWN, "the router is shutting down", retry_after_s=1.0
@@ -88,7 +95,7 @@ class RequestPipeline:
         self.active += 1
         self._idle.clear()
         try:
-            return await self._run(model, task, call, job)
+            yield
         finally:
             self.active -= 1
             if not self.active:

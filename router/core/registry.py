@@ -25,10 +25,21 @@ from router.core.cache import OutputCache
 from router.core.config import AdmissionConfig, BatchingConfig
 from router.core.contract import ModelContract, ModelDescription, Task, is_routed, parse_contract
 from router.core.errors import ErrorKind, RouterError
+from router.core.prompting import ChatTemplate
 from router.core.scheduler import ModelScheduler
+from router.core.streams import StreamGate
 from router.core.tokenize import ModelTokenizer
 
 log = structlog.get_logger(__name__)
+
+
+@dataclass
+class Generation:
+    """What a generation model needs besides its contract: its chat template, end tokens and stream gate."""
+
+    template: ChatTemplate | None
+    end_ids: tuple[int, ...]
+    gate: StreamGate
 
 
 @dataclass
@@ -39,6 +50,7 @@ class ServedModel:
     served_by: tuple[str, ...] = ()
     """The backend servers that hold the model now (changes without touching the scheduler)."""
     tokenizer_digest: str = ""
+    generation: Generation | None = None
 
 
 class ModelRegistry:
@@ -100,6 +112,9 @@ class ModelRegistry:
         if current is not None and dataclasses.replace(contract, pad_id=current.contract.pad_id) == current.contract:
             current.served_by = description.served_by
             current.scheduler.shards = len(description.served_by)
+            if current.generation is not None:
+                current.generation.gate.shards = len(description.served_by)
+                current.generation.gate.admit_waiting()
             return current
         tokenizer_path = self.repository / contract.name / contract.tokenizer_file
         tokenizer = ModelTokenizer.from_file(tokenizer_path)
@@ -115,8 +130,22 @@ class ModelRegistry:
             # A new version with the same tokenizer and tensors: what the old version's scheduler still
             # holds when that version is unloaded runs on this one.
             current.scheduler.successor = scheduler
+        generation = self._generation(contract, tokenizer, len(description.served_by))
         log.info("model.ready", model=contract.name, version=contract.version, task=contract.task.value)
-        return ServedModel(contract, tokenizer, scheduler, description.served_by, digest)
+        return ServedModel(contract, tokenizer, scheduler, description.served_by, digest, generation)
+
+    def _generation(self, contract: ModelContract, tokenizer: ModelTokenizer, shards: int) -> Generation | None:
+        if contract.task is not Task.GENERATE:
+            return None
+        template = None
+        if contract.chat_template_file:
+            template = ChatTemplate((self.repository / contract.name / contract.chat_template_file).read_text())
+        if not contract.end_tokens:
+            raise ValueError("a generate model needs modelrouter.end_tokens")
+        end_ids = tuple(tokenizer.token_id(token) for token in contract.end_tokens)
+        gate = StreamGate(contract.name, contract.max_batch_size, tenants=self.tenants)
+        gate.shards = shards
+        return Generation(template, end_ids, gate)
 
     def models(self) -> list[ServedModel]:
         return [self._models[name] for name in sorted(self._models)]

@@ -98,6 +98,21 @@ class ModelTokenizer:
                 return found
         raise ValueError("the tokenizer has no pad token; name one with modelrouter.pad_token")
 
+    @property
+    def raw(self) -> Tokenizer:
+        """The `tokenizers` object itself (Generate's streaming decoder steps through it)."""
+        return self._tokenizer
+
+    def encode_prompt(self, text: str) -> list[int]:
+        """A generation prompt's ids, with the special tokens the tokenizer adds (as transformers does)."""
+        return self._tokenizer.encode(text).ids
+
+    def token_id(self, token: str) -> int:
+        found = self._tokenizer.token_to_id(token)
+        if found is None:
+            raise ValueError(f"token {token!r} is not in the tokenizer's vocabulary")
+        return found
+
     def count(self, texts: Sequence[str]) -> list[int]:
         """Token counts with special tokens, as the model would see each text whole."""
         return [

@@ -8,6 +8,8 @@ from google.protobuf import duration_pb2
 
 from router.core import errors
 from router.core.contract import ModelContract, Task, Truncation
+from router.core.generate import Delta, Finished
+from router.core.prompting import ChatMessage, GenerateRequest
 from router.core.types import (
     CallContext,
     EmbedRequest,
@@ -148,4 +150,54 @@ def model_info_to_pb(contract: ModelContract, served_by: tuple[str, ...] = ()) -
         pooling=contract.pooling,
         served_by=list(served_by),
         max_query_tokens=contract.max_query_tokens if contract.task is Task.RERANK else 0,
+        generate_options=sorted(contract.generate_options),
+    )
+
+
+_FINISH_TO_PB = {
+    "stop": pb.FINISH_REASON_STOP,
+    "length": pb.FINISH_REASON_LENGTH,
+    "cancelled": pb.FINISH_REASON_CANCELLED,
+}
+
+
+def _optional(message, name: str):
+    return getattr(message, name) if message.HasField(name) else None
+
+
+def generate_request_from_pb(request: pb.GenerateRequest) -> GenerateRequest:
+    return GenerateRequest(
+        model=request.model,
+        prompt=request.prompt,
+        messages=tuple(ChatMessage(m.role, m.content) for m in request.messages),
+        max_tokens=_optional(request, "max_tokens"),
+        temperature=_optional(request, "temperature"),
+        top_p=_optional(request, "top_p"),
+        top_k=_optional(request, "top_k"),
+        seed=_optional(request, "seed"),
+        stop=tuple(request.stop),
+        repetition_penalty=_optional(request, "repetition_penalty"),
+        presence_penalty=_optional(request, "presence_penalty"),
+        frequency_penalty=_optional(request, "frequency_penalty"),
+        truncation=truncation_from_pb(request.truncation),
+    )
+
+
+def generate_event_to_pb(event: Delta | Finished) -> pb.GenerateResponse:
+    if isinstance(event, Delta):
+        return pb.GenerateResponse(text=event.text)
+    timing = pb.GenerationTiming(total=_duration(event.total_s), queue=_duration(event.queue_s))
+    if event.time_to_first_token_s is not None:
+        timing.time_to_first_token.CopyFrom(_duration(event.time_to_first_token_s))
+    return pb.GenerateResponse(
+        finish_reason=_FINISH_TO_PB[event.reason],
+        stop=event.stop or "",
+        model_version=event.model_version,
+        usage=pb.GenerationUsage(
+            prompt_tokens=event.prompt_tokens,
+            completion_tokens=event.completion_tokens,
+            prompt_tokens_dropped=event.dropped_tokens,
+            messages_dropped=event.dropped_messages,
+        ),
+        timing=timing,
     )

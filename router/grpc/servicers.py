@@ -3,15 +3,9 @@
 from __future__ import annotations
 
 from router.app import Router
-from router.core import errors
-from router.core.errors import ErrorKind, RouterError
 from router.grpc import converters
 from router.grpc.gen.modelrouter.v1 import model_router_service_pb2 as pb
 from router.grpc.gen.modelrouter.v1 import model_router_service_pb2_grpc as pb_grpc
-
-
-def _unimplemented(method: str) -> RouterError:
-    return RouterError(ErrorKind.UNIMPLEMENTED, errors.NOT_IMPLEMENTED, f"{method} is not implemented yet")
 
 
 class ModelRouterServicer(pb_grpc.ModelRouterServiceServicer):
@@ -31,8 +25,14 @@ class ModelRouterServicer(pb_grpc.ModelRouterServiceServicer):
         return converters.rerank_response_to_pb(result)
 
     async def Generate(self, request: pb.GenerateRequest, context):
-        raise _unimplemented("Generate")
-        yield  # a server-streaming method is an async generator
+        events = self.router.generate.generate(
+            converters.generate_request_from_pb(request), converters.call_context(context)
+        )
+        try:
+            async for event in events:
+                yield converters.generate_event_to_pb(event)
+        finally:
+            await events.aclose()  # a caller that left stops the generation now, not at garbage collection
 
     async def ListModels(self, request: pb.ListModelsRequest, context) -> pb.ListModelsResponse:
         registry = self.router.registry
