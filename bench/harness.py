@@ -37,7 +37,9 @@ def linked_repository(root: Path, models: dict[str, dict[str, str]]) -> Path:
         folder = root / model
         folder.mkdir(parents=True)
         (folder / "1").symlink_to(REPOSITORY / model / "1")
-        (folder / "tokenizer.json").symlink_to(REPOSITORY / model / "tokenizer.json")
+        for name in ("tokenizer.json", "chat_template.jinja"):
+            if (REPOSITORY / model / name).exists():
+                (folder / name).symlink_to(REPOSITORY / model / name)
         config = (REPOSITORY / model / "config.pbtxt").read_text()
         for key, value in parameters.items():
             line = f'parameters {{ key: "{key}", value: {{ string_value: "{value}" }} }}'

@@ -22,10 +22,10 @@ def pytest_collection_modifyitems(config, items):
 @pytest.fixture(scope="session")
 def triton(tmp_path_factory: pytest.TempPathFactory):
     """A real tritonserver (nvidia-pytriton's binary) serving triton_models/repository on 127.0.0.1."""
-    from tests.helpers import EMBED_MODEL, REPOSITORY, running_triton
+    from tests.helpers import EMBED_MODEL, GENERATE_MODEL, REPOSITORY, running_triton
 
     log_path = tmp_path_factory.mktemp("triton") / "triton.log"
-    with running_triton(REPOSITORY, log_path, [EMBED_MODEL]) as server:
+    with running_triton(REPOSITORY, log_path, [EMBED_MODEL, GENERATE_MODEL]) as server:
         yield server
 
 

@@ -15,6 +15,7 @@ from router.settings import PROJECT_ROOT, Settings
 REPOSITORY = PROJECT_ROOT / "triton_models" / "repository"
 EMBED_MODEL = "all-minilm-l6-v2"
 RERANK_MODEL = "minilm-reranker"
+GENERATE_MODEL = "smollm2-135m-instruct"
 
 
 def router_settings(triton, **overrides) -> Settings:

@@ -31,3 +31,18 @@ def test_declared_inputs_only_and_the_contracts_pad_id():
     tensors = input_tensors(pairs, [row(1, 2, 3, type_ids=(0, 1, 1)), row(4, type_ids=(0,))])
     assert tensors["token_type_ids"].tolist() == [[0, 1, 1], [0, 0, 0]]
     assert tensors["input_ids"].dtype == np.int64
+
+
+def test_generation_tensors_follow_tensorrt_llm():
+    from adapters.triton.tensors import generation_tensors
+    from router.core.prompting import Sampling
+
+    greedy = generation_tensors([5, 6, 7], Sampling(max_tokens=9, end_id=2, stop_ids=(0,), pad_id=0))
+    assert greedy["input_ids"].tolist() == [[5, 6, 7]] and greedy["input_ids"].dtype == np.int32
+    assert greedy["input_lengths"].tolist() == [[3]] and greedy["request_output_len"].tolist() == [[9]]
+    assert greedy["runtime_top_k"].tolist() == [[1]] and "temperature" not in greedy
+    assert greedy["end_id"].tolist() == [[2]]
+    assert greedy["stop_words_list"].tolist() == [[[0], [1]]]  # ids, then end offsets
+    sampled = generation_tensors([5], Sampling(max_tokens=4, temperature=0.7, top_p=0.9, seed=11))
+    assert np.allclose(sampled["temperature"], [[0.7]]) and sampled["runtime_top_k"].tolist() == [[0]]
+    assert np.allclose(sampled["runtime_top_p"], [[0.9]]) and sampled["random_seed"].dtype == np.uint64
