@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import sys
 
-from bench import admission, batching, embed, overhead, rerank, shards
+from bench import admission, batching, embed, generate, overhead, rerank, shards
 
 BENCHMARKS = {
     "embed": embed.main,
@@ -13,6 +13,7 @@ BENCHMARKS = {
     "admission": admission.main,
     "overhead": overhead.main,
     "shards": shards.main,
+    "generate": generate.main,
 }
 
 
