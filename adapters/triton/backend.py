@@ -7,11 +7,15 @@ nothing about the batch itself (the server is gone or unreachable, its queue is 
 the model) runs again on another shard: encoder batches are idempotent, and the retry starts only after
 the first attempt has failed, so no result is delivered twice. Retries stay within the batch's timeout
 and a budget of about 10% of batches. Any other failure is final.
+
+A generation stream (`generate`) runs on one shard through Triton's streaming API; if that shard fails
+mid-stream, the stream resumes on another from the prompt plus the tokens already sent.
 """
 
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import time
 from collections.abc import AsyncIterator, Sequence
 
@@ -200,28 +204,32 @@ class TritonBackend:
     async def generate(
         self, contract: ModelContract, prompt: Sequence[int], sampling: Sampling, timeout_s: float | None
     ) -> AsyncIterator[int]:
-        """Stream a generation from one shard. A shard that fails before the first token is replaced by
-        another (nothing was sent to the caller yet); after it, the failure is the caller's to see."""
+        """Stream a generation from one shard. When that shard fails (gone, unreachable, lost the model),
+        the stream goes on on another: from the prompt plus the tokens already sent, for the tokens still
+        wanted, so the caller sees one unbroken stream (with greedy decoding, the very same tokens)."""
         model = contract.name
-        tensors = []
-        for name, array in generation_tensors(prompt, sampling).items():
-            tensor = triton_grpc.InferInput(name, list(array.shape), np_to_triton_dtype(array.dtype))
-            tensor.set_data_from_numpy(array)
-            tensors.append(tensor)
-        tokens = len(prompt) + sampling.max_tokens
+        sent: list[int] = []
         deadline = None if timeout_s is None else time.monotonic() + timeout_s
         tried: list[str] = []
         while True:
             now = time.monotonic()
+            context = [*prompt, *sent]
+            wanted = dataclasses.replace(sampling, max_tokens=sampling.max_tokens - len(sent))
+            tokens = len(context) + wanted.max_tokens
             shard = self.shards.pick(model, contract.version, tokens, now, exclude=tried)
             if shard is None:
                 raise _version_gone(model, contract.version) if tried and contract.version else _no_shard(model)
+            tensors = []
+            for name, array in generation_tensors(context, wanted).items():
+                tensor = triton_grpc.InferInput(name, list(array.shape), np_to_triton_dtype(array.dtype))
+                tensor.set_data_from_numpy(array)
+                tensors.append(tensor)
             self.shards.started(shard, tokens)
-            produced, verdict = 0, False
+            verdict = False
             try:
                 left = None if deadline is None else max(0.001, deadline - now)
                 async for token in self._stream(shard, contract, tensors, left):
-                    produced += 1
+                    sent.append(token)
                     yield token
                 verdict = True
                 self.shards.ended(shard, tokens)  # a stream's length says nothing of the shard's speed
@@ -235,11 +243,17 @@ class TritonBackend:
                     self.fleet.poke()
                 else:
                     self.shards.ended(shard, tokens)
-                if failure.retryable and not produced and len(tried) < self.retries and self.budget.try_retry():
+                in_time = deadline is None or time.monotonic() < deadline
+                if failure.retryable and in_time and len(tried) < self.retries and self.budget.try_retry():
                     metrics.SHARD_BATCHES.labels(shard.address, "retried").inc()
                     tried.append(shard.address)
                     log.info(
-                        "triton.retry", shard=shard.address, model=model, attempt=len(tried), status=failure.status
+                        "triton.stream_resumed" if sent else "triton.retry",
+                        shard=shard.address,
+                        model=model,
+                        attempt=len(tried),
+                        tokens_sent=len(sent),
+                        status=failure.status,
                     )
                     continue
                 metrics.SHARD_BATCHES.labels(shard.address, "failed" if failure.shard_down else "error").inc()

@@ -143,7 +143,16 @@ class ModelRegistry:
         if not contract.end_tokens:
             raise ValueError("a generate model needs modelrouter.end_tokens")
         end_ids = tuple(tokenizer.token_id(token) for token in contract.end_tokens)
-        gate = StreamGate(contract.name, contract.max_batch_size, tenants=self.tenants)
+        # The same bounds as an encoder's queue: waiting streams, and their tokens (prompt + max_tokens).
+        config = self.admission or AdmissionConfig()
+        tokens = config.queue_tokens_for(contract.max_batch_size, contract.max_sequence_length)
+        gate = StreamGate(
+            contract.name,
+            contract.max_batch_size,
+            max_waiting=config.max_queued_requests if config.enabled else 1 << 30,
+            max_waiting_tokens=tokens if config.enabled else 1 << 60,
+            tenants=self.tenants,
+        )
         gate.shards = shards
         return Generation(template, end_ids, gate)
 

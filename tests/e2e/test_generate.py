@@ -147,6 +147,20 @@ def test_a_caller_that_cancels_mid_stream_stops_the_generation_in_triton(llm, tr
     assert generated < 200, f"{generated} tokens generated for a stream cancelled after 5"
 
 
+def test_a_deadline_that_passes_mid_stream_stops_the_generation_in_triton(llm, triton):
+    cancelled_before = _metric(triton, "llm_streams_total", model=GENERATE_MODEL, outcome="cancelled")
+    request = pb.GenerateRequest(model=GENERATE_MODEL, prompt="Count: one, two, three,", max_tokens=4000)
+    with pytest.raises(grpc.RpcError) as caught:
+        for _ in llm.Generate(request, timeout=1.5):
+            pass
+    assert caught.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
+    wait_for(
+        lambda: _metric(triton, "llm_streams_total", model=GENERATE_MODEL, outcome="cancelled") > cancelled_before,
+        "Triton's model to count the stream as cancelled",
+        timeout_s=30,
+    )
+
+
 def test_eight_concurrent_streams_all_finish(llm):
     results: list[tuple[str, pb.GenerateResponse]] = [None] * 8  # type: ignore[list-item]
     prompts = [f"Write one sentence about the number {n}." for n in range(8)]

@@ -7,6 +7,7 @@ import os
 import signal
 import threading
 import time
+import urllib.request
 from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
 
@@ -21,6 +22,7 @@ from router.local import LocalRouter
 from router.settings import Settings
 from tests.helpers import (
     EMBED_MODEL,
+    GENERATE_MODEL,
     REPOSITORY,
     RERANK_MODEL,
     details_of,
@@ -153,6 +155,33 @@ def test_killing_one_shard_under_load_loses_no_call_and_it_rejoins(embedded_pair
     for n in range(20):
         embed(stub, [f"after the restart {n} {k}" for k in range(8)])
     assert shard.answered > before  # it takes work again
+
+
+def _running_streams(server) -> float:
+    url = f"http://127.0.0.1:{server.metrics_port}/metrics"
+    text = urllib.request.urlopen(url, timeout=10).read().decode()
+    return sum(float(line.rsplit(" ", 1)[1]) for line in text.splitlines() if line.startswith("llm_running_streams{"))
+
+
+def test_a_stream_whose_shard_dies_goes_on_unbroken_on_the_other(embedded_pair):
+    local, stub = embedded_pair
+    router = local.router
+    shards = list(router.backend.shards.shards.values())
+    wait_for(
+        lambda: all(s.usable(time.monotonic()) and s.holds(GENERATE_MODEL) for s in shards),
+        "both shards to serve the generation model",
+    )
+    request = pb.GenerateRequest(model=GENERATE_MODEL, prompt="The history of the printing press", max_tokens=48)
+    expected = "".join(r.text for r in stub.Generate(request, timeout=120))  # uninterrupted, greedy
+    pieces, killed, last = [], None, None
+    for last in stub.Generate(request, timeout=120):
+        pieces.append(last.text)
+        if len(pieces) == 8:
+            killed = next(server for server in router.embedded if _running_streams(server) > 0)
+            os.kill(killed.pid, signal.SIGKILL)
+    assert killed is not None
+    assert "".join(pieces) == expected  # one stream, the same text as if nothing had happened
+    assert last.finish_reason == pb.FINISH_REASON_LENGTH and last.usage.completion_tokens == 48
 
 
 # --- The default: one embedded shard, killed -----------------------------------------------------------
