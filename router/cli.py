@@ -1,4 +1,4 @@
-"""`router`: serve, or call a running router (embed, models, health).
+"""`router`: serve, or call a running router (embed, chat, models, health).
 
 Flags only override settings (router/settings.py); nothing is parsed at import time.
 """
@@ -42,6 +42,11 @@ def _client_parsers(sub: argparse._SubParsersAction) -> None:
     embed.add_argument("texts", nargs="+")
     embed.add_argument("--model", default="all-minilm-l6-v2")
     embed.add_argument("--truncation", choices=["CHUNK", "END", "START", "NONE"])
+    chat = sub.add_parser("chat", help="ask a generation model through a running router; the answer streams")
+    chat.add_argument("message")
+    chat.add_argument("--model", default="smollm2-135m-instruct")
+    chat.add_argument("--max-tokens", type=int, default=128)
+    chat.add_argument("--temperature", type=float)
     for name, help_text in (
         ("models", "list the models a running router serves"),
         ("health", "ask gRPC health"),
@@ -129,11 +134,14 @@ model-router is ready on {target}  (Triton: {triton}; models: {models})
 
   Try it from another shell:
     .venv/bin/router embed --target {target} "A man is eating food." "A man eats a meal." "Stock markets fell."
+    .venv/bin/router chat --target {target} "What is the capital of France?"
     .venv/bin/router models --target {target}
     .venv/bin/router health --target {target}
   Or with any gRPC client (reflection is on), for example:
     grpcurl -plaintext -d '{{"model": "all-minilm-l6-v2", "inputs": ["hello"]}}' \\
       {target} modelrouter.v1.ModelRouterService/Embed
+    grpcurl -plaintext -d '{{"model": "smollm2-135m-instruct", "messages": [{{"role": "user", "content": "Hi!"}}]}}' \\
+      {target} modelrouter.v1.ModelRouterService/Generate
 
   Ctrl-C stops the router and Triton.
 """,
@@ -160,6 +168,17 @@ def _client(args: argparse.Namespace) -> int:
 
                 reply = stub.ListModels(pb.ListModelsRequest(), timeout=10)
                 print(json.dumps(MessageToDict(reply), indent=2))
+            elif args.command == "chat":
+                request = pb.GenerateRequest(
+                    model=args.model,
+                    messages=[pb.ChatMessage(role="user", content=args.message)],
+                    max_tokens=args.max_tokens,
+                    **({"temperature": args.temperature} if args.temperature is not None else {}),
+                )
+                for reply in stub.Generate(request, timeout=300):
+                    print(reply.text, end="", flush=True)
+                usage = str(reply.usage).strip().replace("\n", ", ")
+                print(f"\n[{pb.FinishReason.Name(reply.finish_reason)}] {usage}")
             else:
                 truncation = getattr(pb, f"TRUNCATION_{args.truncation}") if args.truncation else 0
                 reply = stub.Embed(
