@@ -1,7 +1,7 @@
 """Token rows -> the input tensors a model declares. The one place tensors are built (the backend and
 the benchmarks' direct clients both use it).
 
-Generation models take TensorRT-LLM's tensors (docs/tensor-contracts.md): `input_ids` and `input_lengths`,
+Generation models take TensorRT-LLM's tensors (triton_models/CONTRACTS.md): `input_ids` and `input_lengths`,
 `request_output_len`, the sampling values, `end_id`, `pad_id`, one-token `stop_words_list`, `streaming`."""
 
 from __future__ import annotations

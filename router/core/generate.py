@@ -28,9 +28,10 @@ STOP, LENGTH, CANCELLED = "stop", "length", "cancelled"
 
 @dataclass(frozen=True)
 class Delta:
-    """Text generated since the previous delta."""
+    """Text generated since the previous delta; the first one also names the model version answering."""
 
     text: str
+    model_version: str = ""
 
 
 @dataclass(frozen=True)
@@ -95,7 +96,9 @@ class GenerateService:
                         if text:
                             if first is None:
                                 first = time.monotonic()
-                            yield Delta(text)
+                                yield Delta(text, contract.version)
+                            else:
+                                yield Delta(text)
                         if matched is not None:
                             reason = STOP
                             break

@@ -185,7 +185,7 @@ def generate_request_from_pb(request: pb.GenerateRequest) -> GenerateRequest:
 
 def generate_event_to_pb(event: Delta | Finished) -> pb.GenerateResponse:
     if isinstance(event, Delta):
-        return pb.GenerateResponse(text=event.text)
+        return pb.GenerateResponse(text=event.text, model_version=event.model_version)
     timing = pb.GenerationTiming(total=_duration(event.total_s), queue=_duration(event.queue_s))
     if event.time_to_first_token_s is not None:
         timing.time_to_first_token.CopyFrom(_duration(event.time_to_first_token_s))
