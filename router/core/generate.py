@@ -10,7 +10,6 @@ the request in the model server).
 
 from __future__ import annotations
 
-import asyncio
 import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
@@ -107,11 +106,10 @@ class GenerateService:
                 finally:
                     await tokens.aclose()  # cancels the model server's work if it is still generating
                 ran = time.monotonic() - granted
-                if matched is None:
-                    rest = stops.flush()
-                    if rest:
-                        first = first or time.monotonic()
-                        yield Delta(rest)
+                rest = stops.flush() if matched is None else ""
+                if rest:
+                    yield Delta(rest, contract.version if first is None else "")
+                    first = first or time.monotonic()
                 yield Finished(
                     reason=reason,
                     stop=matched,
@@ -124,10 +122,6 @@ class GenerateService:
                     time_to_first_token_s=None if first is None else first - started,
                     total_s=time.monotonic() - started,
                 )
-            except asyncio.CancelledError:
-                raise
-            except RouterError:
-                raise
             except TimeoutError:
                 raise RouterError(
                     ErrorKind.DEADLINE_EXCEEDED, "BACKEND_DEADLINE", "the deadline passed while generating"

@@ -175,16 +175,3 @@ def test_list_models_reports_the_contract(stub, triton):
     }
     assert list(model.served_by) == [triton.grpc_address]
 
-
-@pytest.mark.parametrize(
-    "call",
-    [
-        lambda stub: list(stub.Generate(pb.GenerateRequest(model="x", prompt="p"), timeout=30)),
-    ],
-    ids=["generate"],
-)
-def test_not_yet_built_methods_are_unimplemented(stub, call):
-    with pytest.raises(grpc.RpcError) as caught:
-        call(stub)
-    details = details_of(caught.value)
-    assert details.code is grpc.StatusCode.UNIMPLEMENTED and details.info.reason == "NOT_IMPLEMENTED"

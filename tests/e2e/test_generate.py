@@ -87,6 +87,16 @@ def test_stop_strings_match_across_tokens_and_are_never_sent(llm):
     assert last.finish_reason == pb.FINISH_REASON_STOP and last.stop == " of Fr"
 
 
+def test_an_unknown_model_and_an_encoder_are_refused_clearly(llm):
+    with pytest.raises(grpc.RpcError) as caught:
+        list(llm.Generate(pb.GenerateRequest(model="no-such-model", prompt="p"), timeout=30))
+    assert details_of(caught.value).info.reason == "MODEL_NOT_FOUND"
+    assert caught.value.code() == grpc.StatusCode.NOT_FOUND
+    with pytest.raises(grpc.RpcError) as caught:
+        list(llm.Generate(pb.GenerateRequest(model="all-minilm-l6-v2", prompt="p"), timeout=30))
+    assert details_of(caught.value).info.reason == "WRONG_TASK"
+
+
 def test_unsupported_options_are_refused_by_name(llm):
     with pytest.raises(grpc.RpcError) as caught:
         generate(llm, prompt="Hello", presence_penalty=0.5, frequency_penalty=0.1)
@@ -179,3 +189,36 @@ def test_eight_concurrent_streams_all_finish(llm):
         assert last.finish_reason in (pb.FINISH_REASON_STOP, pb.FINISH_REASON_LENGTH)
         assert 0 < last.usage.completion_tokens <= 20 and text.strip()
         assert re.search(r"\w", text)
+
+
+def test_a_client_generated_from_the_protos_alone_streams_an_answer(llm, router_target, tmp_path):
+    """What a calling team does: generate stubs from protos/ (nothing of the router's code) and call."""
+    import subprocess
+    import sys
+
+    from router.settings import PROJECT_ROOT
+
+    protos = PROJECT_ROOT / "protos"
+    subprocess.run(
+        [sys.executable, "-m", "grpc_tools.protoc", f"-I{protos}", f"--python_out={tmp_path}",
+         f"--grpc_python_out={tmp_path}", str(protos / "modelrouter/v1/model_router_service.proto")],
+        check=True,
+    )
+    client = tmp_path / "client.py"
+    client.write_text(
+        "import sys, grpc\n"
+        "from modelrouter.v1 import model_router_service_pb2 as pb, model_router_service_pb2_grpc as rpc\n"
+        "stub = rpc.ModelRouterServiceStub(grpc.insecure_channel(sys.argv[1]))\n"
+        "request = pb.GenerateRequest(model=sys.argv[2], max_tokens=32,\n"
+        "    messages=[pb.ChatMessage(role='user', content='What is the capital of France?')])\n"
+        "for reply in stub.Generate(request, timeout=120):\n"
+        "    print(reply.text, end='', flush=True)\n"
+        "print()\nprint(pb.FinishReason.Name(reply.finish_reason))\n"
+    )
+    done = subprocess.run(
+        [sys.executable, str(client), router_target, GENERATE_MODEL],
+        cwd=tmp_path, capture_output=True, text=True, timeout=180, env={"PYTHONPATH": str(tmp_path)},
+    )
+    assert done.returncode == 0, done.stderr
+    answer, reason = done.stdout.strip().rsplit("\n", 1)
+    assert "Paris" in answer and reason == "FINISH_REASON_STOP"
