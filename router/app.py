@@ -11,6 +11,7 @@ import structlog
 
 from adapters.triton.backend import TritonBackend
 from adapters.triton.embedded import EmbeddedTriton, Supervisor
+from router import telemetry
 from router.core.admission import TenantLimiter, TenantLimits
 from router.core.cache import OutputCache
 from router.core.config import AdmissionConfig, BatchingConfig, RequestLimits
@@ -58,6 +59,7 @@ class Router:
         self.settings = settings
         self.embedded: list[EmbeddedTriton] = []
         self._supervisors: list[asyncio.Task] = []
+        self._tracer_provider = None
         self.backend: TritonBackend | None = None
         self.registry: ModelRegistry | None = None
         self.pipeline: RequestPipeline | None = None
@@ -79,6 +81,7 @@ class Router:
 
     async def start(self) -> None:
         s = self.settings
+        self._tracer_provider = telemetry.configure_tracing()
         if s.metrics_port is not None:
             prometheus_client.start_http_server(s.metrics_port, addr=s.host)
             log.info("router.metrics", address=f"{s.host}:{s.metrics_port}")
@@ -118,7 +121,9 @@ class Router:
         for index in range(s.embedded_shards):
             log_path = s.triton_log if index == 0 else s.triton_log.with_name(f"{s.triton_log.stem}-{index}.log")
             port = s.triton_grpc_port + index if s.triton_grpc_port else 0
-            self.embedded.append(EmbeddedTriton(s.model_repository.resolve(), grpc_port=port, log_path=log_path))
+            trace_url = s.triton_trace_url or telemetry.triton_trace_url()
+            repository = s.model_repository.resolve()
+            self.embedded.append(EmbeddedTriton(repository, grpc_port=port, log_path=log_path, trace_url=trace_url))
         for server in self.embedded:
             server.start()
         for server in self.embedded:
@@ -186,3 +191,5 @@ class Router:
             with contextlib.suppress(asyncio.CancelledError):
                 await task
         await asyncio.gather(*(asyncio.to_thread(server.stop) for server in self.embedded))
+        if self._tracer_provider is not None:
+            await asyncio.to_thread(self._tracer_provider.shutdown)  # sends the spans still buffered

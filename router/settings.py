@@ -63,6 +63,10 @@ class Settings(BaseSettings):
     """Log file of the embedded Triton."""
     triton_grpc_port: int = Field(default=0, ge=0, le=65535)
     """gRPC port of the embedded Triton; 0 picks a free one."""
+    triton_trace_url: str | None = None
+    """Where the embedded Triton sends its OpenTelemetry spans (an OTLP/HTTP traces URL: Triton speaks no
+    other). Unset: the router's own collector (`OTEL_EXPORTER_OTLP_ENDPOINT` + `/v1/traces`) when the
+    router exports over http/protobuf; with the grpc protocol, set this to the collector's HTTP address."""
     discovery_interval_s: float = Field(default=1.0, gt=0)
     """How often each Triton is asked whether it is ready and which model versions it has (and at once
     after a batch failed there); a model loaded on a shard is routed within about this long."""

@@ -152,8 +152,10 @@ def build_smollm2(model_dir: Path, weights: Path) -> None:
 
     log(f"{model_dir.name}: [4/5] checking a left-padded batch step against the same step alone")
     short, long_ = prompt_ids, tokenizer("Once upon a time, in a small village by the sea,")["input_ids"]
-    alone = [onnx_step(np.array([p], np.int64), np.ones((1, len(p)), np.int64), np.arange(len(p))[None], None)[0][0]
-             for p in (short, long_)]
+    alone = [
+        onnx_step(np.array([p], np.int64), np.ones((1, len(p)), np.int64), np.arange(len(p))[None], None)[0][0]
+        for p in (short, long_)
+    ]
     width = max(len(short), len(long_))
     padded = np.array([[0] * (width - len(p)) + p for p in (short, long_)], np.int64)
     pad_mask = np.array([[0] * (width - len(p)) + [1] * len(p) for p in (short, long_)], np.int64)
@@ -169,7 +171,4 @@ def build_smollm2(model_dir: Path, weights: Path) -> None:
     spec["truncation"], spec["padding"] = None, None
     (model_dir / "tokenizer.json").write_text(json.dumps(spec, ensure_ascii=False))
     (model_dir / "chat_template.jinja").write_text(tokenizer.chat_template)
-    log(
-        f"{model_dir.name}: done in {time.perf_counter() - started:.1f}s "
-        f"({onnx_path.stat().st_size / 1e6:.0f} MB)"
-    )
+    log(f"{model_dir.name}: done in {time.perf_counter() - started:.1f}s ({onnx_path.stat().st_size / 1e6:.0f} MB)")

@@ -23,6 +23,8 @@ import grpc
 import numpy as np
 import structlog
 import tritonclient.grpc.aio as triton_grpc
+from opentelemetry import trace
+from opentelemetry.propagate import inject
 from tritonclient.grpc._utils import get_error_grpc
 from tritonclient.utils import InferenceServerException, np_to_triton_dtype
 
@@ -37,6 +39,7 @@ from router.core.routing import LEAST_WORK, HealthConfig, RetryBudget, Shard, Sh
 from router.core.tokenize import Window
 
 log = structlog.get_logger(__name__)
+_tracer = trace.get_tracer("modelrouter.triton")
 
 
 class Failure:
@@ -93,6 +96,38 @@ def _version_gone(model: str, version: str) -> RouterError:
         retry_after_s=1.0,
         metadata={"model": model},
     )
+
+
+class CallSpan:
+    """One Triton call's span (a child of the batch's or the stream's), and the gRPC metadata that carries
+    its W3C `traceparent` to Triton, so Triton's own spans join the trace. Nothing when nothing is traced."""
+
+    def __init__(self, name: str, contract: ModelContract, shard: str, attempt: int, **counts: int) -> None:
+        self.span = None
+        self.headers: dict[str, str] | None = None
+        if not trace.get_current_span().get_span_context().is_valid:
+            return
+        attributes = {
+            "modelrouter.model": contract.name,
+            "modelrouter.model_version": contract.version,
+            "modelrouter.shard": shard,
+            "modelrouter.attempt": attempt,
+            **{f"modelrouter.{key}": value for key, value in counts.items()},
+        }
+        self.span = _tracer.start_span(name, kind=trace.SpanKind.CLIENT, attributes=attributes)
+        self.headers = {}
+        inject(self.headers, context=trace.set_span_in_context(self.span))
+
+    def failed(self, status: str) -> None:
+        if self.span is not None:
+            self.span.set_attribute("modelrouter.outcome", status)
+            self.span.set_status(trace.Status(trace.StatusCode.ERROR, status))
+
+    def end(self, **counts: int) -> None:
+        if self.span is not None:
+            for key, value in counts.items():
+                self.span.set_attribute(f"modelrouter.{key}", value)
+            self.span.end()
 
 
 class TritonBackend:
@@ -154,6 +189,7 @@ class TritonBackend:
             left = None if deadline is None else max(0.001, deadline - now)
             self.shards.started(shard, tokens)
             verdict = False
+            call = CallSpan("triton.infer", contract, shard.address, len(tried), rows=len(rows), tokens=tokens)
             try:
                 result = await self.fleet.client(shard).infer(
                     model,
@@ -164,6 +200,7 @@ class TritonBackend:
                     # (the model's queue policy allows the override); the client stops waiting too.
                     timeout=None if left is None else max(1, int(left * 1_000_000)),
                     client_timeout=left,
+                    headers=call.headers,
                 )
                 verdict = True
                 self.shards.succeeded(shard, tokens, time.monotonic() - now, time.monotonic())
@@ -172,6 +209,7 @@ class TritonBackend:
             except InferenceServerException as error:
                 failure = Failure(error)
                 verdict = True
+                call.failed(failure.status)
                 if failure.shard_down:
                     self.shards.failed(shard, tokens, time.monotonic())
                 else:
@@ -199,6 +237,7 @@ class TritonBackend:
             finally:
                 if not verdict:  # cancelled, or an error outside Triton's: no verdict on the shard
                     self.shards.ended(shard, tokens)
+                call.end()
                 metrics.SHARD_OUTSTANDING_TOKENS.labels(shard.address).set(shard.outstanding_tokens)
 
     async def generate(
@@ -226,9 +265,10 @@ class TritonBackend:
                 tensors.append(tensor)
             self.shards.started(shard, tokens)
             verdict = False
+            call = CallSpan("triton.stream", contract, shard.address, len(tried), prompt_tokens=len(context))
             try:
                 left = None if deadline is None else max(0.001, deadline - now)
-                async for token in self._stream(shard, contract, tensors, left):
+                async for token in self._stream(shard, contract, tensors, left, call.headers):
                     sent.append(token)
                     yield token
                 verdict = True
@@ -238,6 +278,7 @@ class TritonBackend:
             except InferenceServerException as error:
                 failure = Failure(error)
                 verdict = True
+                call.failed(failure.status)
                 if failure.shard_down:
                     self.shards.failed(shard, tokens, time.monotonic())
                     self.fleet.poke()
@@ -261,9 +302,10 @@ class TritonBackend:
             finally:
                 if not verdict:  # the caller left, or a stop matched: the stream was cancelled
                     self.shards.ended(shard, tokens)
+                call.end(generated=len(sent))
 
     async def _stream(
-        self, shard: Shard, contract: ModelContract, tensors: list, timeout_s: float | None
+        self, shard: Shard, contract: ModelContract, tensors: list, timeout_s: float | None, headers: dict | None
     ) -> AsyncIterator[int]:
         async def one_request():
             yield {
@@ -273,7 +315,7 @@ class TritonBackend:
                 "outputs": [triton_grpc.InferRequestedOutput("output_ids")],
             }
 
-        responses = self.fleet.client(shard).stream_infer(one_request(), stream_timeout=timeout_s)
+        responses = self.fleet.client(shard).stream_infer(one_request(), stream_timeout=timeout_s, headers=headers)
         try:
             while True:
                 try:

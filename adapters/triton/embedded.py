@@ -89,6 +89,9 @@ class EmbeddedTriton:
     extra_args: tuple[str, ...] = ()
     cpus: frozenset[int] | None = None
     """Pin the server and its model stubs to these CPUs (benchmarks emulate separate machines so)."""
+    trace_url: str | None = None
+    """An OTLP/HTTP traces URL: Triton then traces every request in OpenTelemetry mode, and a request that
+    carries a W3C `traceparent` (the router sends one) has its spans in the caller's trace."""
 
     def __post_init__(self) -> None:
         self._process: subprocess.Popen | None = None
@@ -116,8 +119,16 @@ class EmbeddedTriton:
             "--model-control-mode=explicit",
             "--load-model=*",
             "--log-verbose=0",
+            *self._trace_args(),
             *self.extra_args,
         ]
+
+    def _trace_args(self) -> list[str]:
+        if not self.trace_url:
+            return []
+        settings = ["mode=opentelemetry", f"opentelemetry,url={self.trace_url}", "rate=1", "level=TIMESTAMPS"]
+        settings.append("opentelemetry,resource=service.name=triton")
+        return [arg for setting in settings for arg in ("--trace-config", setting)]
 
     def environment(self) -> dict[str, str]:
         env = dict(os.environ)

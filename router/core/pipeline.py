@@ -19,7 +19,7 @@ from typing import Protocol
 
 import numpy as np
 
-from router.core import errors
+from router.core import errors, tracing
 from router.core.accounting import timing_of, usage_of
 from router.core.config import RequestLimits
 from router.core.contract import Task
@@ -107,10 +107,12 @@ class RequestPipeline:
         contract = served.contract
         job.validate(served, self.limits)
         served.scheduler.precheck(call.tenant, call.deadline)
-        if job.size() < INLINE_TOKENIZE_CHARS:
-            splits = job.tokenize(served, self.limits)
-        else:
-            splits = await asyncio.to_thread(job.tokenize, served, self.limits)
+        with tracing.child("modelrouter.tokenize") as span:
+            if job.size() < INLINE_TOKENIZE_CHARS:
+                splits = job.tokenize(served, self.limits)
+            else:
+                splits = await asyncio.to_thread(job.tokenize, served, self.limits)
+            span.set_attribute("modelrouter.sequences", sum(len(split.windows) for split in splits))
         tokens = check_sizes(job.field, splits, self.limits, contract.max_sequence_length, contract.name)
         tokenized = time.monotonic()
         windows = [w for s in splits for w in s.windows]

@@ -27,7 +27,7 @@ from collections.abc import Sequence
 import numpy as np
 
 from router import metrics
-from router.core import admission, errors
+from router.core import admission, errors, tracing
 from router.core.admission import AdmissionController, TenantLimiter
 from router.core.backend import Backend
 from router.core.batching import BatchLimits, grow
@@ -128,7 +128,9 @@ class ModelScheduler:
         self.admission.arrivals.arrived(now)
         if deadline is not None and deadline <= now:
             raise self._count(admission.deadline_expired(self.contract.name))
-        ticket = Ticket(submitted=now, tenant=tenant, deadline=deadline)
+        ticket = Ticket(submitted=now, tenant=tenant, deadline=deadline, span=tracing.current())
+        if ticket.span is not None:
+            ticket.arrived_ns = tracing.wall_ns()
         futures: list[asyncio.Future] = []
         items: list[Item] = []
         for window in windows:
@@ -156,6 +158,7 @@ class ModelScheduler:
             raise
         ticket.finished = time.monotonic()
         self.admission.finished(ticket)
+        tracing.queue_span(ticket.span, ticket.arrived_ns, ticket.first_dispatch_ns, self.contract.name)
         return np.stack(rows), ticket
 
     def _count(self, error: RouterError) -> RouterError:
@@ -225,6 +228,7 @@ class ModelScheduler:
             ticket.computed_tokens += item.length
             if ticket.first_dispatch is None:
                 ticket.first_dispatch = now
+                ticket.first_dispatch_ns = tracing.wall_ns() if ticket.span is not None else None
         # Identical sequences in one batch are computed once: `rows[i]` is item i's row in `unique`.
         unique, rows = _deduplicate(batch)
         computed = sum(item.length for item in unique)
@@ -235,9 +239,12 @@ class ModelScheduler:
         self.admission.inflight_tokens += computed
         done = 0
         try:
-            output = await self.backend.infer(
-                self.contract, [item.window for item in unique], self._timeout(batch, now)
-            )
+            served = [item.ticket.span for item in batch]
+            padded = len(unique) * longest
+            with tracing.batch_span(self.contract.name, self.contract.version, served, len(unique), computed, padded):
+                output = await self.backend.infer(
+                    self.contract, [item.window for item in unique], self._timeout(batch, now)
+                )
             done = computed
         except BaseException as error:
             if self._hand_over(batch, error):

@@ -5,6 +5,8 @@ from __future__ import annotations
 import asyncio
 from dataclasses import dataclass, field
 
+from opentelemetry.trace import SpanContext
+
 from router.core.tokenize import Window
 
 
@@ -33,6 +35,11 @@ class Ticket:
     """Tokens dispatched for the request since it joined."""
     start: float = 0.0
     """Its tenant's request clock when it joined (fair_queue.py)."""
+    span: SpanContext | None = None
+    """The request's span (tracing.py), when it is traced: its batches link to it."""
+    arrived_ns: int = 0
+    first_dispatch_ns: int | None = None
+    """Wall-clock arrival and first batch, for the request's queue span."""
 
 
 @dataclass(eq=False)

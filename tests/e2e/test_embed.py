@@ -174,4 +174,3 @@ def test_list_models_reports_the_contract(stub, triton):
         pb.TRUNCATION_NONE,
     }
     assert list(model.served_by) == [triton.grpc_address]
-

@@ -200,8 +200,15 @@ def test_a_client_generated_from_the_protos_alone_streams_an_answer(llm, router_
 
     protos = PROJECT_ROOT / "protos"
     subprocess.run(
-        [sys.executable, "-m", "grpc_tools.protoc", f"-I{protos}", f"--python_out={tmp_path}",
-         f"--grpc_python_out={tmp_path}", str(protos / "modelrouter/v1/model_router_service.proto")],
+        [
+            sys.executable,
+            "-m",
+            "grpc_tools.protoc",
+            f"-I{protos}",
+            f"--python_out={tmp_path}",
+            f"--grpc_python_out={tmp_path}",
+            str(protos / "modelrouter/v1/model_router_service.proto"),
+        ],
         check=True,
     )
     client = tmp_path / "client.py"
@@ -217,7 +224,11 @@ def test_a_client_generated_from_the_protos_alone_streams_an_answer(llm, router_
     )
     done = subprocess.run(
         [sys.executable, str(client), router_target, GENERATE_MODEL],
-        cwd=tmp_path, capture_output=True, text=True, timeout=180, env={"PYTHONPATH": str(tmp_path)},
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=180,
+        env={"PYTHONPATH": str(tmp_path)},
     )
     assert done.returncode == 0, done.stderr
     answer, reason = done.stdout.strip().rsplit("\n", 1)

@@ -1,0 +1,198 @@
+"""One trace from the caller through the router into Triton: a real OTLP receiver on loopback, `router serve`
+configured only by OTEL_* variables, its embedded Triton in OpenTelemetry mode."""
+
+from __future__ import annotations
+
+import json
+import os
+import secrets
+import subprocess
+import sys
+import threading
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+import grpc
+import pytest
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+from opentelemetry.proto.collector.trace.v1 import trace_service_pb2
+
+from adapters.triton.embedded import free_port
+from router.grpc.gen.modelrouter.v1 import model_router_service_pb2 as pb
+from router.grpc.gen.modelrouter.v1 import model_router_service_pb2_grpc as pb_grpc
+from router.settings import PROJECT_ROOT
+from tests.helpers import EMBED_MODEL, GENERATE_MODEL, RERANK_MODEL, wait_for
+
+
+class Receiver(ThreadingHTTPServer):
+    """An OTLP/HTTP traces receiver: protobuf (the router's exporter) and JSON (Triton's)."""
+
+    def __init__(self) -> None:
+        super().__init__(("127.0.0.1", free_port()), _Handler)
+        self.spans: list[dict] = []
+        self.lock = threading.Lock()
+
+    @property
+    def endpoint(self) -> str:
+        return f"http://127.0.0.1:{self.server_address[1]}"
+
+    def add(self, service: str, span: dict) -> None:
+        with self.lock:
+            self.spans.append({**span, "service": service})
+
+    def of_trace(self, trace_id: str) -> list[dict]:
+        with self.lock:
+            return [span for span in self.spans if span["trace_id"] == trace_id]
+
+
+class _Handler(BaseHTTPRequestHandler):
+    def do_POST(self) -> None:  # noqa: N802 - http.server's name
+        body = self.rfile.read(int(self.headers["Content-Length"]))
+        if "json" in (self.headers.get("Content-Type") or ""):
+            _from_json(self.server, json.loads(body))
+        else:
+            request = trace_service_pb2.ExportTraceServiceRequest.FromString(body)
+            for resource in request.resource_spans:
+                attributes = resource.resource.attributes
+                service = next((a.value.string_value for a in attributes if a.key == "service.name"), "")
+                for scope in resource.scope_spans:
+                    for span in scope.spans:
+                        self.server.add(
+                            service,
+                            {
+                                "trace_id": span.trace_id.hex(),
+                                "span_id": span.span_id.hex(),
+                                "parent": span.parent_span_id.hex(),
+                                "name": span.name,
+                                "links": [link.span_id.hex() for link in span.links],
+                            },
+                        )
+        self.send_response(200)
+        self.send_header("Content-Type", "application/json")
+        self.end_headers()
+        self.wfile.write(b"{}")
+
+    def log_message(self, *args) -> None:
+        pass
+
+
+def _from_json(server: Receiver, payload: dict) -> None:
+    """OTLP/JSON: ids are hex strings."""
+    for resource in payload.get("resourceSpans", []):
+        attributes = resource.get("resource", {}).get("attributes", [])
+        service = next((a["value"].get("stringValue", "") for a in attributes if a["key"] == "service.name"), "")
+        for scope in resource.get("scopeSpans", []):
+            for span in scope.get("spans", []):
+                server.add(
+                    service,
+                    {
+                        "trace_id": span.get("traceId", "").lower(),
+                        "span_id": span.get("spanId", "").lower(),
+                        "parent": span.get("parentSpanId", "").lower(),
+                        "name": span.get("name", ""),
+                        "links": [link.get("spanId", "").lower() for link in span.get("links", [])],
+                    },
+                )
+
+
+@pytest.fixture(scope="module")
+def traced_router(tmp_path_factory):
+    receiver = Receiver()
+    threading.Thread(target=receiver.serve_forever, daemon=True).start()
+    port = free_port()
+    env = dict(
+        os.environ,
+        OTEL_EXPORTER_OTLP_ENDPOINT=receiver.endpoint,
+        OTEL_EXPORTER_OTLP_PROTOCOL="http/protobuf",
+        OTEL_BSP_SCHEDULE_DELAY="200",
+        MODELROUTER_TRITON_LOG=str(tmp_path_factory.mktemp("traced") / "triton.log"),
+    )
+    process = subprocess.Popen(
+        [sys.executable, "-m", "router", "serve", "--port", str(port)],
+        cwd=PROJECT_ROOT,
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    target = f"127.0.0.1:{port}"
+    try:
+        with grpc.insecure_channel(target) as channel:
+            health = health_pb2_grpc.HealthStub(channel)
+
+            def serving() -> bool:
+                try:
+                    return health.Check(health_pb2.HealthCheckRequest(), timeout=2).status == 1
+                except grpc.RpcError:
+                    return False
+
+            wait_for(serving, "the traced router to serve")
+            stub = pb_grpc.ModelRouterServiceStub(channel)
+            wait_for(
+                lambda: GENERATE_MODEL in {m.name for m in stub.ListModels(pb.ListModelsRequest(), timeout=10).models},
+                "the traced router to serve the generation model",
+            )
+            yield receiver, stub, health
+    finally:
+        process.terminate()
+        process.wait(timeout=60)
+        receiver.shutdown()
+
+
+def caller_context() -> tuple[str, str, list[tuple[str, str]]]:
+    trace_id, parent = secrets.token_hex(16), secrets.token_hex(8)
+    return trace_id, parent, [("traceparent", f"00-{trace_id}-{parent}-01")]
+
+
+CALLS = {
+    "Embed": lambda stub, metadata: stub.Embed(
+        pb.EmbedRequest(model=EMBED_MODEL, inputs=["a traced text", "another one"]), metadata=metadata, timeout=30
+    ),
+    "Rerank": lambda stub, metadata: stub.Rerank(
+        pb.RerankRequest(model=RERANK_MODEL, query="fox", documents=["the quick brown fox", "a recipe"]),
+        metadata=metadata,
+        timeout=30,
+    ),
+    "Generate": lambda stub, metadata: list(
+        stub.Generate(
+            pb.GenerateRequest(model=GENERATE_MODEL, prompt="Hello", max_tokens=4), metadata=metadata, timeout=60
+        )
+    ),
+}
+
+
+@pytest.mark.parametrize("method", list(CALLS))
+def test_one_trace_runs_from_the_caller_through_the_router_into_triton(traced_router, method):
+    receiver, stub, _ = traced_router
+    trace_id, parent, metadata = caller_context()
+    CALLS[method](stub, metadata)
+    call_span = "triton.stream" if method == "Generate" else "triton.infer"
+
+    def complete() -> bool:
+        spans = receiver.of_trace(trace_id)
+        names = {span["name"] for span in spans}
+        return call_span in names and any(span["service"] == "triton" for span in spans)
+
+    wait_for(complete, f"the router's and Triton's spans of one {method} call", timeout_s=60)
+    spans = receiver.of_trace(trace_id)
+    by_id = {span["span_id"]: span for span in spans}
+    [server] = [span for span in spans if span["name"].endswith(f"ModelRouterService/{method}")]
+    assert server["parent"] == parent and server["service"] == "model-router"  # the caller's span is its parent
+    [call] = [span for span in spans if span["name"] == call_span]
+    if method == "Generate":
+        assert call["parent"] == server["span_id"]
+    else:
+        batch = by_id[call["parent"]]
+        assert batch["name"] == "modelrouter.batch" and server["span_id"] in batch["links"]
+        assert {"modelrouter.tokenize", "modelrouter.queue"} <= {span["name"] for span in spans}
+    triton_roots = [span for span in spans if span["service"] == "triton" and span["parent"] not in by_id]
+    triton_children = [span for span in spans if span["service"] == "triton" and span["parent"] == call["span_id"]]
+    assert triton_children, f"no Triton span under the router's call span; Triton's roots: {triton_roots}"
+
+
+def test_health_checks_are_not_traced(traced_router):
+    receiver, _, health = traced_router
+    for _ in range(3):
+        health.Check(health_pb2.HealthCheckRequest(), timeout=5)
+    _, _, metadata = caller_context()
+    CALLS["Embed"](traced_router[1], metadata)  # a traced call after them, to know the exporter flushed
+    wait_for(lambda: any(s["name"].endswith("/Embed") for s in receiver.spans), "a flush", timeout_s=30)
+    assert not [span for span in receiver.spans if "grpc.health" in span["name"] or "Health" in span["name"]]
