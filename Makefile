@@ -56,9 +56,19 @@ $(BUF):
 	@echo "[lint] installing @bufbuild/buf@$(BUF_VERSION) from the npm registry into .tools/"
 	npm install --silent --prefix .tools @bufbuild/buf@$(BUF_VERSION)
 
-lint: setup $(BUF) ## buf lint (STANDARD) on protos/, ruff on the Python code, deploy/ against Kubernetes schemas
+PROMTOOL := $(shell command -v promtool 2>/dev/null || echo .tools/promtool)
+
+$(PROMTOOL):
+	@echo "[lint] installing promtool (Debian's prometheus package) from the apt registry"
+	$(if $(filter 0,$(shell id -u)),,sudo) apt-get install -y --no-install-recommends prometheus >/dev/null \
+		|| { $(if $(filter 0,$(shell id -u)),,sudo) apt-get update -qq && \
+		     $(if $(filter 0,$(shell id -u)),,sudo) apt-get install -y --no-install-recommends prometheus >/dev/null; }
+	mkdir -p .tools && ln -sf "$$(command -v promtool)" .tools/promtool
+
+lint: setup $(BUF) $(PROMTOOL) ## buf lint, ruff, deploy/ against Kubernetes schemas, Prometheus rules with promtool
 	$(BUF) lint protos
 	$(VENV)/bin/kubernetes-validate --strict --quiet deploy/kubernetes/*.yaml
+	$(PROMTOOL) check rules deploy/prometheus/rules.yaml
 	$(VENV)/bin/ruff check router adapters tests triton_models bench
 	$(VENV)/bin/ruff format --check router adapters tests triton_models bench
 

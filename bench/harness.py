@@ -130,18 +130,24 @@ def triton_server(
 
 
 @contextlib.contextmanager
-def router_process(triton_address: str | Sequence[str], **settings: str) -> Iterator[str]:
-    """`router serve` in its own process (as deployed), in front of the given Triton(s)."""
+def router_process(
+    triton_address: str | Sequence[str], environment: dict[str, str] | None = None, **settings: str
+) -> Iterator[str]:
+    """`router serve` in its own process (as deployed), in front of the given Triton(s); `environment`
+    adds variables (OTEL_*) to its environment."""
     addresses = [triton_address] if isinstance(triton_address, str) else list(triton_address)
-    with router_serve([arg for address in addresses for arg in ("--triton", address)], **settings) as (target, _):
+    arguments = [arg for address in addresses for arg in ("--triton", address)]
+    with router_serve(arguments, environment, **settings) as (target, _):
         yield target
 
 
 @contextlib.contextmanager
-def router_serve(arguments: Sequence[str], **settings: str) -> Iterator[tuple[str, subprocess.Popen]]:
+def router_serve(
+    arguments: Sequence[str], environment: dict[str, str] | None = None, **settings: str
+) -> Iterator[tuple[str, subprocess.Popen]]:
     """`router serve ARGUMENTS` in its own process on a free port; yields its target and its process."""
     port = free_port()
-    env = dict(os.environ, **{f"MODELROUTER_{k.upper()}": str(v) for k, v in settings.items()})
+    env = dict(os.environ, **(environment or {}), **{f"MODELROUTER_{k.upper()}": str(v) for k, v in settings.items()})
     env.setdefault("MODELROUTER_LOG_LEVEL", "warning")
     command = [sys.executable, "-m", "router", "serve", "--port", str(port), *arguments]
     SCRATCH.mkdir(parents=True, exist_ok=True)

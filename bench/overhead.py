@@ -2,14 +2,18 @@
 with tritonclient (the same tensors, built by the adapter's code), alternating in rounds, in one run.
 
 What the router adds at p50 is its own cost per call (decode, tokenize, admit, schedule, encode, and a
-second gRPC hop); the target is at most 0.5 ms at p50 and a p99 at most 1.25x the direct one.
+second gRPC hop); the target is at most 0.5 ms at p50 and a p99 at most 1.25x the direct one. A third
+path runs a second router with tracing on, sampling every call and exporting over OTLP/HTTP to a sink in
+this process: what tracing costs (target: at most 0.2 ms at p50 and 3% of throughput).
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import threading
 import time
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import grpc
 
@@ -24,13 +28,37 @@ TEXT = "The quick brown fox jumps over the lazy dog"  # 11 tokens with [CLS] and
 ROUNDS = 10
 
 
+class _Sink(BaseHTTPRequestHandler):
+    """Accepts OTLP/HTTP exports and drops them."""
+
+    def do_POST(self) -> None:  # noqa: N802 - http.server's name
+        self.rfile.read(int(self.headers["Content-Length"]))
+        self.send_response(200)
+        self.end_headers()
+
+    def log_message(self, *args) -> None:
+        pass
+
+
 async def run(calls: int) -> list[PathResult]:
-    with triton_server() as triton, router_process(triton.grpc_address) as target:
+    sink = ThreadingHTTPServer(("127.0.0.1", 0), _Sink)
+    threading.Thread(target=sink.serve_forever, daemon=True).start()
+    tracing_env = {
+        "OTEL_EXPORTER_OTLP_ENDPOINT": f"http://127.0.0.1:{sink.server_address[1]}",
+        "OTEL_TRACES_SAMPLER": "always_on",
+    }
+    with (
+        triton_server() as triton,
+        router_process(triton.grpc_address) as target,
+        router_process(triton.grpc_address, tracing_env) as traced_target,
+    ):
         direct = await DirectClient(triton.grpc_address, MODEL).start()
         [split] = direct.tokenizer.split([TEXT], 256, Truncation.END, 0)
         assert split.tokens == 11, split.tokens
         channel = grpc.aio.insecure_channel(target)
         stub = pb_grpc.ModelRouterServiceStub(channel)
+        traced_channel = grpc.aio.insecure_channel(traced_target)
+        traced_stub = pb_grpc.ModelRouterServiceStub(traced_channel)
         request = pb.EmbedRequest(model=MODEL, inputs=[TEXT])
 
         async def via_direct() -> None:
@@ -41,16 +69,20 @@ async def run(calls: int) -> list[PathResult]:
         async def via_router() -> None:
             await stub.Embed(request, timeout=30)
 
+        async def via_traced_router() -> None:
+            await traced_stub.Embed(request, timeout=30)
+
         say("warming up both paths")
         for _ in range(50):
             await via_direct()
             await via_router()
-        latencies: dict[str, list[float]] = {"direct": [], "router": []}
-        walls = {"direct": 0.0, "router": 0.0}
+            await via_traced_router()
+        latencies: dict[str, list[float]] = {"direct": [], "router": [], "traced": []}
+        walls = {"direct": 0.0, "router": 0.0, "traced": 0.0}
         per_round = calls // ROUNDS
         say(f"  {calls} calls per path, alternating in {ROUNDS} rounds ...")
         for _ in range(ROUNDS):
-            for name, send in (("direct", via_direct), ("router", via_router)):
+            for name, send in (("direct", via_direct), ("router", via_router), ("traced", via_traced_router)):
                 started = time.perf_counter()
                 for _ in range(per_round):
                     sent = time.perf_counter()
@@ -58,7 +90,9 @@ async def run(calls: int) -> list[PathResult]:
                     latencies[name].append(time.perf_counter() - sent)
                 walls[name] += time.perf_counter() - started
         await channel.close()
+        await traced_channel.close()
         await direct.close()
+    sink.shutdown()
     direct_result = PathResult("direct: tritonclient, 1 call at a time", len(latencies["direct"]), walls["direct"])
     direct_result.latencies_s = latencies["direct"]
     router_result = PathResult("router: Embed, 1 call at a time", len(latencies["router"]), walls["router"])
@@ -68,12 +102,19 @@ async def run(calls: int) -> list[PathResult]:
         "added_p50_ms": added_p50,
         "p99_vs_direct": router_result.percentile_ms(99) / direct_result.percentile_ms(99),
     }
+    traced_result = PathResult("router with tracing on (every call sampled)", len(latencies["traced"]), walls["traced"])
+    traced_result.latencies_s = latencies["traced"]
+    traced_result.extra = {
+        "tracing_added_p50_ms": traced_result.percentile_ms(50) - router_result.percentile_ms(50),
+        "tracing_throughput_cost": 1 - traced_result.throughput / router_result.throughput,
+    }
     say(
         f"  direct p50 {direct_result.percentile_ms(50):.2f} ms p99 {direct_result.percentile_ms(99):.2f} ms; "
         f"router p50 {router_result.percentile_ms(50):.2f} ms p99 {router_result.percentile_ms(99):.2f} ms; "
         f"added at p50 {added_p50:.2f} ms"
     )
-    return [direct_result, router_result]
+    say(f"  tracing on: +{traced_result.extra['tracing_added_p50_ms']:.2f} ms at p50")
+    return [direct_result, router_result, traced_result]
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -91,6 +132,8 @@ def main(argv: list[str] | None = None) -> None:
             "Direct: tokenize with the model's tokenizer, build tensors with the adapter's code, tritonclient aio.",
             "Router: `router serve` as its own process, a grpc.aio client. Targets: added_p50_ms <= 0.5, "
             "p99_vs_direct <= 1.25.",
+            "Tracing: a second `router serve` with OTEL_EXPORTER_OTLP_ENDPOINT at a sink in the bench process and "
+            "OTEL_TRACES_SAMPLER=always_on. Targets: tracing_added_p50_ms <= 0.2, tracing_throughput_cost <= 0.03.",
         ],
         results,
         baseline=results[0].name,

@@ -33,7 +33,7 @@ def _serve_parser(sub: argparse._SubParsersAction) -> None:
         help="without --triton: start N tritonservers here over the same repository (default 1)",
     )
     p.add_argument("--model-repository", type=Path, help="the Triton model repository (tokenizers are read here)")
-    p.add_argument("--log-format", choices=["console", "json"])
+    p.add_argument("--log-format", choices=["auto", "console", "json"])
     p.add_argument("--log-level", choices=["debug", "info", "warning", "error"])
 
 

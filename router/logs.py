@@ -3,11 +3,15 @@
 from __future__ import annotations
 
 import logging
+import sys
 
 import structlog
 
 
-def configure(level: str = "info", fmt: str = "console") -> None:
+def configure(level: str = "info", fmt: str = "auto") -> None:
+    """`fmt`: `json`, `console`, or `auto` (JSON unless standard output is a terminal)."""
+    if fmt == "auto":
+        fmt = "console" if sys.stdout.isatty() else "json"
     rendering = (
         [structlog.processors.format_exc_info, structlog.processors.JSONRenderer()]
         if fmt == "json"

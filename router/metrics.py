@@ -35,3 +35,30 @@ SHARD_READY = Gauge(
 SHARD_OUTSTANDING_TOKENS = Gauge(
     "modelrouter_shard_outstanding_tokens", "Tokens of batches in flight at each model server.", ["shard"]
 )
+
+# Per request (the transport's interceptor records them as each call ends). `model` is the requested model
+# when the router serves it, else "(unknown)": a caller cannot grow the label set with made-up names.
+REQUESTS = Counter(
+    "modelrouter_requests_total", "Requests by method, model and status code.", ["method", "model", "code"]
+)
+REQUEST_SECONDS = Histogram(
+    "modelrouter_request_duration_seconds",
+    "Time from a request's arrival to its last response, by method and model (every status).",
+    ["method", "model"],
+    buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60),
+)
+REQUEST_TOKENS = Counter(
+    "modelrouter_request_tokens_total",
+    "Tokens of successful requests: computed tokens (Embed, Rerank), prompt + completion (Generate).",
+    ["method", "model"],
+)
+INFLIGHT_BATCHES = Gauge("modelrouter_inflight_batches", "Batches at the model servers now.", ["model"])
+RUNNING_STREAMS = Gauge("modelrouter_running_streams", "Generation streams running now.", ["model"])
+WAITING_STREAMS = Gauge("modelrouter_waiting_streams", "Generation streams waiting for a place.", ["model"])
+TRITON_CALL_SECONDS = Histogram(
+    "modelrouter_triton_call_duration_seconds",
+    "Duration of each call to a model server (one batch, or one generation stream), by shard and outcome.",
+    ["shard", "outcome"],
+    buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60),
+)
+UNKNOWN_MODEL = "(unknown)"

@@ -146,7 +146,8 @@ class Settings(BaseSettings):
     metrics_port: int | None = Field(default=None, ge=0, le=65535)
     """Serve Prometheus metrics on host:metrics_port (unset: no metrics endpoint)."""
     log_level: Literal["debug", "info", "warning", "error"] = "info"
-    log_format: Literal["console", "json"] = "console"
+    log_format: Literal["auto", "console", "json"] = "auto"
+    """`auto`: JSON lines when standard output is not a terminal (a container, a file), else for people."""
 
     @field_validator("triton")
     @classmethod

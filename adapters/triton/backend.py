@@ -99,10 +99,14 @@ def _version_gone(model: str, version: str) -> RouterError:
 
 
 class CallSpan:
-    """One Triton call's span (a child of the batch's or the stream's), and the gRPC metadata that carries
-    its W3C `traceparent` to Triton, so Triton's own spans join the trace. Nothing when nothing is traced."""
+    """One Triton call: its span (a child of the batch's or the stream's), the gRPC metadata that carries its
+    W3C `traceparent` to Triton (so Triton's own spans join the trace), and its duration metric by outcome
+    (`ok`, Triton's status on failure, `cancelled` when the caller left first)."""
 
     def __init__(self, name: str, contract: ModelContract, shard: str, attempt: int, **counts: int) -> None:
+        self.shard = shard
+        self.started = time.monotonic()
+        self.outcome = "cancelled"
         self.span = None
         self.headers: dict[str, str] | None = None
         if not trace.get_current_span().get_span_context().is_valid:
@@ -118,13 +122,18 @@ class CallSpan:
         self.headers = {}
         inject(self.headers, context=trace.set_span_in_context(self.span))
 
+    def succeeded(self) -> None:
+        self.outcome = "ok"
+
     def failed(self, status: str) -> None:
+        self.outcome = status.removeprefix("StatusCode.") or "error"
         if self.span is not None:
-            self.span.set_attribute("modelrouter.outcome", status)
             self.span.set_status(trace.Status(trace.StatusCode.ERROR, status))
 
     def end(self, **counts: int) -> None:
+        metrics.TRITON_CALL_SECONDS.labels(self.shard, self.outcome).observe(time.monotonic() - self.started)
         if self.span is not None:
+            self.span.set_attribute("modelrouter.outcome", self.outcome)
             for key, value in counts.items():
                 self.span.set_attribute(f"modelrouter.{key}", value)
             self.span.end()
@@ -203,6 +212,7 @@ class TritonBackend:
                     headers=call.headers,
                 )
                 verdict = True
+                call.succeeded()
                 self.shards.succeeded(shard, tokens, time.monotonic() - now, time.monotonic())
                 metrics.SHARD_BATCHES.labels(shard.address, "ok").inc()
                 return result.as_numpy(output)
@@ -272,6 +282,7 @@ class TritonBackend:
                     sent.append(token)
                     yield token
                 verdict = True
+                call.succeeded()
                 self.shards.ended(shard, tokens)  # a stream's length says nothing of the shard's speed
                 metrics.SHARD_BATCHES.labels(shard.address, "ok").inc()
                 return

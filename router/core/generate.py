@@ -106,7 +106,10 @@ class GenerateService:
                 finally:
                     await tokens.aclose()  # cancels the model server's work if it is still generating
                 ran = time.monotonic() - granted
-                rest = stops.flush() if matched is None else ""
+                rest = ""
+                if matched is None:
+                    rest, matched = stops.flush()
+                    reason = STOP if matched is not None else reason
                 if rest:
                     yield Delta(rest, contract.version if first is None else "")
                     first = first or time.monotonic()

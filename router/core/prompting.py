@@ -208,11 +208,11 @@ def _too_long(prompt: int, wanted: int, context: int, what: str = "") -> errors.
 
 
 class StopMatcher:
-    """Finds stop strings in streamed text, across token boundaries.
+    """Finds stop strings in streamed text, across token boundaries, exactly as if matched on the whole text.
 
-    `feed` returns the text safe to send now and the stop that matched, if one did. Text that might be
-    the start of a stop string is held back until the next token decides; on a match, everything from
-    the stop string on is dropped (never sent)."""
+    `feed` returns the text safe to send now and the stop that matched, if one did. Text from the first
+    place a stop string might start is held back until more text decides; a match counts once no stop
+    could still begin earlier. On a match, everything from the stop string on is dropped (never sent)."""
 
     def __init__(self, stops: Sequence[str]) -> None:
         self.stops = tuple(s for s in stops if s)
@@ -222,22 +222,30 @@ class StopMatcher:
         if not self.stops:
             return text, None
         buffer = self._held + text
-        found = [(buffer.find(stop), stop) for stop in self.stops]
-        found = [(at, stop) for at, stop in found if at >= 0]
-        if found:
-            at, stop = min(found)
+        match = self._first_match(buffer)
+        pending = self._first_partial(buffer)
+        if match is not None and (pending is None or match[0] <= pending):
             self._held = ""
-            return buffer[:at], stop
-        hold = 0
-        for stop in self.stops:
-            for size in range(min(len(stop) - 1, len(buffer)), 0, -1):
-                if buffer.endswith(stop[:size]):
-                    hold = max(hold, size)
-                    break
-        self._held = buffer[len(buffer) - hold :] if hold else ""
-        return buffer[: len(buffer) - hold], None
+            return buffer[: match[0]], match[1]
+        cut = len(buffer) if pending is None else pending
+        self._held = buffer[cut:]
+        return buffer[:cut], None
 
-    def flush(self) -> str:
-        """What was held back, once the stream ends without a match."""
+    def flush(self) -> tuple[str, str | None]:
+        """At the end of the stream: what was held back, up to a stop it holds (and that stop)."""
         held, self._held = self._held, ""
-        return held
+        match = self._first_match(held)
+        return (held, None) if match is None else (held[: match[0]], match[1])
+
+    def _first_match(self, buffer: str) -> tuple[int, str] | None:
+        found = [(at, stop) for stop in self.stops if (at := buffer.find(stop)) >= 0]
+        return min(found, key=lambda f: (f[0], -len(f[1]))) if found else None
+
+    def _first_partial(self, buffer: str) -> int | None:
+        """The first position from which the rest of the buffer is a proper prefix of some stop."""
+        longest = max(len(stop) for stop in self.stops)
+        for at in range(max(0, len(buffer) - longest + 1), len(buffer)):
+            tail = buffer[at:]
+            if any(len(stop) > len(tail) and stop.startswith(tail) for stop in self.stops):
+                return at
+        return None

@@ -86,6 +86,7 @@ class ModelScheduler:
         self._real_tokens = metrics.REAL_TOKENS.labels(name)
         self._padded_tokens = metrics.PADDED_TOKENS.labels(name)
         self._queued_tokens = metrics.QUEUED_TOKENS.labels(name)
+        self._inflight = metrics.INFLIGHT_BATCHES.labels(name)
         self._shed = {reason: metrics.SHED.labels(name, reason) for reason in admission.REASONS}
 
     @property
@@ -199,6 +200,7 @@ class ModelScheduler:
             self._dispatches.add(task)
             task.add_done_callback(self._dispatches.discard)
         self._queued_tokens.set(self.queue.tokens)
+        self._inflight.set(len(self._dispatches))
 
     def _hold(self, now: float) -> bool:
         """Under load, let a batch that would leave less than full wait a little (max_batch_wait_s)."""

@@ -23,6 +23,7 @@ import time
 from collections import Counter
 from dataclasses import dataclass, field
 
+from router import metrics
 from router.core import admission
 from router.core.admission import TenantLimiter, retry_delay
 from router.core.errors import ErrorKind, RouterError
@@ -55,6 +56,12 @@ class StreamGate:
         self.waiting: list[_Waiter] = []
         self.mean_stream_s: float | None = None
         """Smoothed duration of finished streams: what the wait and retry estimates rest on."""
+        self._running_metric = metrics.RUNNING_STREAMS.labels(model)
+        self._waiting_metric = metrics.WAITING_STREAMS.labels(model)
+
+    def _measure(self) -> None:
+        self._running_metric.set(self.active)
+        self._waiting_metric.set(len(self.waiting))
 
     @property
     def slots(self) -> int:
@@ -73,6 +80,7 @@ class StreamGate:
             self.tenants.charge(tenant, tokens)
         if self.active < self.slots and not self.waiting:
             self.running[tenant] += 1
+            self._measure()
             return now
         ahead = len(self.waiting) + 1
         wait_s = (ahead / self.slots) * (self.mean_stream_s or 0.0)
@@ -94,6 +102,7 @@ class StreamGate:
             )
         waiter = _Waiter(tenant, tokens, deadline)
         self.waiting.append(waiter)
+        self._measure()
         try:
             left = None if deadline is None else deadline - now
             await asyncio.wait_for(asyncio.shield(waiter.future), left)
@@ -108,6 +117,7 @@ class StreamGate:
     def _forget(self, waiter: _Waiter) -> None:
         if waiter in self.waiting:
             self.waiting.remove(waiter)
+            self._measure()
         elif waiter.future.done() and not waiter.future.cancelled():
             self.leave(waiter.tenant, None)  # it was granted a place just as it gave up
 
@@ -130,3 +140,4 @@ class StreamGate:
                 continue
             self.running[waiter.tenant] += 1
             waiter.future.set_result(None)
+        self._measure()

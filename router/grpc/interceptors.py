@@ -8,6 +8,7 @@ router's own service is wrapped; health and reflection pass through untouched.
 
 from __future__ import annotations
 
+import asyncio
 import inspect
 import time
 import uuid
@@ -18,7 +19,8 @@ import structlog
 from opentelemetry import trace
 from opentelemetry.instrumentation.grpc import aio_server_interceptor, filters
 
-from router import telemetry
+from router import metrics, telemetry
+from router.core import errors
 from router.core.errors import RouterError
 from router.grpc.converters import TENANT_KEY
 from router.grpc.status import internal_status, to_status
@@ -64,8 +66,7 @@ class ErrorInterceptor(_MethodInterceptor):
 
     async def _abort(self, context, error: Exception) -> None:
         if isinstance(error, RouterError):
-            status = to_status(error)
-            log.info("rpc.rejected", reason=error.reason, code=status.code.name, error=error.message)
+            status = to_status(error)  # logged once, in the request's line (LogContextInterceptor)
         else:
             log.exception("rpc.internal_error", exc_info=error)
             status = internal_status()
@@ -95,34 +96,65 @@ class ErrorInterceptor(_MethodInterceptor):
         return stream
 
 
+# Reasons that say the requested model is not one the router serves: its name is not a metric label.
+_UNKNOWN_MODEL_REASONS = {errors.MODEL_NOT_FOUND, errors.BACKEND_INDEX_UNAVAILABLE, errors.MODEL_NOT_READY}
+
+
 class LogContextInterceptor(_MethodInterceptor):
-    """Binds request id, method, tenant and trace id to structlog's context for the call's duration."""
+    """Binds request id, method, tenant, trace and span ids to structlog's context for the call's duration,
+    and writes one line per request when it ends (`rpc`): model, code, reason, latency, tokens, batches.
+    The request's text is never logged."""
 
     def _bind(self, context, method: str) -> float:
         metadata = dict(context.invocation_metadata() or ())
         request_id = metadata.get(REQUEST_ID_KEY) or uuid.uuid4().hex
         span = trace.get_current_span().get_span_context()
+        ids = (
+            {"trace_id": format(span.trace_id, "032x"), "span_id": format(span.span_id, "016x")}
+            if span.is_valid
+            else {}
+        )
         structlog.contextvars.clear_contextvars()
         structlog.contextvars.bind_contextvars(
-            request_id=request_id,
-            method=method,
-            tenant=metadata.get(TENANT_KEY, ""),
-            **({"trace_id": format(span.trace_id, "032x")} if span.is_valid else {}),
+            request_id=request_id, method=method, tenant=metadata.get(TENANT_KEY, ""), **ids
         )
         return time.perf_counter()
 
-    def _done(self, started: float, outcome: str) -> None:
-        log.debug("rpc.done", outcome=outcome, ms=round((time.perf_counter() - started) * 1000, 2))
+    def _done(self, started: float, method: str, request, response, error: BaseException | None) -> None:
+        fields: dict = {"model": getattr(request, "model", ""), "code": "OK"}
+        if isinstance(error, RouterError):
+            fields.update(code=to_status(error).code.name, reason=error.reason, error=error.message)
+        elif isinstance(error, asyncio.CancelledError):
+            fields["code"] = "CANCELLED"
+        elif isinstance(error, grpc.aio.AbortError):
+            fields["code"] = "ABORTED_BY_HANDLER"
+        elif error is not None:
+            fields["code"] = "INTERNAL"  # its traceback is logged once, by the error interceptor
+        usage = getattr(response, "usage", None)
+        if usage is not None and response.HasField("usage"):
+            if hasattr(usage, "prompt_tokens"):
+                fields.update(tokens=usage.prompt_tokens + usage.completion_tokens)
+            else:
+                fields.update(tokens=usage.computed_tokens, batches=usage.batches)
+        elapsed = time.perf_counter() - started
+        fields["ms"] = round(elapsed * 1000, 2)
+        log.info("rpc", **fields)
+        known = fields.get("reason") not in _UNKNOWN_MODEL_REASONS and len(fields["model"]) <= 128
+        model = fields["model"] if known else metrics.UNKNOWN_MODEL
+        metrics.REQUESTS.labels(method, model, fields["code"]).inc()
+        metrics.REQUEST_SECONDS.labels(method, model).observe(elapsed)
+        if fields["code"] == "OK" and "tokens" in fields:
+            metrics.REQUEST_TOKENS.labels(method, model).inc(fields["tokens"])
 
     def wrap_unary(self, behavior, method):
         async def unary(request, context):
             started = self._bind(context, method)
             try:
                 response = await behavior(request, context)
-            except BaseException:
-                self._done(started, "error")
+            except BaseException as error:
+                self._done(started, method, request, None, error)
                 raise
-            self._done(started, "ok")
+            self._done(started, method, request, response, None)
             return response
 
         return unary
@@ -130,17 +162,20 @@ class LogContextInterceptor(_MethodInterceptor):
     def wrap_stream(self, behavior, method):
         async def stream(request, context):
             started = self._bind(context, method)
-            outcome = "error"
+            last, failure = None, None
             try:
                 result = behavior(request, context)
                 if inspect.isawaitable(result):  # a servicer that writes with context.write()
                     await result
                 else:
                     async for response in result:
+                        last = response
                         yield response
-                outcome = "ok"
+            except BaseException as error:
+                failure = error
+                raise
             finally:
-                self._done(started, outcome)
+                self._done(started, method, request, last, failure)
 
         return stream
 

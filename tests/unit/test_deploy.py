@@ -54,3 +54,30 @@ def test_the_router_drains_within_its_grace_period_and_is_ready_by_grpc_health()
     assert pre_stop + router_settings().shutdown_grace_s < pod["terminationGracePeriodSeconds"]
     assert container["readinessProbe"]["grpc"]["port"] == router_settings().port
     assert "grpc" not in container["livenessProbe"]  # a Triton outage must not restart the router
+
+
+def _metric_families() -> set[str]:
+    from prometheus_client import REGISTRY
+
+    import router.metrics  # noqa: F401 - registers the router's metrics
+
+    suffixes = {"counter": ("_total",), "histogram": ("_bucket", "_count", "_sum"), "gauge": ("",)}
+    return {family.name + suffix for family in REGISTRY.collect() for suffix in suffixes.get(family.type, ("",))}
+
+
+def test_the_prometheus_rules_and_the_dashboard_use_only_metrics_the_router_exports():
+    import json
+    import re
+
+    rules = yaml.safe_load((PROJECT_ROOT / "deploy" / "prometheus" / "rules.yaml").read_text())
+    recorded = {rule["record"] for group in rules["groups"] for rule in group["rules"] if "record" in rule}
+    exprs = [rule["expr"] for group in rules["groups"] for rule in group["rules"]]
+    dashboard = json.loads((PROJECT_ROOT / "deploy" / "grafana" / "model-router.json").read_text())
+    exprs += [target["expr"] for panel in dashboard["panels"] for target in panel["targets"]]
+    used = {name for expr in exprs for name in re.findall(r"\bmodelrouter[_:][a-z0-9_:]+", expr)}
+    exported = _metric_families()
+    # Histograms are queried by their _bucket series; counters by their _total series.
+    unknown = {name for name in used - recorded if name not in exported}
+    assert not unknown, f"rules or dashboard query series the router does not export: {sorted(unknown)}"
+    alerts = {rule["alert"] for group in rules["groups"] for rule in group["rules"] if "alert" in rule}
+    assert {"ModelRouterServerErrors", "ModelRouterShardDown", "ModelRouterNoShard"} <= alerts

@@ -134,8 +134,9 @@ def feed_all(matcher: StopMatcher, pieces: list[str]) -> tuple[str, str | None]:
         sent.append(text)
         if stop is not None:
             return "".join(sent), stop
-    sent.append(matcher.flush())
-    return "".join(sent), None
+    rest, stop = matcher.flush()
+    sent.append(rest)
+    return "".join(sent), stop
 
 
 def test_a_stop_string_split_across_tokens_is_matched_and_never_sent():
