@@ -109,7 +109,8 @@ class CallSpan:
         self.outcome = "cancelled"
         self.span = None
         self.headers: dict[str, str] | None = None
-        if not trace.get_current_span().get_span_context().is_valid:
+        parent = trace.get_current_span().get_span_context()
+        if not (parent.is_valid and parent.trace_flags.sampled):
             return
         attributes = {
             "modelrouter.model": contract.name,

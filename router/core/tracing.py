@@ -24,9 +24,10 @@ tracer = trace.get_tracer("modelrouter")
 
 
 def current() -> SpanContext | None:
-    """The span context of the code running now (a request's server span), if it is recorded."""
+    """The span context of the code running now (a request's server span), if it is sampled: an unsampled
+    request makes no further span at all, so sampling cuts tracing's cost, not only its volume."""
     context = trace.get_current_span().get_span_context()
-    return context if context.is_valid else None
+    return context if context.is_valid and context.trace_flags.sampled else None
 
 
 def child(name: str) -> contextlib.AbstractContextManager:

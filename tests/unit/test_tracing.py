@@ -66,3 +66,14 @@ def test_nothing_is_recorded_for_untraced_requests():
         assert not span.get_span_context().is_valid
     with tracing.child("x") as span:
         assert not span.get_span_context().is_valid
+
+
+def test_an_unsampled_request_makes_no_span():
+    from opentelemetry.trace import NonRecordingSpan, SpanContext, TraceFlags
+
+    unsampled = SpanContext(trace_id=1, span_id=2, is_remote=True, trace_flags=TraceFlags(0))
+    with trace.use_span(NonRecordingSpan(unsampled)):
+        assert tracing.current() is None
+    sampled = SpanContext(trace_id=1, span_id=2, is_remote=True, trace_flags=TraceFlags(TraceFlags.SAMPLED))
+    with trace.use_span(NonRecordingSpan(sampled)):
+        assert tracing.current() == sampled
