@@ -64,6 +64,8 @@ class _Handler(BaseHTTPRequestHandler):
                                 "parent": span.parent_span_id.hex(),
                                 "name": span.name,
                                 "links": [link.span_id.hex() for link in span.links],
+                                "start_ns": span.start_time_unix_nano,
+                                "end_ns": span.end_time_unix_nano,
                             },
                         )
         self.send_response(200)
@@ -90,6 +92,8 @@ def _from_json(server: Receiver, payload: dict) -> None:
                         "parent": span.get("parentSpanId", "").lower(),
                         "name": span.get("name", ""),
                         "links": [link.get("spanId", "").lower() for link in span.get("links", [])],
+                        "start_ns": int(span.get("startTimeUnixNano", 0)),
+                        "end_ns": int(span.get("endTimeUnixNano", 0)),
                     },
                 )
 
