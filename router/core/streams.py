@@ -73,6 +73,14 @@ class StreamGate:
 
     async def enter(self, tenant: str, tokens: int, deadline: float | None) -> float:
         """Wait for a place; return when it was granted (time.monotonic()). Raise RouterError if refused."""
+        try:
+            return await self._enter(tenant, tokens, deadline)
+        except RouterError as error:
+            if error.reason in admission.REASONS:
+                metrics.SHED.labels(self.model, error.reason).inc()
+            raise
+
+    async def _enter(self, tenant: str, tokens: int, deadline: float | None) -> float:
         now = time.monotonic()
         if deadline is not None and deadline <= now:
             raise admission.deadline_expired(self.model)
