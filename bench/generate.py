@@ -3,7 +3,7 @@ straight to Triton, in one run (SmolLM2-135M-Instruct on the CPU, in-flight batc
 
 Both paths do the same work per stream: render the chat with the model's template, tokenize, stream
 greedy tokens (the same tensors, built by the adapter's code), decode them to text. Each path runs the
-same prompts; the paths alternate in rounds so both see the same machine. Targets: 8 streams give at
+same prompts; the paths take turns prompt by prompt so both see the same machine. Targets: 8 streams give at
 least 2x the tokens/s of one and no stream starves (the slowest stream's rate against the fastest's);
 the router adds at most 2 ms to the time to first token and keeps at least 0.95 of the direct tokens/s.
 """
@@ -30,7 +30,7 @@ from router.grpc.gen.modelrouter.v1 import model_router_service_pb2_grpc as pb_g
 MODEL = "smollm2-135m-instruct"
 END_IDS = (2, 0)  # <|im_end|>, <|endoftext|>
 TOPICS = ["the sea", "mountains", "bread", "trains", "libraries", "rain", "bees", "clocks"]
-ROUNDS = 2
+ROUNDS = 3
 
 
 def prompts(count: int) -> list[str]:
@@ -109,12 +109,11 @@ class Direct:
         return stream
 
 
-async def concurrently(generate, texts: list[str], concurrency: int, max_tokens: int) -> tuple[list[Stream], float]:
+async def group(generate, texts: list[str], max_tokens: int) -> tuple[list[Stream], float]:
+    """Run these prompts at once; return their streams and the wall time."""
     started = time.perf_counter()
-    streams: list[Stream] = []
-    for at in range(0, len(texts), concurrency):
-        streams += await asyncio.gather(*(generate(t, max_tokens) for t in texts[at : at + concurrency]))
-    return streams, time.perf_counter() - started
+    streams = await asyncio.gather(*(generate(t, max_tokens) for t in texts))
+    return list(streams), time.perf_counter() - started
 
 
 def result(name: str, streams: list[Stream], wall: float) -> PathResult:
@@ -140,14 +139,17 @@ async def run(max_tokens: int) -> list[PathResult]:
             await direct.generate(texts[0], 8)
         paths = {"direct": direct.generate, "router": lambda text, n: via_router(stub, text, n)}
         measured: dict[tuple[str, int], tuple[list[Stream], float]] = {}
+        turn = 0
         for round_ in range(ROUNDS):
             for concurrency in (1, 8):
-                for path in ("direct", "router"):
-                    say(f"  round {round_ + 1}/{ROUNDS}: {path}, {concurrency} stream(s) at a time, 8 prompts ...")
-                    streams, wall = await concurrently(paths[path], texts, concurrency, max_tokens)
-                    old_streams, old_wall = measured.get((path, concurrency), ([], 0.0))
-                    measured[(path, concurrency)] = (old_streams + streams, old_wall + wall)
-                    say(f"    {sum(s.tokens for s in streams) / wall:.1f} tokens/s")
+                say(f"  round {round_ + 1}/{ROUNDS}: {concurrency} stream(s) at a time, 8 prompts, paths taking turns")
+                for at in range(0, len(texts), concurrency):
+                    # The paths take turns group by group, each going first half of the time.
+                    turn += 1
+                    for path in ("direct", "router") if turn % 2 else ("router", "direct"):
+                        streams, wall = await group(paths[path], texts[at : at + concurrency], max_tokens)
+                        old_streams, old_wall = measured.get((path, concurrency), ([], 0.0))
+                        measured[(path, concurrency)] = (old_streams + streams, old_wall + wall)
         await channel.close()
         await direct.client.close()
     results = []
@@ -176,7 +178,8 @@ def main(argv: list[str] | None = None) -> None:
         "Generate: router vs straight to Triton (SmolLM2-135M-Instruct, CPU, in-flight batching)",
         [
             f"8 chat prompts, greedy, up to {args.max_tokens} tokens each; each path runs them one at a time and "
-            f"8 at a time, in {ROUNDS} alternating rounds. items = tokens generated; items/s = tokens/s.",
+            f"8 at a time, {ROUNDS} rounds; the paths take turns prompt by prompt (8 at a time: group by group), "
+            "each going first half of the time. items = tokens generated; items/s = tokens/s.",
             "p50/p99 = time to first text. slowest_vs_fastest_stream: the slowest stream's tokens/s over the "
             "fastest's (1.0: no stream starves).",
             "Direct: the model's chat template and tokenizer, the adapter's TensorRT-LLM tensors, tritonclient's "
