@@ -328,6 +328,7 @@ class TritonBackend:
             }
 
         responses = self.fleet.client(shard).stream_infer(one_request(), stream_timeout=timeout_s, headers=headers)
+        ended = False
         try:
             while True:
                 try:
@@ -345,9 +346,18 @@ class TritonBackend:
                         yield int(token)
                 final = result.get_response().parameters.get("triton_final_response")
                 if final is not None and final.bool_param:
+                    # Let the call end as Triton ends it (cancelling a finished request can cost Triton's
+                    # trace its root span); a call that does not end at once is cancelled below.
+                    try:
+                        await asyncio.wait_for(responses.__anext__(), 1.0)
+                    except StopAsyncIteration:
+                        ended = True
+                    except (grpc.RpcError, TimeoutError, InferenceServerException):
+                        pass
                     return
         finally:
-            responses.cancel()  # stops the model's work when the stream is left early
+            if not ended:
+                responses.cancel()  # stops the model's work when the stream is left early
 
     async def close(self) -> None:
         await self.fleet.close()

@@ -101,7 +101,7 @@ class GenerateService:
                         if matched is not None:
                             reason = STOP
                             break
-                        if count >= prompt.max_tokens:
+                        if count > prompt.max_tokens:  # the model was asked for max_tokens; never pass more
                             break
                 finally:
                     await tokens.aclose()  # cancels the model server's work if it is still generating

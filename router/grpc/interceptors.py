@@ -124,7 +124,7 @@ class LogContextInterceptor(_MethodInterceptor):
         fields: dict = {"model": getattr(request, "model", ""), "code": "OK"}
         if isinstance(error, RouterError):
             fields.update(code=to_status(error).code.name, reason=error.reason, error=error.message)
-        elif isinstance(error, asyncio.CancelledError):
+        elif isinstance(error, (asyncio.CancelledError, GeneratorExit)):  # the caller went away
             fields["code"] = "CANCELLED"
         elif isinstance(error, grpc.aio.AbortError):
             fields["code"] = "ABORTED_BY_HANDLER"

@@ -29,6 +29,7 @@ class Receiver(ThreadingHTTPServer):
     def __init__(self) -> None:
         super().__init__(("127.0.0.1", free_port()), _Handler)
         self.spans: list[dict] = []
+        self.errors: list[str] = []
         self.lock = threading.Lock()
 
     @property
@@ -45,7 +46,22 @@ class Receiver(ThreadingHTTPServer):
 
 
 class _Handler(BaseHTTPRequestHandler):
+    # HTTP/1.1, as OTLP exporters expect: kept-alive connections and `Expect: 100-continue` (which curl, under
+    # Triton's exporter, sends with larger bodies) are answered properly.
+    protocol_version = "HTTP/1.1"
+
     def do_POST(self) -> None:  # noqa: N802 - http.server's name
+        try:
+            self._receive()
+        except Exception as error:  # kept for the test's message: a lost export would explain a missing span
+            self.server.errors.append(f"{type(error).__name__}: {error} (headers: {dict(self.headers)})")
+        self.send_response(200)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", "2")
+        self.end_headers()
+        self.wfile.write(b"{}")
+
+    def _receive(self) -> None:
         body = self.rfile.read(int(self.headers["Content-Length"]))
         if "json" in (self.headers.get("Content-Type") or ""):
             _from_json(self.server, json.loads(body))
@@ -68,10 +84,6 @@ class _Handler(BaseHTTPRequestHandler):
                                 "end_ns": span.end_time_unix_nano,
                             },
                         )
-        self.send_response(200)
-        self.send_header("Content-Type", "application/json")
-        self.end_headers()
-        self.wfile.write(b"{}")
 
     def log_message(self, *args) -> None:
         pass
@@ -166,30 +178,42 @@ CALLS = {
 @pytest.mark.parametrize("method", list(CALLS))
 def test_one_trace_runs_from_the_caller_through_the_router_into_triton(traced_router, method):
     receiver, stub, _ = traced_router
-    trace_id, parent, metadata = caller_context()
-    CALLS[method](stub, metadata)
     call_span = "triton.stream" if method == "Generate" else "triton.infer"
+    incomplete = []
+    # Triton (2.51) now and then exports none or only part of one request's spans (seen about once in ten
+    # runs here, never with a receiver error): a new call with a new trace id then, three at most. The
+    # router's own spans are checked on every attempt.
+    for _ in range(3):
+        trace_id, parent, metadata = caller_context()
+        CALLS[method](stub, metadata)
 
-    def complete() -> bool:
+        def router_side(trace_id: str = trace_id) -> bool:
+            return call_span in {span["name"] for span in receiver.of_trace(trace_id)}
+
+        def triton_side(trace_id: str = trace_id) -> bool:
+            spans = receiver.of_trace(trace_id)
+            calls = {span["span_id"] for span in spans if span["name"] == call_span}
+            return any(span["service"] == "triton" and span["parent"] in calls for span in spans)
+
+        wait_for(router_side, f"the router's spans of one {method} call", timeout_s=30)
         spans = receiver.of_trace(trace_id)
-        names = {span["name"] for span in spans}
-        return call_span in names and any(span["service"] == "triton" for span in spans)
-
-    wait_for(complete, f"the router's and Triton's spans of one {method} call", timeout_s=60)
-    spans = receiver.of_trace(trace_id)
-    by_id = {span["span_id"]: span for span in spans}
-    [server] = [span for span in spans if span["name"].endswith(f"ModelRouterService/{method}")]
-    assert server["parent"] == parent and server["service"] == "model-router"  # the caller's span is its parent
-    [call] = [span for span in spans if span["name"] == call_span]
-    if method == "Generate":
-        assert call["parent"] == server["span_id"]
-    else:
-        batch = by_id[call["parent"]]
-        assert batch["name"] == "modelrouter.batch" and server["span_id"] in batch["links"]
-        assert {"modelrouter.tokenize", "modelrouter.queue"} <= {span["name"] for span in spans}
-    triton_roots = [span for span in spans if span["service"] == "triton" and span["parent"] not in by_id]
-    triton_children = [span for span in spans if span["service"] == "triton" and span["parent"] == call["span_id"]]
-    assert triton_children, f"no Triton span under the router's call span; Triton's roots: {triton_roots}"
+        by_id = {span["span_id"]: span for span in spans}
+        [server] = [span for span in spans if span["name"].endswith(f"ModelRouterService/{method}")]
+        assert server["parent"] == parent and server["service"] == "model-router"  # the caller's span is its parent
+        [call] = [span for span in spans if span["name"] == call_span]
+        if method == "Generate":
+            assert call["parent"] == server["span_id"]
+        else:
+            batch = by_id[call["parent"]]
+            assert batch["name"] == "modelrouter.batch" and server["span_id"] in batch["links"]
+            assert {"modelrouter.tokenize", "modelrouter.queue"} <= {span["name"] for span in spans}
+        try:
+            wait_for(triton_side, f"Triton's spans of one {method} call", timeout_s=20)
+            return  # Triton's spans hang under the router's call span, in the caller's trace
+        except AssertionError:
+            seen = [(span["service"], span["name"], span["parent"]) for span in receiver.of_trace(trace_id)]
+            incomplete.append(seen)
+    raise AssertionError(f"no Triton span under the router's call span in 3 calls: {incomplete}; {receiver.errors}")
 
 
 def test_health_checks_are_not_traced(traced_router):
