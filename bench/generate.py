@@ -19,8 +19,8 @@ import grpc
 import tritonclient.grpc.aio as triton_grpc
 from tokenizers import Tokenizer
 from tokenizers.decoders import DecodeStream
-from tritonclient.utils import np_to_triton_dtype
 
+from adapters.triton.backend import infer_inputs
 from adapters.triton.tensors import generation_tensors
 from bench.harness import REPOSITORY, PathResult, bar_plot, router_process, say, triton_server, write_report
 from router.core.prompting import ChatMessage, ChatTemplate, Sampling
@@ -83,11 +83,7 @@ class Direct:
         text = self.template.render([ChatMessage("user", prompt)])
         ids = self.tokenizer.encode(text).ids
         sampling = Sampling(max_tokens=max_tokens, end_id=END_IDS[0], stop_ids=END_IDS[1:], pad_id=0)
-        inputs = []
-        for name, array in generation_tensors(ids, sampling).items():
-            tensor = triton_grpc.InferInput(name, list(array.shape), np_to_triton_dtype(array.dtype))
-            tensor.set_data_from_numpy(array)
-            inputs.append(tensor)
+        inputs = infer_inputs(generation_tensors(ids, sampling))
 
         async def one():
             yield {"model_name": MODEL, "inputs": inputs}

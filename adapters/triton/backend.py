@@ -98,6 +98,16 @@ def _version_gone(model: str, version: str) -> RouterError:
     )
 
 
+def infer_inputs(arrays: dict[str, np.ndarray]) -> list[triton_grpc.InferInput]:
+    """tritonclient's input objects for named arrays."""
+    inputs = []
+    for name, array in arrays.items():
+        tensor = triton_grpc.InferInput(name, list(array.shape), np_to_triton_dtype(array.dtype))
+        tensor.set_data_from_numpy(array)
+        inputs.append(tensor)
+    return inputs
+
+
 class CallSpan:
     """One Triton call: its span (a child of the batch's or the stream's), the gRPC metadata that carries its
     W3C `traceparent` to Triton (so Triton's own spans join the trace), and its duration metric by outcome
@@ -176,11 +186,7 @@ class TritonBackend:
 
     async def infer(self, contract: ModelContract, rows: Sequence[Window], timeout_s: float | None) -> np.ndarray:
         model, output = contract.name, contract.output_name
-        tensors = []
-        for name, array in input_tensors(contract, rows).items():
-            tensor = triton_grpc.InferInput(name, list(array.shape), np_to_triton_dtype(array.dtype))
-            tensor.set_data_from_numpy(array)
-            tensors.append(tensor)
+        tensors = infer_inputs(input_tensors(contract, rows))
         wanted = [triton_grpc.InferRequestedOutput(output)]
         tokens = sum(len(row.ids) for row in rows)
         deadline = None if timeout_s is None else time.monotonic() + timeout_s
@@ -221,10 +227,7 @@ class TritonBackend:
                 failure = Failure(error)
                 verdict = True
                 call.failed(failure.status)
-                if failure.shard_down:
-                    self.shards.failed(shard, tokens, time.monotonic())
-                else:
-                    self.shards.ended(shard, tokens)
+                self._record(shard, tokens, failure)
                 if failure.shard_down or failure.model_gone:
                     self.fleet.poke()
                 # Another shard first, at once; the same one again (all tried) only after a backoff.
@@ -269,11 +272,7 @@ class TritonBackend:
             shard = self.shards.pick(model, contract.version, tokens, now, exclude=tried)
             if shard is None:
                 raise _version_gone(model, contract.version) if tried and contract.version else _no_shard(model)
-            tensors = []
-            for name, array in generation_tensors(context, wanted).items():
-                tensor = triton_grpc.InferInput(name, list(array.shape), np_to_triton_dtype(array.dtype))
-                tensor.set_data_from_numpy(array)
-                tensors.append(tensor)
+            tensors = infer_inputs(generation_tensors(context, wanted))
             self.shards.started(shard, tokens)
             verdict = False
             call = CallSpan("triton.stream", contract, shard.address, len(tried), prompt_tokens=len(context))
@@ -291,11 +290,9 @@ class TritonBackend:
                 failure = Failure(error)
                 verdict = True
                 call.failed(failure.status)
+                self._record(shard, tokens, failure)
                 if failure.shard_down:
-                    self.shards.failed(shard, tokens, time.monotonic())
                     self.fleet.poke()
-                else:
-                    self.shards.ended(shard, tokens)
                 in_time = deadline is None or time.monotonic() < deadline
                 if failure.retryable and in_time and len(tried) < self.retries and self.budget.try_retry():
                     metrics.SHARD_BATCHES.labels(shard.address, "retried").inc()
@@ -358,6 +355,13 @@ class TritonBackend:
         finally:
             if not ended:
                 responses.cancel()  # stops the model's work when the stream is left early
+
+    def _record(self, shard: Shard, tokens: int, failure: Failure) -> None:
+        """A failed call's verdict on its shard: ejected when the shard is at fault, else only released."""
+        if failure.shard_down:
+            self.shards.failed(shard, tokens, time.monotonic())
+        else:
+            self.shards.ended(shard, tokens)
 
     async def close(self) -> None:
         await self.fleet.close()

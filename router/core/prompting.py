@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from jinja2.sandbox import ImmutableSandboxedEnvironment
 
 from router.core import errors
-from router.core.contract import ModelContract, Truncation
+from router.core.contract import GENERATE_OPTIONS, ModelContract, Truncation
 from router.core.errors import FieldViolation
 
 ROLES = ("system", "user", "assistant")
@@ -139,8 +139,7 @@ def check_request(contract: ModelContract, request: GenerateRequest) -> None:
 
 def _set(request: GenerateRequest) -> set[str]:
     """The sampling options the request sets."""
-    names = ("temperature", "top_p", "top_k", "seed", "repetition_penalty", "presence_penalty", "frequency_penalty")
-    return {name for name in names if getattr(request, name) is not None}
+    return {name for name in GENERATE_OPTIONS if getattr(request, name) is not None}
 
 
 _ENVIRONMENT = ImmutableSandboxedEnvironment(trim_blocks=True, lstrip_blocks=True)

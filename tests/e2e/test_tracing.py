@@ -4,10 +4,7 @@ configured only by OTEL_* variables, its embedded Triton in OpenTelemetry mode."
 from __future__ import annotations
 
 import json
-import os
 import secrets
-import subprocess
-import sys
 import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
@@ -17,9 +14,9 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from opentelemetry.proto.collector.trace.v1 import trace_service_pb2
 
 from adapters.triton.embedded import free_port
+from bench.harness import router_serve
 from router.grpc.gen.modelrouter.v1 import model_router_service_pb2 as pb
 from router.grpc.gen.modelrouter.v1 import model_router_service_pb2_grpc as pb_grpc
-from router.settings import PROJECT_ROOT
 from tests.helpers import EMBED_MODEL, GENERATE_MODEL, RERANK_MODEL, wait_for
 
 
@@ -114,42 +111,21 @@ def _from_json(server: Receiver, payload: dict) -> None:
 def traced_router(tmp_path_factory):
     receiver = Receiver()
     threading.Thread(target=receiver.serve_forever, daemon=True).start()
-    port = free_port()
-    env = dict(
-        os.environ,
-        OTEL_EXPORTER_OTLP_ENDPOINT=receiver.endpoint,
-        OTEL_EXPORTER_OTLP_PROTOCOL="http/protobuf",
-        OTEL_BSP_SCHEDULE_DELAY="200",
-        MODELROUTER_TRITON_LOG=str(tmp_path_factory.mktemp("traced") / "triton.log"),
-    )
-    process = subprocess.Popen(
-        [sys.executable, "-m", "router", "serve", "--port", str(port)],
-        cwd=PROJECT_ROOT,
-        env=env,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    target = f"127.0.0.1:{port}"
+    otel = {
+        "OTEL_EXPORTER_OTLP_ENDPOINT": receiver.endpoint,
+        "OTEL_EXPORTER_OTLP_PROTOCOL": "http/protobuf",
+        "OTEL_BSP_SCHEDULE_DELAY": "200",
+    }
+    log = tmp_path_factory.mktemp("traced") / "triton.log"
     try:
-        with grpc.insecure_channel(target) as channel:
-            health = health_pb2_grpc.HealthStub(channel)
-
-            def serving() -> bool:
-                try:
-                    return health.Check(health_pb2.HealthCheckRequest(), timeout=2).status == 1
-                except grpc.RpcError:
-                    return False
-
-            wait_for(serving, "the traced router to serve")
+        with router_serve([], otel, triton_log=str(log)) as (target, _), grpc.insecure_channel(target) as channel:
             stub = pb_grpc.ModelRouterServiceStub(channel)
             wait_for(
                 lambda: GENERATE_MODEL in {m.name for m in stub.ListModels(pb.ListModelsRequest(), timeout=10).models},
                 "the traced router to serve the generation model",
             )
-            yield receiver, stub, health
+            yield receiver, stub, health_pb2_grpc.HealthStub(channel)
     finally:
-        process.terminate()
-        process.wait(timeout=60)
         receiver.shutdown()
 
 
