@@ -32,6 +32,7 @@ from adapters.triton.fleet import TritonFleet
 from adapters.triton.tensors import generation_tensors, input_tensors
 from router import metrics
 from router.core import errors
+from router.core.backend import answered_by
 from router.core.contract import ModelContract, ModelDescription
 from router.core.errors import ErrorKind, RouterError
 from router.core.prompting import Sampling
@@ -222,6 +223,7 @@ class TritonBackend:
                 call.succeeded()
                 self.shards.succeeded(shard, tokens, time.monotonic() - now, time.monotonic())
                 metrics.SHARD_BATCHES.labels(shard.address, "ok").inc()
+                answered_by.set(shard.address)
                 return result.as_numpy(output)
             except InferenceServerException as error:
                 failure = Failure(error)
@@ -280,6 +282,7 @@ class TritonBackend:
                 left = None if deadline is None else max(0.001, deadline - now)
                 async for token in self._stream(shard, contract, tensors, left, call.headers):
                     sent.append(token)
+                    answered_by.set(shard.address)
                     yield token
                 verdict = True
                 call.succeeded()

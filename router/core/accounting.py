@@ -1,6 +1,10 @@
-"""Usage and timing of one request, from its splits and its scheduler ticket."""
+"""Usage and timing of one request, from its splits and its scheduler ticket; what its log line adds."""
 
 from __future__ import annotations
+
+from collections.abc import Iterable
+
+import structlog
 
 from router.core.tokenize import Split
 from router.core.types import Timing, Usage
@@ -28,3 +32,8 @@ def timing_of(started: float, tokenized: float, ticket: Ticket, finished: float)
         inference=(ticket.finished or finished) - dispatched,
         total=finished - started,
     )
+
+
+def log_shards(shards: Iterable[str]) -> None:
+    """Name the servers that answered the request in its log line (the `rpc` line, written as it ends)."""
+    structlog.contextvars.bind_contextvars(shards=sorted(s for s in shards if s))

@@ -9,6 +9,7 @@ as one row per sequence.
 from __future__ import annotations
 
 from collections.abc import AsyncIterator, Sequence
+from contextvars import ContextVar
 from typing import Protocol
 
 import numpy as np
@@ -16,6 +17,10 @@ import numpy as np
 from router.core.contract import ModelContract, ModelDescription
 from router.core.prompting import Sampling
 from router.core.tokenize import Window
+
+answered_by: ContextVar[str] = ContextVar("answered_by", default="")
+"""The server that answered the caller's last batch or stream (an adapter sets it before returning the
+batch or yielding the stream's tokens; its caller reads it after): for logs, never for callers."""
 
 
 class Backend(Protocol):

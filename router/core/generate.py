@@ -16,6 +16,8 @@ from dataclasses import dataclass
 
 from tokenizers.decoders import DecodeStream
 
+from router.core.accounting import log_shards
+from router.core.backend import answered_by
 from router.core.contract import Task
 from router.core.errors import ErrorKind, RouterError
 from router.core.pipeline import RequestPipeline
@@ -84,9 +86,11 @@ class GenerateService:
                 stops = StopMatcher(request.stop)
                 timeout = None if call.deadline is None else max(0.001, call.deadline - time.monotonic())
                 tokens = self.pipeline.registry.backend.generate(contract, prompt.ids, sampling, timeout)
+                shards: set[str] = set()
                 try:
                     async for token in tokens:
                         count += 1
+                        shards.add(answered_by.get())
                         if token in generation.end_ids:
                             reason = STOP
                             break
@@ -105,6 +109,7 @@ class GenerateService:
                             break
                 finally:
                     await tokens.aclose()  # cancels the model server's work if it is still generating
+                    log_shards(shards)
                 ran = time.monotonic() - granted
                 rest = ""
                 if matched is None:

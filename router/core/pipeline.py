@@ -20,7 +20,7 @@ from typing import Protocol
 import numpy as np
 
 from router.core import errors, tracing
-from router.core.accounting import timing_of, usage_of
+from router.core.accounting import log_shards, timing_of, usage_of
 from router.core.config import RequestLimits
 from router.core.contract import Task
 from router.core.errors import ErrorKind, RouterError
@@ -117,6 +117,7 @@ class RequestPipeline:
         tokenized = time.monotonic()
         windows = [w for s in splits for w in s.windows]
         rows, ticket = await served.scheduler.run(windows, call.tenant, call.deadline)
+        log_shards(ticket.shards)
         return Scheduled(
             served,
             splits,

@@ -29,7 +29,7 @@ import numpy as np
 from router import metrics
 from router.core import admission, errors, tracing
 from router.core.admission import AdmissionController, TenantLimiter
-from router.core.backend import Backend
+from router.core.backend import Backend, answered_by
 from router.core.batching import BatchLimits, grow
 from router.core.cache import OutputCache
 from router.core.config import AdmissionConfig, BatchingConfig
@@ -248,6 +248,9 @@ class ModelScheduler:
                     self.contract, [item.window for item in unique], self._timeout(batch, now)
                 )
             done = computed
+            shard = answered_by.get()
+            for item in batch:
+                item.ticket.shards.add(shard)
         except BaseException as error:
             if self._hand_over(batch, error):
                 return

@@ -22,6 +22,8 @@ class Ticket:
     first_dispatch: float | None = None
     finished: float | None = None
     batches: set[int] = field(default_factory=set)
+    shards: set[str] = field(default_factory=set)
+    """The servers that answered its batches (for its log line)."""
     padded_tokens: int = 0
     """Each of the request's rows costs its batch's longest row."""
     computed_tokens: int = 0
