@@ -4,21 +4,27 @@ with tritonclient (the same tensors, built by the adapter's code), alternating i
 What the router adds at p50 is its own cost per call (decode, tokenize, admit, schedule, encode, and a
 second gRPC hop); the target is at most 0.5 ms at p50 and a p99 at most 1.25x the direct one. A third
 path runs a second router with tracing on, sampling every call and exporting over OTLP/HTTP to a sink in
-this process: what tracing costs (target: at most 0.2 ms at p50 and 3% of throughput).
+this process: what tracing costs (target: at most 0.2 ms at p50 and 3% of throughput). A fourth runs a
+bare grpc.aio forwarder (bench/passthrough.py): the cost of the hop alone, the floor for any Python
+router. Each server's CPU time per call is measured from /proc, a steadier figure than latency here.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
+import subprocess
+import sys
 import threading
 import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import grpc
 
+from adapters.triton.embedded import free_port
 from bench.direct import DirectClient
-from bench.harness import PathResult, router_process, say, triton_server, write_report
+from bench.harness import PROJECT_ROOT, PathResult, cpu_seconds, router_serve, say, triton_server, write_report
 from router.core.contract import Truncation
 from router.grpc.gen.modelrouter.v1 import model_router_service_pb2 as pb
 from router.grpc.gen.modelrouter.v1 import model_router_service_pb2_grpc as pb_grpc
@@ -26,6 +32,7 @@ from router.grpc.gen.modelrouter.v1 import model_router_service_pb2_grpc as pb_g
 MODEL = "all-minilm-l6-v2"
 TEXT = "The quick brown fox jumps over the lazy dog"  # 11 tokens with [CLS] and [SEP]
 ROUNDS = 10
+BARE = "floor: bare grpc.aio forwarder (bench/passthrough.py)"
 
 
 class _Sink(BaseHTTPRequestHandler):
@@ -40,6 +47,22 @@ class _Sink(BaseHTTPRequestHandler):
         pass
 
 
+@contextlib.contextmanager
+def passthrough(triton_address: str):
+    """bench/passthrough.py in its own process; yields its target and its process."""
+    port = free_port()
+    command = [sys.executable, "-m", "bench.passthrough", "--triton", triton_address, "--port", str(port)]
+    process = subprocess.Popen(command, cwd=PROJECT_ROOT)
+    target = f"127.0.0.1:{port}"
+    try:
+        with grpc.insecure_channel(target) as channel:
+            grpc.channel_ready_future(channel).result(timeout=60)
+        yield target, process
+    finally:
+        process.terminate()
+        process.wait(timeout=30)
+
+
 async def run(calls: int) -> list[PathResult]:
     sink = ThreadingHTTPServer(("127.0.0.1", 0), _Sink)
     threading.Thread(target=sink.serve_forever, daemon=True).start()
@@ -49,9 +72,11 @@ async def run(calls: int) -> list[PathResult]:
     }
     with (
         triton_server() as triton,
-        router_process(triton.grpc_address) as target,
-        router_process(triton.grpc_address, tracing_env) as traced_target,
+        router_serve(["--triton", triton.grpc_address]) as (target, router),
+        router_serve(["--triton", triton.grpc_address], tracing_env) as (traced_target, traced_router),
+        passthrough(triton.grpc_address) as (bare_target, bare),
     ):
+        servers = {"router": router.pid, "traced": traced_router.pid, "bare": bare.pid}
         direct = await DirectClient(triton.grpc_address, MODEL).start()
         [split] = direct.tokenizer.split([TEXT], 256, Truncation.END, 0)
         assert split.tokens == 11, split.tokens
@@ -59,6 +84,8 @@ async def run(calls: int) -> list[PathResult]:
         stub = pb_grpc.ModelRouterServiceStub(channel)
         traced_channel = grpc.aio.insecure_channel(traced_target)
         traced_stub = pb_grpc.ModelRouterServiceStub(traced_channel)
+        bare_channel = grpc.aio.insecure_channel(bare_target)
+        bare_stub = pb_grpc.ModelRouterServiceStub(bare_channel)
         request = pb.EmbedRequest(model=MODEL, inputs=[TEXT])
 
         async def via_direct() -> None:
@@ -72,25 +99,33 @@ async def run(calls: int) -> list[PathResult]:
         async def via_traced_router() -> None:
             await traced_stub.Embed(request, timeout=30)
 
-        say("warming up both paths")
+        async def via_bare() -> None:
+            await bare_stub.Embed(request, timeout=30)
+
+        paths = {"direct": via_direct, "router": via_router, "traced": via_traced_router, "bare": via_bare}
+
+        say("warming up every path")
         for _ in range(50):
-            await via_direct()
-            await via_router()
-            await via_traced_router()
-        latencies: dict[str, list[float]] = {"direct": [], "router": [], "traced": []}
-        walls = {"direct": 0.0, "router": 0.0, "traced": 0.0}
+            for send in paths.values():
+                await send()
+        latencies: dict[str, list[float]] = {name: [] for name in paths}
+        walls = dict.fromkeys(paths, 0.0)
+        cpu = dict.fromkeys(paths, 0.0)
         per_round = calls // ROUNDS
         say(f"  {calls} calls per path, alternating in {ROUNDS} rounds ...")
         for _ in range(ROUNDS):
-            for name, send in (("direct", via_direct), ("router", via_router), ("traced", via_traced_router)):
+            for name, send in paths.items():
+                server = servers.get(name)
+                used = cpu_seconds(server) if server else 0.0
                 started = time.perf_counter()
                 for _ in range(per_round):
                     sent = time.perf_counter()
                     await send()
                     latencies[name].append(time.perf_counter() - sent)
                 walls[name] += time.perf_counter() - started
-        await channel.close()
-        await traced_channel.close()
+                cpu[name] += cpu_seconds(server) - used if server else 0.0
+        for open_channel in (channel, traced_channel, bare_channel):
+            await open_channel.close()
         await direct.close()
     sink.shutdown()
     direct_result = PathResult("direct: tritonclient, 1 call at a time", len(latencies["direct"]), walls["direct"])
@@ -101,12 +136,21 @@ async def run(calls: int) -> list[PathResult]:
     router_result.extra = {
         "added_p50_ms": added_p50,
         "p99_vs_direct": router_result.percentile_ms(99) / direct_result.percentile_ms(99),
+        "server_cpu_ms_per_call": cpu["router"] * 1000 / len(latencies["router"]),
     }
     traced_result = PathResult("router with tracing on (every call sampled)", len(latencies["traced"]), walls["traced"])
     traced_result.latencies_s = latencies["traced"]
     traced_result.extra = {
         "tracing_added_p50_ms": traced_result.percentile_ms(50) - router_result.percentile_ms(50),
         "tracing_throughput_cost": 1 - traced_result.throughput / router_result.throughput,
+        "server_cpu_ms_per_call": cpu["traced"] * 1000 / len(latencies["traced"]),
+    }
+    bare_result = PathResult(BARE, len(latencies["bare"]), walls["bare"])
+    bare_result.latencies_s = latencies["bare"]
+    bare_result.extra = {
+        "added_p50_ms": bare_result.percentile_ms(50) - direct_result.percentile_ms(50),
+        "p99_vs_direct": bare_result.percentile_ms(99) / direct_result.percentile_ms(99),
+        "server_cpu_ms_per_call": cpu["bare"] * 1000 / len(latencies["bare"]),
     }
     say(
         f"  direct p50 {direct_result.percentile_ms(50):.2f} ms p99 {direct_result.percentile_ms(99):.2f} ms; "
@@ -114,7 +158,8 @@ async def run(calls: int) -> list[PathResult]:
         f"added at p50 {added_p50:.2f} ms"
     )
     say(f"  tracing on: +{traced_result.extra['tracing_added_p50_ms']:.2f} ms at p50")
-    return [direct_result, router_result, traced_result]
+    say(f"  bare grpc.aio forwarder: +{bare_result.extra['added_p50_ms']:.2f} ms at p50")
+    return [direct_result, router_result, traced_result, bare_result]
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -134,6 +179,9 @@ def main(argv: list[str] | None = None) -> None:
             "p99_vs_direct <= 1.25.",
             "Tracing: a second `router serve` with OTEL_EXPORTER_OTLP_ENDPOINT at a sink in the bench process and "
             "OTEL_TRACES_SAMPLER=always_on. Targets: tracing_added_p50_ms <= 0.2, tracing_throughput_cost <= 0.03.",
+            "Floor: bench/passthrough.py, a grpc.aio server whose Embed only tokenizes, calls Triton as the direct "
+            "path does and encodes the reply: what one Python gRPC hop costs on this machine, with no router logic.",
+            "server_cpu_ms_per_call: CPU time (user + system, from /proc) of the server process per call.",
         ],
         results,
         baseline=results[0].name,

@@ -74,6 +74,10 @@ class Router:
         self._listeners: list[Callable[[bool, dict[str, bool]], object]] = []
         self._model_health: dict[str, bool] = {}
 
+    def knows_model(self, name: str) -> bool:
+        """Whether `name` is a model the router serves or has refused (metric labels are only these)."""
+        return self.registry is not None and self.registry.knows(name)
+
     def on_readiness(self, listener: Callable[[bool, dict[str, bool]], object]) -> None:
         """Call `listener(ready, model_health)` whenever readiness or a model's health changes (it may
         return an awaitable). `model_health` maps each routed model to whether it is served."""

@@ -159,6 +159,10 @@ class ModelRegistry:
     def models(self) -> list[ServedModel]:
         return [self._models[name] for name in sorted(self._models)]
 
+    def knows(self, name: str) -> bool:
+        """Whether `name` is a model the router serves or has refused (bounded by the repository)."""
+        return name in self._models or name in self.problems
+
     def health(self) -> dict[str, bool]:
         """Each model the backend has and the router routes: whether it is served."""
         return {**{name: False for name in self.problems}, **{name: True for name in self._models}}

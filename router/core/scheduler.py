@@ -152,7 +152,8 @@ class ModelScheduler:
             self.queue.push(ticket, items)
             self._pump()
         try:
-            rows = await asyncio.gather(*futures)
+            # One sequence (the common small call) skips gather's extra future and callbacks.
+            rows = [await futures[0]] if len(futures) == 1 else await asyncio.gather(*futures)
         except BaseException:
             # Cancelled, or a batch failed: the request is over, so its queued work is dropped.
             self._withdraw(items)
@@ -160,7 +161,7 @@ class ModelScheduler:
         ticket.finished = time.monotonic()
         self.admission.finished(ticket)
         tracing.queue_span(ticket.span, ticket.arrived_ns, ticket.first_dispatch_ns, self.contract.name)
-        return np.stack(rows), ticket
+        return (rows[0][None] if len(rows) == 1 else np.stack(rows)), ticket
 
     def _count(self, error: RouterError) -> RouterError:
         """Count a refusal by its reason, and hand the error back for raising."""

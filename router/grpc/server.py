@@ -37,7 +37,7 @@ class RouterServer:
             ("grpc.max_send_message_length", settings.max_message_bytes),
             ("grpc.max_receive_message_length", settings.max_message_bytes),
         ]
-        self.server = grpc.aio.server(interceptors=interceptor_chain(), options=options)
+        self.server = grpc.aio.server(interceptors=interceptor_chain(router.knows_model), options=options)
         pb_grpc.add_ModelRouterServiceServicer_to_server(ModelRouterServicer(router), self.server)
         self.health = health.aio.HealthServicer()
         self._reported: set[str] = set()

@@ -22,12 +22,14 @@ def test_requests_tokens_latency_and_triton_calls_are_counted(stub, triton):
     ok = {"method": "Embed", "model": EMBED_MODEL, "code": "OK"}
     bad = {"method": "Embed", "model": EMBED_MODEL, "code": "INVALID_ARGUMENT"}
     unknown = {"method": "Embed", "model": "(unknown)", "code": "NOT_FOUND"}
+    unknown_bad = {"method": "Embed", "model": "(unknown)", "code": "INVALID_ARGUMENT"}
     per_model = {"method": "Embed", "model": EMBED_MODEL}
     shard = {"shard": triton.grpc_address, "outcome": "ok"}
     before = {
         "ok": value(requests, **ok),
         "bad": value(requests, **bad),
         "unknown": value(requests, **unknown),
+        "unknown_bad": value(requests, **unknown_bad),
         "tokens": value("modelrouter_request_tokens_total", **per_model),
         "latencies": value("modelrouter_request_duration_seconds_count", **per_model),
         "triton": value("modelrouter_triton_call_duration_seconds_count", **shard),
@@ -43,17 +45,21 @@ def test_requests_tokens_latency_and_triton_calls_are_counted(stub, triton):
     with pytest.raises(grpc.RpcError):
         stub.Embed(pb.EmbedRequest(model=made_up, inputs=["x"]), timeout=30)
 
+    with pytest.raises(grpc.RpcError):  # refused for another reason, still not a model the router serves
+        stub.Embed(pb.EmbedRequest(model=made_up + "-2", inputs=["x"], truncation=99), timeout=30)
+
     assert value(requests, **ok) == before["ok"] + 3
     assert value(requests, **bad) == before["bad"] + 1
     assert value(requests, **unknown) == before["unknown"] + 1
+    assert value(requests, **unknown_bad) == before["unknown_bad"] + 1
     assert value("modelrouter_request_tokens_total", **per_model) == before["tokens"] + computed
     assert (
         value("modelrouter_request_duration_seconds_count", **per_model) == before["latencies"] + 4
-    )  # not the made-up one
+    )  # not the made-up ones
     # Batches may serve several requests at once, but these calls came one after another.
     assert value("modelrouter_triton_call_duration_seconds_count", **shard) >= before["triton"] + batches
     names = {sample.labels.get("model") for metric in REGISTRY.collect() for sample in metric.samples}
-    assert made_up not in names  # a caller cannot grow the label set
+    assert made_up not in names and made_up + "-2" not in names  # a caller cannot grow the label set
 
 
 def test_generation_streams_are_counted_when_they_end(stub):

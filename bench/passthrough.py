@@ -1,0 +1,52 @@
+"""The floor of any router written with grpc.aio: a bare forwarder that implements Embed with nothing else
+(no contract checks, admission, scheduler, cache, metrics or logs). It decodes the request, tokenizes it
+with the model's tokenizer, sends the rows to Triton with the adapter's tensors, and encodes the reply.
+
+What it adds over a direct call is the cost of one Python gRPC hop on this machine, which no router logic
+can remove; the overhead bench runs it beside the router. Run as `python -m bench.passthrough --triton
+ADDRESS --port PORT`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+
+import grpc
+
+from bench.direct import DirectClient
+from router.core.contract import Truncation
+from router.grpc.gen.modelrouter.v1 import model_router_service_pb2 as pb
+from router.grpc.gen.modelrouter.v1 import model_router_service_pb2_grpc as pb_grpc
+
+
+class Passthrough(pb_grpc.ModelRouterServiceServicer):
+    def __init__(self, direct: DirectClient) -> None:
+        self.direct = direct
+
+    async def Embed(self, request: pb.EmbedRequest, context) -> pb.EmbedResponse:  # noqa: N802 - gRPC's name
+        splits = self.direct.tokenizer.split(list(request.inputs), 256, Truncation.END, 0)
+        rows = await self.direct.infer([split.windows[0] for split in splits])
+        return pb.EmbedResponse(embeddings=[pb.Embedding(values=row.tolist()) for row in rows])
+
+
+async def serve(triton: str, model: str, port: int) -> None:
+    direct = await DirectClient(triton, model).start()
+    server = grpc.aio.server()
+    pb_grpc.add_ModelRouterServiceServicer_to_server(Passthrough(direct), server)
+    server.add_insecure_port(f"127.0.0.1:{port}")
+    await server.start()
+    await server.wait_for_termination()
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--triton", required=True)
+    parser.add_argument("--model", default="all-minilm-l6-v2")
+    parser.add_argument("--port", type=int, required=True)
+    args = parser.parse_args()
+    asyncio.run(serve(args.triton, args.model, args.port))
+
+
+if __name__ == "__main__":
+    main()
