@@ -13,6 +13,7 @@ from adapters.triton.backend import TritonBackend
 from adapters.triton.embedded import EmbeddedTriton, Supervisor
 from router import telemetry
 from router.core.admission import TenantLimiter, TenantLimits
+from router.core.auth import Authenticator, Principal
 from router.core.cache import OutputCache
 from router.core.config import AdmissionConfig, BatchingConfig, RequestLimits
 from router.core.embed import EmbedService
@@ -54,9 +55,25 @@ def core_configs(s: Settings) -> tuple[BatchingConfig, AdmissionConfig, RequestL
     )
 
 
+def principals_of(s: Settings) -> list[Principal]:
+    return [
+        Principal(
+            name=name,
+            tenant=p.tenant or name,
+            models=None if p.models is None else frozenset(p.models),
+            act_for_others=p.act_for_others,
+            admin=p.admin,
+            key_sha256=p.key_sha256,
+            certificate_name=p.certificate_name,
+        )
+        for name, p in s.principals.items()
+    ]
+
+
 class Router:
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
+        self.auth = Authenticator(principals_of(settings))
         self.embedded: list[EmbeddedTriton] = []
         self._supervisors: list[asyncio.Task] = []
         self._tracer_provider = None

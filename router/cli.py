@@ -8,6 +8,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import os
 import signal
 import sys
 from pathlib import Path
@@ -55,6 +56,14 @@ def _client_parsers(sub: argparse._SubParsersAction) -> None:
     for parser in sub.choices.values():
         if parser.prog.split()[-1] != "serve":
             parser.add_argument("--target", default=DEFAULT_TARGET, help=f"router address (default {DEFAULT_TARGET})")
+            parser.add_argument(
+                "--api-key", default=os.environ.get("MODELROUTER_API_KEY"), help="sent as `authorization: Bearer`"
+            )
+            parser.add_argument("--ca-file", type=Path, help="PEM CA that signed the router's certificate (TLS)")
+            parser.add_argument("--cert-file", type=Path, help="client certificate (mutual TLS), with --key-file")
+            parser.add_argument("--key-file", type=Path)
+    keygen = sub.add_parser("keygen", help="make an API key for a principal and print the settings that declare it")
+    keygen.add_argument("principal", help="the principal's name (its tenant unless the settings say otherwise)")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -157,7 +166,18 @@ def _client(args: argparse.Namespace) -> int:
     from router.grpc.gen.modelrouter.v1 import model_router_service_pb2 as pb
     from router.grpc.gen.modelrouter.v1 import model_router_service_pb2_grpc as pb_grpc
 
-    with grpc.insecure_channel(args.target) as channel:
+    if args.ca_file is None:
+        channel = grpc.insecure_channel(args.target)
+    else:
+        credentials = grpc.ssl_channel_credentials(
+            args.ca_file.read_bytes(),
+            args.key_file.read_bytes() if args.key_file else None,
+            args.cert_file.read_bytes() if args.cert_file else None,
+        )
+        channel = grpc.secure_channel(args.target, credentials)
+    if args.api_key:
+        channel = grpc.intercept_channel(channel, _bearer_interceptor()(args.api_key))
+    with channel:
         stub = pb_grpc.ModelRouterServiceStub(channel)
         try:
             if args.command == "health":
@@ -197,8 +217,42 @@ def _client(args: argparse.Namespace) -> int:
     return 0
 
 
+def _bearer_interceptor():
+    import grpc
+
+    class BearerKey(grpc.UnaryUnaryClientInterceptor, grpc.UnaryStreamClientInterceptor):
+        """Adds `authorization: Bearer <key>` to every call."""
+
+        def __init__(self, key: str) -> None:
+            self.entry = ("authorization", f"Bearer {key}")
+
+        def _with_key(self, details):
+            return details._replace(metadata=[*(details.metadata or ()), self.entry])
+
+        def intercept_unary_unary(self, continuation, details, request):
+            return continuation(self._with_key(details), request)
+
+        def intercept_unary_stream(self, continuation, details, request):
+            return continuation(self._with_key(details), request)
+
+    return BearerKey
+
+
+def _keygen(principal: str) -> int:
+    from router.core.auth import hash_key, new_key
+
+    key = new_key()
+    print(f"API key for {principal!r} (give it to the caller; the router keeps only its hash):\n  {key}\n")
+    print("Settings (the TOML file named by MODELROUTER_CONFIG):")
+    print(f'  [principals.{json.dumps(principal)}]\n  key_sha256 = "{hash_key(key)}"')
+    print('  # tenant = "...", models = ["..."], act_for_others = false, admin = false')
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    if args.command == "keygen":
+        return _keygen(args.principal)
     if args.command != "serve":
         return _client(args)
     from pydantic import ValidationError

@@ -17,13 +17,17 @@ def configure(level: str = "info", fmt: str = "auto") -> None:
         if fmt == "json"
         else [structlog.dev.ConsoleRenderer()]
     )
+    # The list is changed in place: loggers cached on first use keep the list they saw, so a second
+    # configure (an in-process router started again, a test capturing lines) still reaches them.
+    processors = structlog.get_config()["processors"]
+    processors[:] = [
+        structlog.contextvars.merge_contextvars,
+        structlog.processors.add_log_level,
+        structlog.processors.TimeStamper(fmt="iso", utc=True),
+        *rendering,
+    ]
     structlog.configure(
-        processors=[
-            structlog.contextvars.merge_contextvars,
-            structlog.processors.add_log_level,
-            structlog.processors.TimeStamper(fmt="iso", utc=True),
-            *rendering,
-        ],
+        processors=processors,
         wrapper_class=structlog.make_filtering_bound_logger(logging.getLevelName(level.upper())),
         cache_logger_on_first_use=True,
     )

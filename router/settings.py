@@ -6,7 +6,7 @@ import os
 from pathlib import Path
 from typing import Literal
 
-from pydantic import BaseModel, Field, field_validator
+from pydantic import BaseModel, Field, field_validator, model_validator
 from pydantic_settings import (
     BaseSettings,
     PydanticBaseSettingsSource,
@@ -30,6 +30,31 @@ class TenantLimitSettings(BaseModel):
     burst_s: float = Field(default=default(TenantLimits, "burst_s"), gt=0)
 
 
+class PrincipalSettings(BaseModel):
+    """One identity that may call the router (router/core/auth.py). It needs a credential: the SHA-256 of
+    its API key (`router keygen` makes a key and prints its hash), a name its client certificate carries
+    (subject common name or a subject alternative name; needs `tls_client_ca_file`), or both."""
+
+    model_config = {"extra": "forbid"}
+
+    key_sha256: str | None = Field(default=None, pattern=r"^[0-9a-fA-F]{64}$")
+    certificate_name: str | None = Field(default=None, min_length=1)
+    tenant: str | None = Field(default=None, min_length=1)
+    """The tenant its work counts against (fair shares, rates); unset: the principal's own name."""
+    models: list[str] | None = None
+    """The models it may call; unset: every model."""
+    act_for_others: bool = False
+    """May name another tenant with `x-tenant-id` (a gateway forwarding its own callers)."""
+    admin: bool = False
+    """Sees internals: the Triton servers behind each model in ListModels."""
+
+    @model_validator(mode="after")
+    def _credential(self) -> PrincipalSettings:
+        if not self.key_sha256 and not self.certificate_name:
+            raise ValueError("a principal needs key_sha256, certificate_name or both")
+        return self
+
+
 _B, _A, _R = BatchingConfig, AdmissionConfig, RequestLimits
 
 
@@ -45,6 +70,15 @@ class Settings(BaseSettings):
     """Address the gRPC server binds. Loopback by default; deployments set it on purpose."""
     port: int = Field(default=50051, ge=0, le=65535)
     """gRPC port; 0 picks a free one."""
+    tls_cert_file: Path | None = None
+    """PEM certificate chain of the router's listener; with `tls_key_file`, the listener speaks only TLS."""
+    tls_key_file: Path | None = None
+    """PEM private key of `tls_cert_file`."""
+    tls_client_ca_file: Path | None = None
+    """PEM CA bundle: when set, callers must present a client certificate it signed (mutual TLS)."""
+    principals: dict[str, PrincipalSettings] = Field(default_factory=dict)
+    """Who may call (authentication is off while this is empty: the embedded default on loopback). In TOML
+    `[principals.search] key_sha256 = "..."`, `models = ["all-minilm-l6-v2"]`; see router/core/auth.py."""
     max_message_bytes: int = Field(default=64 * 1024 * 1024, gt=0)
     """Largest request or response message, both ways. 64 MiB holds 5,000 documents of 2,000 tokens
     (about 10 KiB of text each) or 40,000 embeddings of 384 floats."""
@@ -148,6 +182,20 @@ class Settings(BaseSettings):
     log_level: Literal["debug", "info", "warning", "error"] = "info"
     log_format: Literal["auto", "console", "json"] = "auto"
     """`auto`: JSON lines when standard output is not a terminal (a container, a file), else for people."""
+
+    @model_validator(mode="after")
+    def _tls(self) -> Settings:
+        if (self.tls_cert_file is None) != (self.tls_key_file is None):
+            raise ValueError("tls_cert_file and tls_key_file go together")
+        if self.tls_client_ca_file is not None and self.tls_cert_file is None:
+            raise ValueError("tls_client_ca_file (mutual TLS) needs tls_cert_file and tls_key_file")
+        for path in (self.tls_cert_file, self.tls_key_file, self.tls_client_ca_file):
+            if path is not None and not path.is_file():
+                raise ValueError(f"{path} is not a readable file")
+        by_certificate = [name for name, p in self.principals.items() if p.certificate_name]
+        if by_certificate and self.tls_client_ca_file is None:
+            raise ValueError(f"principals {by_certificate} name a certificate, which needs tls_client_ca_file")
+        return self
 
     @field_validator("triton")
     @classmethod

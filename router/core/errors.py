@@ -21,6 +21,8 @@ class ErrorKind(enum.Enum):
     BACKEND_FAILED = "backend_failed"
     UNIMPLEMENTED = "unimplemented"
     CANCELLED = "cancelled"
+    UNAUTHENTICATED = "unauthenticated"
+    PERMISSION_DENIED = "permission_denied"
 
 
 @dataclass(frozen=True)
@@ -71,6 +73,14 @@ BACKEND_INDEX_UNAVAILABLE = "BACKEND_INDEX_UNAVAILABLE"
 MODEL_UNUSABLE = "MODEL_UNUSABLE"
 MODEL_VERSION_GONE = "MODEL_VERSION_GONE"
 """The model version a batch was pinned to is no longer on any server (a rollout unloaded it)."""
+CREDENTIALS_MISSING = "CREDENTIALS_MISSING"
+"""Authentication is on and the call carried neither an API key nor a client certificate."""
+CREDENTIALS_INVALID = "CREDENTIALS_INVALID"
+"""The API key or client certificate matches no principal."""
+MODEL_NOT_ALLOWED = "MODEL_NOT_ALLOWED"
+"""The caller's principal may not use this model."""
+TENANT_NOT_ALLOWED = "TENANT_NOT_ALLOWED"
+"""The call named a tenant (x-tenant-id) other than its principal's, which may not act for others."""
 
 # A caller's value is echoed in an error (message or metadata) at most this long: gRPC clients refuse
 # trailers over 8 KiB by default, and a status that grows with the caller's input would hit that.

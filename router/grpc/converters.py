@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import time
+from contextvars import ContextVar
 
 from google.protobuf import duration_pb2
 
 from router.core import errors
+from router.core.auth import NOBODY, Caller
 from router.core.contract import ModelContract, Task, Truncation
 from router.core.generate import Delta, Finished
 from router.core.prompting import ChatMessage, GenerateRequest
@@ -35,12 +37,24 @@ _TASK_TO_PB = {Task.EMBED: pb.TASK_EMBED, Task.RERANK: pb.TASK_RERANK, Task.GENE
 TENANT_KEY = "x-tenant-id"
 
 
+_caller: ContextVar[Caller | None] = ContextVar("caller", default=None)
+
+
+def set_caller(caller: Caller) -> None:
+    """The call's authenticated caller, for the handler's duration (the request interceptor sets it)."""
+    _caller.set(caller)
+
+
+def current_caller() -> Caller:
+    """The call's caller; a handler reached without the interceptor is nobody (no models, no internals)."""
+    return _caller.get() or Caller(NOBODY, "")
+
+
 def call_context(context) -> CallContext:
-    """The tenant from the call's metadata and the caller's deadline, from a grpc.aio context."""
-    metadata = dict(context.invocation_metadata() or ())
+    """The caller's tenant (authenticated by the interceptor) and deadline, from a grpc.aio context."""
     remaining = context.time_remaining()
     return CallContext(
-        tenant=metadata.get(TENANT_KEY, ""),
+        tenant=current_caller().tenant,
         deadline=None if remaining is None else time.monotonic() + remaining,
     )
 

@@ -23,14 +23,16 @@ from opentelemetry import trace
 from opentelemetry.instrumentation.grpc import aio_server_interceptor, filters
 
 from router import metrics, telemetry
+from router.core.auth import Authenticator
 from router.core.errors import RouterError
-from router.grpc.converters import TENANT_KEY
+from router.grpc.converters import TENANT_KEY, set_caller
 from router.grpc.status import internal_status, to_status
 
 log = structlog.get_logger("router.rpc")
 
 SERVICE_PREFIX = "/modelrouter.v1.ModelRouterService/"
 REQUEST_ID_KEY = "x-request-id"
+AUTHORIZATION_KEY = "authorization"
 
 
 @functools.lru_cache(maxsize=1024)
@@ -50,7 +52,8 @@ class RequestInterceptor(grpc.aio.ServerInterceptor):
     INTERNAL with a fixed message, its traceback logged once); writes one line per request when it ends
     (`rpc`): model, code, reason, latency, tokens, batches, shards. The request's text is never logged."""
 
-    def __init__(self, knows: Callable[[str], bool]) -> None:
+    def __init__(self, knows: Callable[[str], bool], auth: Authenticator | None = None) -> None:
+        self._auth = auth or Authenticator()
         self._knows = knows
         """Whether a model name is one the router serves: only those become metric labels, so a caller
         cannot grow the label set."""
@@ -86,6 +89,7 @@ class RequestInterceptor(grpc.aio.ServerInterceptor):
         async def unary(request, context):
             started = self._bind(context, method)
             try:
+                self._authenticate(request, context)
                 response = await behavior(request, context)
             except grpc.aio.AbortError as error:
                 self._done(started, method, request, None, error)
@@ -107,6 +111,7 @@ class RequestInterceptor(grpc.aio.ServerInterceptor):
             started = self._bind(context, method)
             last, failure = None, None
             try:
+                self._authenticate(request, context)
                 result = behavior(request, context)
                 if inspect.isawaitable(result):  # a servicer that writes with context.write()
                     await result
@@ -136,6 +141,26 @@ class RequestInterceptor(grpc.aio.ServerInterceptor):
             log.exception("rpc.internal_error", exc_info=error)
             status = internal_status()
         await context.abort(status.code, status.details, status.trailing_metadata)
+
+    def _authenticate(self, request, context) -> None:
+        """Who is calling and for which tenant (router/core/auth.py); the caller may use the model it
+        names. Raises RouterError UNAUTHENTICATED or PERMISSION_DENIED."""
+        metadata = dict(context.invocation_metadata() or ())
+        bearer = metadata.get(AUTHORIZATION_KEY, "")
+        scheme, _, key = bearer.partition(" ")
+        names: list[str] = []
+        if self._auth.enabled:
+            peer = context.auth_context() or {}
+            for field in ("x509_common_name", "x509_subject_alternative_name"):
+                names += [value.decode(errors="replace") for value in peer.get(field, ())]
+        caller = self._auth.authenticate(
+            key.strip() if scheme.lower() == "bearer" else None, names, metadata.get(TENANT_KEY) or None
+        )
+        model = getattr(request, "model", "")
+        if model:
+            caller.check_model(model)
+        set_caller(caller)
+        structlog.contextvars.bind_contextvars(tenant=caller.tenant, principal=caller.principal.name)
 
     @staticmethod
     def _bind(context, method: str) -> float:
@@ -180,11 +205,12 @@ class RequestInterceptor(grpc.aio.ServerInterceptor):
             tokens.inc(fields["tokens"])
 
 
-def interceptor_chain(knows: Callable[[str], bool]) -> list[grpc.aio.ServerInterceptor]:
-    """Outermost first, as grpc.aio applies them; `knows` says whether a model name is served."""
+def interceptor_chain(knows: Callable[[str], bool], auth: Authenticator) -> list[grpc.aio.ServerInterceptor]:
+    """Outermost first, as grpc.aio applies them; `knows` says whether a model name is served, `auth`
+    who is calling."""
     # With no exporter configured no span could leave the process, so the tracing interceptor is left out
     # (it costs about a tenth of a millisecond per call on this machine kind). Health and reflection are
     # not traced.
     traced = filters.service_prefix(SERVICE_PREFIX.strip("/").split("/")[0])
     tracing = [aio_server_interceptor(filter_=traced)] if telemetry.tracing_configured() else []
-    return [*tracing, RequestInterceptor(knows)]
+    return [*tracing, RequestInterceptor(knows, auth)]

@@ -26,6 +26,19 @@ def model_health_name(model: str) -> str:
     return f"{SERVICE_NAME}/{model}"
 
 
+def server_credentials(settings: Settings) -> grpc.ServerCredentials | None:
+    """TLS for the listener when a certificate is set; mutual TLS (client certificates required and
+    checked against the CA) when a client CA is set too."""
+    if settings.tls_cert_file is None or settings.tls_key_file is None:
+        return None
+    ca = settings.tls_client_ca_file
+    return grpc.ssl_server_credentials(
+        [(settings.tls_key_file.read_bytes(), settings.tls_cert_file.read_bytes())],
+        root_certificates=None if ca is None else ca.read_bytes(),
+        require_client_auth=ca is not None,
+    )
+
+
 class RouterServer:
     """Serves a Router over gRPC. Health is NOT_SERVING until Triton and the models are ready."""
 
@@ -37,7 +50,7 @@ class RouterServer:
             ("grpc.max_send_message_length", settings.max_message_bytes),
             ("grpc.max_receive_message_length", settings.max_message_bytes),
         ]
-        self.server = grpc.aio.server(interceptors=interceptor_chain(router.knows_model), options=options)
+        self.server = grpc.aio.server(interceptors=interceptor_chain(router.knows_model, router.auth), options=options)
         pb_grpc.add_ModelRouterServiceServicer_to_server(ModelRouterServicer(router), self.server)
         self.health = health.aio.HealthServicer()
         self._reported: set[str] = set()
@@ -62,11 +75,20 @@ class RouterServer:
         """Bind and start; return the bound port."""
         await self._set_health(False)
         address = f"{self.settings.host}:{self.settings.port}"
-        self.port = self.server.add_insecure_port(address)
+        credentials = server_credentials(self.settings)
+        if credentials is None:
+            self.port = self.server.add_insecure_port(address)
+        else:
+            self.port = self.server.add_secure_port(address, credentials)
         if self.port == 0:
             raise RuntimeError(f"could not bind {address}")
         await self.server.start()
-        log.info("router.listening", address=f"{self.settings.host}:{self.port}")
+        log.info(
+            "router.listening",
+            address=f"{self.settings.host}:{self.port}",
+            tls="mutual" if self.settings.tls_client_ca_file else "on" if credentials else "off",
+            authentication="on" if self.router.auth.enabled else "off",
+        )
         return self.port
 
     async def stop(self, grace_s: float = 5.0) -> None:

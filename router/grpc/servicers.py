@@ -7,6 +7,8 @@ from router.grpc import converters
 from router.grpc.gen.modelrouter.v1 import model_router_service_pb2 as pb
 from router.grpc.gen.modelrouter.v1 import model_router_service_pb2_grpc as pb_grpc
 
+UNUSABLE = "the router refused this model's contract; its log (model.unusable) says why"
+
 
 class ModelRouterServicer(pb_grpc.ModelRouterServiceServicer):
     def __init__(self, router: Router) -> None:
@@ -36,9 +38,17 @@ class ModelRouterServicer(pb_grpc.ModelRouterServiceServicer):
 
     async def ListModels(self, request: pb.ListModelsRequest, context) -> pb.ListModelsResponse:
         registry = self.router.registry
+        principal = converters.current_caller().principal
+        # Which Triton servers hold a model, and why one is unusable, are internals: an admin's to see.
         return pb.ListModelsResponse(
-            models=[converters.model_info_to_pb(m.contract, m.served_by) for m in registry.models()],
+            models=[
+                converters.model_info_to_pb(m.contract, m.served_by if principal.admin else ())
+                for m in registry.models()
+                if principal.allows(m.contract.name)
+            ],
             unusable_models=[
-                pb.UnusableModel(name=name, problem=problem) for name, problem in sorted(registry.problems.items())
+                pb.UnusableModel(name=name, problem=problem if principal.admin else UNUSABLE)
+                for name, problem in sorted(registry.problems.items())
+                if principal.allows(name)
             ],
         )

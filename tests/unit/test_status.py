@@ -46,6 +46,8 @@ def test_every_kind_maps_to_its_code():
         ErrorKind.BACKEND_FAILED: grpc.StatusCode.INTERNAL,
         ErrorKind.UNIMPLEMENTED: grpc.StatusCode.UNIMPLEMENTED,
         ErrorKind.CANCELLED: grpc.StatusCode.CANCELLED,
+        ErrorKind.UNAUTHENTICATED: grpc.StatusCode.UNAUTHENTICATED,
+        ErrorKind.PERMISSION_DENIED: grpc.StatusCode.PERMISSION_DENIED,
     }
     assert set(expected) == set(ErrorKind)
     for kind, code in expected.items():
