@@ -16,13 +16,16 @@ import inspect
 import time
 import uuid
 from collections.abc import Callable
+from dataclasses import dataclass
 
 import grpc
 import structlog
+from google.protobuf.message import DecodeError
 from opentelemetry import trace
 from opentelemetry.instrumentation.grpc import aio_server_interceptor, filters
 
 from router import metrics, telemetry
+from router.core import errors
 from router.core.auth import Authenticator
 from router.core.errors import RouterError
 from router.grpc.converters import TENANT_KEY, set_caller
@@ -33,6 +36,30 @@ log = structlog.get_logger("router.rpc")
 SERVICE_PREFIX = "/modelrouter.v1.ModelRouterService/"
 REQUEST_ID_KEY = "x-request-id"
 AUTHORIZATION_KEY = "authorization"
+
+
+@dataclass(frozen=True)
+class _Malformed:
+    """A request whose bytes do not parse as its message type (invalid UTF-8 in a string field, a
+    truncated message): handed to the wrapper, which refuses it with INVALID_ARGUMENT, where gRPC would
+    answer UNKNOWN."""
+
+    type_name: str
+
+
+def _tolerant(deserialize: Callable[[bytes], object] | None) -> Callable[[bytes], object] | None:
+    if deserialize is None:
+        return None
+    type_name = getattr(getattr(deserialize, "__self__", None), "DESCRIPTOR", None)
+    type_name = type_name.name if type_name is not None else "request"
+
+    def parse(data: bytes) -> object:
+        try:
+            return deserialize(data)
+        except DecodeError:
+            return _Malformed(type_name)
+
+    return parse
 
 
 @functools.lru_cache(maxsize=1024)
@@ -68,16 +95,17 @@ class RequestInterceptor(grpc.aio.ServerInterceptor):
         if cached is not None and cached[0] is handler:
             return cached[1]
         name = method[len(SERVICE_PREFIX) :]
+        deserialize = _tolerant(handler.request_deserializer)
         if handler.unary_unary is not None:
             wrapped = grpc.unary_unary_rpc_method_handler(
                 self._unary(handler.unary_unary, name),
-                request_deserializer=handler.request_deserializer,
+                request_deserializer=deserialize,
                 response_serializer=handler.response_serializer,
             )
         elif handler.unary_stream is not None:
             wrapped = grpc.unary_stream_rpc_method_handler(
                 self._stream(handler.unary_stream, name),
-                request_deserializer=handler.request_deserializer,
+                request_deserializer=deserialize,
                 response_serializer=handler.response_serializer,
             )
         else:
@@ -143,6 +171,11 @@ class RequestInterceptor(grpc.aio.ServerInterceptor):
         await context.abort(status.code, status.details, status.trailing_metadata)
 
     def _authenticate(self, request, context) -> None:
+        if isinstance(request, _Malformed):  # before anything else: there is no request to speak of
+            raise errors.invalid(
+                errors.MALFORMED_REQUEST,
+                f"the request is not a valid {request.type_name} message (text fields must be UTF-8)",
+            )
         """Who is calling and for which tenant (router/core/auth.py); the caller may use the model it
         names. Raises RouterError UNAUTHENTICATED or PERMISSION_DENIED."""
         metadata = dict(context.invocation_metadata() or ())
