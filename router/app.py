@@ -50,6 +50,7 @@ def core_configs(s: Settings) -> tuple[BatchingConfig, AdmissionConfig, RequestL
         RequestLimits(
             max_inputs=s.max_inputs_per_request,
             max_tokens=s.max_tokens_per_request,
+            max_characters=s.max_characters_per_request,
             chunk_overlap=s.chunk_overlap_tokens,
         ),
     )

@@ -169,6 +169,12 @@ class Settings(BaseSettings):
     """Inputs (Embed) or documents (Rerank) in one request."""
     max_tokens_per_request: int = Field(default=default(_R, "max_tokens"), gt=0)
     """Tokens in one request, counted before truncation."""
+    max_characters_per_request: int = Field(default=default(_R, "max_characters"), gt=0)
+    """Characters of text in one request (inputs, query and documents, or prompt and messages), checked
+    before tokenizing: a bigger request is refused for the cost of receiving it."""
+    max_concurrent_rpcs: int = Field(default=1024, gt=0)
+    """Calls inside the router at once (every method); one more gets RESOURCE_EXHAUSTED TOO_MANY_REQUESTS
+    with a retry delay before its request is looked at."""
     chunk_overlap_tokens: int = Field(default=default(_R, "chunk_overlap"), ge=0)
     """Tokens shared by consecutive windows when an input is chunked (capped at half a window)."""
 

@@ -106,11 +106,17 @@ class RequestLimits:
     """Inputs (Embed) or documents (Rerank) in one request."""
     max_tokens: int = 2_000_000
     """Tokens in one request, counted before truncation."""
+    max_characters: int = 8_000_000
+    """Characters of text in one request, checked before tokenizing (so a huge request costs nothing but
+    its bytes): about max_tokens' worth of English at 4 characters a token."""
     chunk_overlap: int = 32
     """Tokens shared by consecutive windows of a chunked input (capped at half a window)."""
 
     def __post_init__(self) -> None:
-        _check(self, {"max_inputs": ("gt", 0), "max_tokens": ("gt", 0), "chunk_overlap": ("ge", 0)})
+        _check(
+            self,
+            {"max_inputs": ("gt", 0), "max_tokens": ("gt", 0), "max_characters": ("gt", 0), "chunk_overlap": ("ge", 0)},
+        )
 
 
 def default(config: type, name: str) -> object:

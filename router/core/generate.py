@@ -23,6 +23,7 @@ from router.core.errors import ErrorKind, RouterError
 from router.core.pipeline import RequestPipeline
 from router.core.prompting import GenerateRequest, Sampling, StopMatcher, check_request, fit_context
 from router.core.types import NO_CALL_CONTEXT, CallContext
+from router.core.validation import check_characters
 
 STOP, LENGTH, CANCELLED = "stop", "length", "cancelled"
 
@@ -62,6 +63,8 @@ class GenerateService:
             contract, generation = served.contract, served.generation
             assert generation is not None  # every generate model has one (registry)
             check_request(contract, request)
+            characters = len(request.prompt or "") + sum(len(m.content) for m in request.messages or ())
+            check_characters("messages" if request.messages else "prompt", characters, self.pipeline.limits)
             prompt = fit_context(
                 request, contract.max_sequence_length, served.tokenizer.encode_prompt, generation.template
             )

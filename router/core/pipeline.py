@@ -27,7 +27,7 @@ from router.core.errors import ErrorKind, RouterError
 from router.core.registry import ModelRegistry, ServedModel
 from router.core.tokenize import Split, Window
 from router.core.types import CallContext, Timing, Usage
-from router.core.validation import check_sizes
+from router.core.validation import check_characters, check_sizes
 
 # Requests with fewer characters than this are tokenized on the event loop: a thread hop costs more
 # than tokenizing a few short texts (about 50 us per 1,000 characters here).
@@ -106,9 +106,11 @@ class RequestPipeline:
         served = self.registry.get(model, task)
         contract = served.contract
         job.validate(served, self.limits)
+        size = job.size()
+        check_characters(job.field, size, self.limits)
         served.scheduler.precheck(call.tenant, call.deadline)
         with tracing.child("modelrouter.tokenize") as span:
-            if job.size() < INLINE_TOKENIZE_CHARS:
+            if size < INLINE_TOKENIZE_CHARS:
                 splits = job.tokenize(served, self.limits)
             else:
                 splits = await asyncio.to_thread(job.tokenize, served, self.limits)

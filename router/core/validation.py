@@ -26,6 +26,18 @@ def check_count(field_name: str, items: Sized, limits: RequestLimits, reason: st
         )
 
 
+def check_characters(field_name: str, characters: int, limits: RequestLimits) -> None:
+    """No more text than the limit, before any of it is tokenized."""
+    if characters > limits.max_characters:
+        raise errors.invalid(
+            errors.TOO_MANY_CHARACTERS,
+            f"{characters} characters of text; the limit is {limits.max_characters}",
+            [FieldViolation(field_name, f"at most {limits.max_characters} characters per request")],
+            characters=characters,
+            max_characters=limits.max_characters,
+        )
+
+
 def check_positive(field_name: str, value: int | None) -> None:
     if value is not None and value < 1:
         raise errors.invalid(

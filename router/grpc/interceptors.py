@@ -11,11 +11,12 @@ is wrapped; health and reflection pass through untouched.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import functools
 import inspect
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
 import grpc
@@ -27,7 +28,7 @@ from opentelemetry.instrumentation.grpc import aio_server_interceptor, filters
 from router import metrics, telemetry
 from router.core import errors
 from router.core.auth import Authenticator
-from router.core.errors import RouterError
+from router.core.errors import ErrorKind, RouterError
 from router.grpc.converters import TENANT_KEY, set_caller
 from router.grpc.status import internal_status, to_status
 
@@ -79,8 +80,13 @@ class RequestInterceptor(grpc.aio.ServerInterceptor):
     INTERNAL with a fixed message, its traceback logged once); writes one line per request when it ends
     (`rpc`): model, code, reason, latency, tokens, batches, shards. The request's text is never logged."""
 
-    def __init__(self, knows: Callable[[str], bool], auth: Authenticator | None = None) -> None:
+    def __init__(
+        self, knows: Callable[[str], bool], auth: Authenticator | None = None, max_rpcs: int = 1 << 30
+    ) -> None:
         self._auth = auth or Authenticator()
+        self._max_rpcs = max_rpcs
+        self._active = 0
+        """Calls inside the router now (every method of its service)."""
         self._knows = knows
         """Whether a model name is one the router serves: only those become metric labels, so a caller
         cannot grow the label set."""
@@ -117,8 +123,9 @@ class RequestInterceptor(grpc.aio.ServerInterceptor):
         async def unary(request, context):
             started = self._bind(context, method)
             try:
-                self._authenticate(request, context)
-                response = await behavior(request, context)
+                with self._slot():
+                    self._authenticate(request, context)
+                    response = await behavior(request, context)
             except grpc.aio.AbortError as error:
                 self._done(started, method, request, None, error)
                 raise
@@ -139,14 +146,15 @@ class RequestInterceptor(grpc.aio.ServerInterceptor):
             started = self._bind(context, method)
             last, failure = None, None
             try:
-                self._authenticate(request, context)
-                result = behavior(request, context)
-                if inspect.isawaitable(result):  # a servicer that writes with context.write()
-                    await result
-                else:
-                    async for response in result:
-                        last = response
-                        yield response
+                with self._slot():
+                    self._authenticate(request, context)
+                    result = behavior(request, context)
+                    if inspect.isawaitable(result):  # a servicer that writes with context.write()
+                        await result
+                    else:
+                        async for response in result:
+                            last = response
+                            yield response
             except grpc.aio.AbortError as error:
                 failure = error
                 raise
@@ -169,6 +177,22 @@ class RequestInterceptor(grpc.aio.ServerInterceptor):
             log.exception("rpc.internal_error", exc_info=error)
             status = internal_status()
         await context.abort(status.code, status.details, status.trailing_metadata)
+
+    @contextlib.contextmanager
+    def _slot(self) -> Iterator[None]:
+        """Hold one of `max_rpcs` places for the call, or refuse it before its request is looked at."""
+        if self._active >= self._max_rpcs:
+            raise RouterError(
+                ErrorKind.OVERLOADED,
+                errors.TOO_MANY_REQUESTS,
+                f"the router has {self._active} calls in flight, its limit",
+                retry_after_s=0.1,
+            )
+        self._active += 1
+        try:
+            yield
+        finally:
+            self._active -= 1
 
     def _authenticate(self, request, context) -> None:
         if isinstance(request, _Malformed):  # before anything else: there is no request to speak of
@@ -238,12 +262,14 @@ class RequestInterceptor(grpc.aio.ServerInterceptor):
             tokens.inc(fields["tokens"])
 
 
-def interceptor_chain(knows: Callable[[str], bool], auth: Authenticator) -> list[grpc.aio.ServerInterceptor]:
+def interceptor_chain(
+    knows: Callable[[str], bool], auth: Authenticator, max_rpcs: int
+) -> list[grpc.aio.ServerInterceptor]:
     """Outermost first, as grpc.aio applies them; `knows` says whether a model name is served, `auth`
-    who is calling."""
+    who is calling, `max_rpcs` how many calls may be inside at once."""
     # With no exporter configured no span could leave the process, so the tracing interceptor is left out
     # (it costs about a tenth of a millisecond per call on this machine kind). Health and reflection are
     # not traced.
     traced = filters.service_prefix(SERVICE_PREFIX.strip("/").split("/")[0])
     tracing = [aio_server_interceptor(filter_=traced)] if telemetry.tracing_configured() else []
-    return [*tracing, RequestInterceptor(knows, auth)]
+    return [*tracing, RequestInterceptor(knows, auth, max_rpcs)]

@@ -50,7 +50,10 @@ class RouterServer:
             ("grpc.max_send_message_length", settings.max_message_bytes),
             ("grpc.max_receive_message_length", settings.max_message_bytes),
         ]
-        self.server = grpc.aio.server(interceptors=interceptor_chain(router.knows_model, router.auth), options=options)
+        self.server = grpc.aio.server(
+            interceptors=interceptor_chain(router.knows_model, router.auth, settings.max_concurrent_rpcs),
+            options=options,
+        )
         pb_grpc.add_ModelRouterServiceServicer_to_server(ModelRouterServicer(router), self.server)
         self.health = health.aio.HealthServicer()
         self._reported: set[str] = set()

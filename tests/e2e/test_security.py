@@ -134,3 +134,24 @@ def test_mutual_tls_needs_a_certificate_the_ca_signed_and_a_known_name(mtls_rout
     with channel:
         unknown = details_of(refused(lambda: stub.Embed(EMBED, timeout=10)))
     assert unknown.code is grpc.StatusCode.UNAUTHENTICATED and unknown.info.reason == errors.CREDENTIALS_INVALID
+
+
+def test_calls_past_the_cap_are_refused_before_any_work(triton):
+    from tests.helpers import GENERATE_MODEL, wait_for
+
+    with LocalRouter(router_settings(triton, max_concurrent_rpcs=1)) as target, grpc.insecure_channel(target) as chan:
+        stub = pb_grpc.ModelRouterServiceStub(chan)
+        stream = stub.Generate(pb.GenerateRequest(model=GENERATE_MODEL, prompt="Count:", max_tokens=200), timeout=60)
+        next(stream)  # the stream is inside the router, holding the one place
+        busy = details_of(refused(lambda: stub.Embed(EMBED, timeout=10)))
+        assert busy.code is grpc.StatusCode.RESOURCE_EXHAUSTED and busy.info.reason == errors.TOO_MANY_REQUESTS
+        assert "retry" in busy.kinds
+        stream.cancel()
+        wait_for(lambda: _embeds(stub), "the place to be free again", 30)
+
+
+def _embeds(stub) -> bool:
+    try:
+        return len(stub.Embed(EMBED, timeout=10).embeddings) == 1
+    except grpc.RpcError:
+        return False

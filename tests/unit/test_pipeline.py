@@ -79,3 +79,22 @@ async def test_shutting_down_refuses_new_work_and_lets_work_in_flight_finish(ser
     assert await pipeline.drain(5.0)
     result = await inflight
     assert np.isfinite(result.embeddings).all()
+
+
+async def test_too_much_text_is_refused_before_tokenizing(services, monkeypatch):
+    pipeline, _, _, backend = services
+    small = RequestPipeline(pipeline.registry, RequestLimits(max_characters=50))
+    tokenized = []
+    monkeypatch.setattr(
+        "router.core.tokenize.ModelTokenizer._encode", lambda self, texts: tokenized.append(texts) or []
+    )
+    calls = len(backend.calls)
+    with pytest.raises(RouterError) as caught:
+        await EmbedService(small).embed(EmbedRequest("embedder", ["alpha " * 5, "beta " * 8]))
+    error = caught.value
+    assert error.kind is ErrorKind.INVALID_INPUT and error.reason == "TOO_MANY_CHARACTERS"
+    assert error.metadata == {"characters": "70", "max_characters": "50"}
+    with pytest.raises(RouterError) as caught:
+        await RerankService(small).rerank(RerankRequest("ranker", "q" * 30, ["d" * 30]))
+    assert caught.value.reason == "TOO_MANY_CHARACTERS"
+    assert not tokenized and len(backend.calls) == calls  # nothing was tokenized or sent
