@@ -11,6 +11,7 @@ import structlog
 
 from adapters.triton.backend import TritonBackend
 from adapters.triton.embedded import EmbeddedTriton, Supervisor
+from adapters.triton.fleet import TritonTls
 from router import telemetry
 from router.core.admission import TenantLimiter, TenantLimits
 from router.core.auth import Authenticator, Principal
@@ -116,6 +117,11 @@ class Router:
             retry_budget=RetryBudget(s.retry_budget_ratio),
             balancing=s.shard_balancing,
             max_inflight_per_shard=s.max_inflight_batches,
+            tls=None
+            if s.triton_tls_ca_file is None
+            else TritonTls(
+                s.triton_tls_ca_file, s.triton_tls_cert_file, s.triton_tls_key_file, s.triton_tls_server_name
+            ),
         )
         self.backend.fleet.on_change(self._changed.set)
         await self.backend.start()

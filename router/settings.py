@@ -97,6 +97,13 @@ class Settings(BaseSettings):
     """Log file of the embedded Triton."""
     triton_grpc_port: int = Field(default=0, ge=0, le=65535)
     """gRPC port of the embedded Triton; 0 picks a free one."""
+    triton_tls_ca_file: Path | None = None
+    """PEM CA that signed the Triton servers' certificates: set, the router reaches every shard over TLS."""
+    triton_tls_cert_file: Path | None = None
+    """PEM client certificate the router shows Triton (mutual TLS), with `triton_tls_key_file`."""
+    triton_tls_key_file: Path | None = None
+    triton_tls_server_name: str | None = None
+    """The name in the shards' certificate, when they are reached by IP address (`dns:///` targets)."""
     triton_trace_url: str | None = None
     """Where the embedded Triton sends its OpenTelemetry spans (an OTLP/HTTP traces URL: Triton speaks no
     other). Unset: the router's own collector (`OTEL_EXPORTER_OTLP_ENDPOINT` + `/v1/traces`) when the
@@ -196,6 +203,15 @@ class Settings(BaseSettings):
         if self.tls_client_ca_file is not None and self.tls_cert_file is None:
             raise ValueError("tls_client_ca_file (mutual TLS) needs tls_cert_file and tls_key_file")
         for path in (self.tls_cert_file, self.tls_key_file, self.tls_client_ca_file):
+            if path is not None and not path.is_file():
+                raise ValueError(f"{path} is not a readable file")
+        if (self.triton_tls_cert_file is None) != (self.triton_tls_key_file is None):
+            raise ValueError("triton_tls_cert_file and triton_tls_key_file go together")
+        if self.triton_tls_ca_file is not None and not self.triton:
+            raise ValueError("TLS to Triton (triton_tls_ca_file) is for the servers named in `triton`")
+        if self.triton_tls_cert_file is not None and self.triton_tls_ca_file is None:
+            raise ValueError("a client certificate for Triton (triton_tls_cert_file) needs triton_tls_ca_file")
+        for path in (self.triton_tls_ca_file, self.triton_tls_cert_file, self.triton_tls_key_file):
             if path is not None and not path.is_file():
                 raise ValueError(f"{path} is not a readable file")
         by_certificate = [name for name, p in self.principals.items() if p.certificate_name]

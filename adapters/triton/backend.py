@@ -28,7 +28,7 @@ from opentelemetry.propagate import inject
 from tritonclient.grpc._utils import get_error_grpc
 from tritonclient.utils import InferenceServerException, np_to_triton_dtype
 
-from adapters.triton.fleet import TritonFleet
+from adapters.triton.fleet import TritonFleet, TritonTls
 from adapters.triton.tensors import generation_tensors, input_tensors
 from router import metrics
 from router.core import errors
@@ -163,9 +163,10 @@ class TritonBackend:
         health: HealthConfig | None = None,
         balancing: str = LEAST_WORK,
         max_inflight_per_shard: int | None = None,
+        tls: TritonTls | None = None,
     ) -> None:
         self.shards = ShardSet(health, balancing=balancing, max_inflight=max_inflight_per_shard)
-        self.fleet = TritonFleet(targets, self.shards, discovery_interval_s, dns_interval_s)
+        self.fleet = TritonFleet(targets, self.shards, discovery_interval_s, dns_interval_s, tls=tls)
         self.retries = retries
         self.backoff_s = backoff_s
         self.budget = retry_budget or RetryBudget()

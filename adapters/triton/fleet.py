@@ -18,6 +18,7 @@ import socket
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 
 import structlog
 import tritonclient.grpc.aio as triton_grpc
@@ -74,6 +75,27 @@ def join(host: str, port: int) -> str:
     return f"[{host}]:{port}" if is_v6 else f"{host}:{port}"
 
 
+@dataclass(frozen=True)
+class TritonTls:
+    """TLS from the router to every Triton shard (PEM files); a client certificate for mutual TLS."""
+
+    ca_file: Path
+    cert_file: Path | None = None
+    key_file: Path | None = None
+    server_name: str | None = None
+    """The name the shards' certificate carries, when the router reaches them by IP address (a
+    headless Service's endpoints): TLS checks this name instead of the address."""
+
+    def client_options(self) -> dict:
+        """tritonclient's keywords for a TLS channel."""
+        return {
+            "ssl": True,
+            "root_certificates": str(self.ca_file),
+            "private_key": None if self.key_file is None else str(self.key_file),
+            "certificate_chain": None if self.cert_file is None else str(self.cert_file),
+        }
+
+
 class TritonFleet:
     def __init__(
         self,
@@ -82,6 +104,7 @@ class TritonFleet:
         interval_s: float = 1.0,
         dns_interval_s: float = 5.0,
         timeout_s: float = 2.0,
+        tls: TritonTls | None = None,
     ) -> None:
         if not targets:
             raise ValueError("at least one Triton target is needed")
@@ -90,6 +113,7 @@ class TritonFleet:
         self.interval_s = interval_s
         self.dns_interval_s = dns_interval_s
         self.timeout_s = timeout_s
+        self.tls = tls
         self.clients: dict[str, triton_grpc.InferenceServerClient] = {}
         self.configs: dict[tuple[str, str], dict] = {}
         self.reachable: set[str] = set()
@@ -107,6 +131,14 @@ class TritonFleet:
 
     def client(self, shard: Shard) -> triton_grpc.InferenceServerClient:
         return self.clients[shard.address]
+
+    def _new_client(self, address: str) -> triton_grpc.InferenceServerClient:
+        if self.tls is None:
+            return triton_grpc.InferenceServerClient(address, channel_args=CHANNEL_ARGS)
+        options = list(CHANNEL_ARGS)
+        if self.tls.server_name:
+            options.append(("grpc.ssl_target_name_override", self.tls.server_name))
+        return triton_grpc.InferenceServerClient(address, channel_args=options, **self.tls.client_options())
 
     async def start(self) -> None:
         """Resolve and poll once (so the first view is known), then keep polling in the background."""
@@ -159,7 +191,7 @@ class TritonFleet:
             addresses.extend(found)
         added, removed = self.shards.update(addresses)
         for shard in added:
-            self.clients[shard.address] = triton_grpc.InferenceServerClient(shard.address, channel_args=CHANNEL_ARGS)
+            self.clients[shard.address] = self._new_client(shard.address)
             log.info("triton.shard_added", shard=shard.address)
         for shard in removed:
             log.info("triton.shard_removed", shard=shard.address, inflight=shard.inflight)

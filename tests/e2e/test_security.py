@@ -155,3 +155,40 @@ def _embeds(stub) -> bool:
         return len(stub.Embed(EMBED, timeout=10).embeddings) == 1
     except grpc.RpcError:
         return False
+
+
+def test_the_router_reaches_a_triton_that_speaks_only_mutual_tls(ca, tmp_path):
+    import tritonclient.grpc as triton_grpc
+
+    from adapters.triton.embedded import EmbeddedTriton
+    from bench.harness import linked_repository
+
+    server, client = ca.issue("triton", server=True), ca.issue("router-client")
+    tls = (
+        "--grpc-use-ssl=true",
+        "--grpc-use-ssl-mutual=true",
+        f"--grpc-server-cert={server.cert}",
+        f"--grpc-server-key={server.key}",
+        f"--grpc-root-cert={ca.cert}",
+    )
+    repository = linked_repository(tmp_path / "repository", {EMBED_MODEL: {}})
+    triton = EmbeddedTriton(repository.resolve(), log_path=tmp_path / "triton.log", extra_args=tls)
+    triton.start()
+    try:
+        triton.wait_ready()
+        plain = triton_grpc.InferenceServerClient(triton.grpc_address)
+        with pytest.raises(Exception):  # noqa: B017 - tritonclient's error for a refused handshake
+            plain.is_server_live(client_timeout=5)
+        plain.close()
+        settings = router_settings(
+            triton,
+            model_repository=repository,
+            triton_tls_ca_file=ca.cert,
+            triton_tls_cert_file=client.cert,
+            triton_tls_key_file=client.key,
+        )
+        with LocalRouter(settings) as target, grpc.insecure_channel(target) as channel:
+            reply = pb_grpc.ModelRouterServiceStub(channel).Embed(EMBED, timeout=60)
+        assert len(reply.embeddings) == 1 and len(reply.embeddings[0].values) == 384
+    finally:
+        triton.stop()
