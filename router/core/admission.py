@@ -35,6 +35,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from cachetools import LRUCache
 from token_bucket import Limiter, MemoryStorage
 
 from router.core import errors
@@ -75,18 +76,24 @@ class TenantLimiter:
     default: TenantLimits = field(default_factory=TenantLimits)
     overrides: dict[str, TenantLimits] = field(default_factory=dict)
 
-    def __post_init__(self) -> None:
-        self._storage = MemoryStorage()
-        self._buckets: dict[tuple[str, str], tuple[Limiter, float, int] | None] = {}
+    max_tenants: int = 10_000
+    """Tenants whose buckets are kept (the least recently seen go first): with authentication off a caller
+    can name any tenant, and the map must not grow with them. A tenant forgotten starts again full."""
 
-    def _bucket(self, tenant: str, kind: str) -> tuple[Limiter, float, int] | None:
-        """The tenant's limiter for `kind` with its rate and capacity, or None when unlimited."""
+    def __post_init__(self) -> None:
+        self._buckets: LRUCache[tuple[str, str], tuple[Limiter, MemoryStorage, float, int] | None] = LRUCache(
+            2 * self.max_tenants
+        )
+
+    def _bucket(self, tenant: str, kind: str) -> tuple[Limiter, MemoryStorage, float, int] | None:
+        """The tenant's limiter for `kind` with its storage, rate and capacity, or None when unlimited."""
         key = (tenant, kind)
         if key not in self._buckets:
             limits = self.overrides.get(tenant, self.default)
             rate = limits.requests_per_s if kind == "requests" else limits.tokens_per_s
             capacity = max(1, int(rate * limits.burst_s)) if rate else 0
-            self._buckets[key] = (Limiter(rate, capacity, self._storage), rate, capacity) if rate else None
+            storage = MemoryStorage()  # one per bucket: a forgotten tenant's state goes with it
+            self._buckets[key] = (Limiter(rate, capacity, storage), storage, rate, capacity) if rate else None
         return self._buckets[key]
 
     def charge(self, tenant: str, tokens: int) -> None:
@@ -95,12 +102,12 @@ class TenantLimiter:
             bucket = self._bucket(tenant, kind)
             if bucket is None:
                 continue
-            limiter, rate, capacity = bucket
+            limiter, storage, rate, capacity = bucket
             # A request bigger than the whole bucket takes a full bucket: slowed, never refused outright.
             amount = min(amount, capacity)
             key = f"{tenant}\0{kind}"
             if not limiter.consume(key, amount):
-                missing = amount - self._storage.get_token_count(key)
+                missing = amount - storage.get_token_count(key)
                 raise RouterError(
                     ErrorKind.OVERLOADED,
                     TENANT_RATE_LIMITED,

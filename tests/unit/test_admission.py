@@ -281,3 +281,13 @@ def test_failed_batches_do_not_slow_the_drain_rate():
     drain.finished(0, 7.1, still_inflight=1, waiting=True)  # refused at once while another batch runs
     drain.finished(1000, 7.7, still_inflight=0)
     assert drain.busy_rate == pytest.approx(1000 / 0.6)  # not 1,000 tokens over 5.7 s
+
+
+def test_the_tenant_map_stays_bounded_when_callers_rotate_tenant_ids():
+    limiter = TenantLimiter(TenantLimits(requests_per_s=1, burst_s=1), max_tenants=100)
+    for i in range(5_000):
+        limiter.charge(f"rotating-{i}", 1)
+    assert len(limiter._buckets) <= 2 * 100
+    limiter.charge("steady", 1)
+    with pytest.raises(RouterError):  # a tenant still remembered keeps its (spent) bucket
+        limiter.charge("steady", 1)
