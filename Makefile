@@ -16,7 +16,7 @@ ROUTER_ARGS ?=
 PYTEST_ARGS ?=
 BENCH_ARGS ?=
 
-.PHONY: help setup protos models run test lint bench fuzz clean
+.PHONY: help setup protos models run test lint bench fuzz soak clean
 
 help: ## List the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-8s %s\n", $$1, $$2}'
@@ -75,6 +75,9 @@ lint: setup $(BUF) $(PROMTOOL) ## buf lint, ruff, deploy/ against Kubernetes sch
 fuzz: setup models ## Fuzz every RPC of a real router: 3,400 requests per RPC with fields (over 10,000 in all); counts in bench/results/fuzz.json
 	rm -f bench/results/fuzz.json
 	FUZZ_EXAMPLES=3400 FUZZ_REPORT=bench/results/fuzz.json $(PY) -m pytest -s -q tests/e2e/test_fuzz.py
+
+soak: setup models ## Hold 80% of measured capacity for 10 minutes; RSS, descriptors, tasks, latency in bench/results/soak.*
+	$(PY) -m bench soak $(SOAK_ARGS)
 
 bench: setup models ## Benchmarks: router vs direct-to-Triton; results land in bench/results/
 	$(PY) -m bench $(BENCH_ARGS)

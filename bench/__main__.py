@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import sys
 
-from bench import admission, batching, embed, generate, overhead, rerank, shards
+from bench import admission, batching, embed, generate, overhead, rerank, shards, soak
 
 BENCHMARKS = {
     "embed": embed.main,
@@ -15,13 +15,15 @@ BENCHMARKS = {
     "shards": shards.main,
     "generate": generate.main,
 }
+ON_REQUEST = {"soak": soak.main}
+"""Run only when named (`make soak`): ten minutes of load is not part of `make bench`."""
 
 
 def main(argv: list[str]) -> int:
     names = [a for a in argv if not a.startswith("-")] or list(BENCHMARKS)
     options = [a for a in argv if a.startswith("-")]
     for name in names:
-        BENCHMARKS[name](options)
+        {**BENCHMARKS, **ON_REQUEST}[name](options)
     return 0
 
 

@@ -12,7 +12,7 @@ import structlog
 from adapters.triton.backend import TritonBackend
 from adapters.triton.embedded import EmbeddedTriton, Supervisor
 from adapters.triton.fleet import TritonTls
-from router import telemetry
+from router import metrics, telemetry
 from router.core.admission import TenantLimiter, TenantLimits
 from router.core.auth import Authenticator, Principal
 from router.core.cache import OutputCache
@@ -52,6 +52,7 @@ def core_configs(s: Settings) -> tuple[BatchingConfig, AdmissionConfig, RequestL
             max_inputs=s.max_inputs_per_request,
             max_tokens=s.max_tokens_per_request,
             max_characters=s.max_characters_per_request,
+            tokenizing_threads=s.tokenizing_threads,
             chunk_overlap=s.chunk_overlap_tokens,
         ),
     )
@@ -106,6 +107,8 @@ class Router:
         s = self.settings
         self._tracer_provider = telemetry.configure_tracing()
         if s.metrics_port is not None:
+            loop = asyncio.get_running_loop()
+            metrics.ASYNCIO_TASKS.set_function(lambda: len(asyncio.all_tasks(loop)))
             prometheus_client.start_http_server(s.metrics_port, addr=s.host)
             log.info("router.metrics", address=f"{s.host}:{s.metrics_port}")
         targets = list(s.triton) or await self._start_embedded()

@@ -61,4 +61,5 @@ TRITON_CALL_SECONDS = Histogram(
     ["shard", "outcome"],
     buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60),
 )
+ASYNCIO_TASKS = Gauge("modelrouter_asyncio_tasks", "asyncio tasks alive in the router's event loop (a leak grows it).")
 UNKNOWN_MODEL = "(unknown)"

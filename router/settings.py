@@ -179,6 +179,9 @@ class Settings(BaseSettings):
     max_characters_per_request: int = Field(default=default(_R, "max_characters"), gt=0)
     """Characters of text in one request (inputs, query and documents, or prompt and messages), checked
     before tokenizing: a bigger request is refused for the cost of receiving it."""
+    tokenizing_threads: int = Field(default=default(_R, "tokenizing_threads"), gt=0)
+    """Parts of big requests (256 texts each) tokenized at once in worker threads; the rest wait their turn,
+    so a flood of huge requests cannot take every core from the event loop."""
     max_concurrent_rpcs: int = Field(default=1024, gt=0)
     """Calls inside the router at once (every method); one more gets RESOURCE_EXHAUSTED TOO_MANY_REQUESTS
     with a retry delay before its request is looked at."""

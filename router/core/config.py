@@ -111,11 +111,19 @@ class RequestLimits:
     its bytes): about max_tokens' worth of English at 4 characters a token."""
     chunk_overlap: int = 32
     """Tokens shared by consecutive windows of a chunked input (capped at half a window)."""
+    tokenizing_threads: int = 2
+    """Parts of big requests tokenized at once, in worker threads (the rest wait their turn)."""
 
     def __post_init__(self) -> None:
         _check(
             self,
-            {"max_inputs": ("gt", 0), "max_tokens": ("gt", 0), "max_characters": ("gt", 0), "chunk_overlap": ("ge", 0)},
+            {
+                "max_inputs": ("gt", 0),
+                "max_tokens": ("gt", 0),
+                "max_characters": ("gt", 0),
+                "chunk_overlap": ("ge", 0),
+                "tokenizing_threads": ("gt", 0),
+            },
         )
 
 

@@ -40,10 +40,13 @@ class _EmbedJob:
     def size(self) -> int:
         return sum(len(text) for text in self.request.inputs)
 
-    def tokenize(self, served: ServedModel, limits: RequestLimits) -> list[Split]:
+    def count(self) -> int:
+        return len(self.request.inputs)
+
+    def tokenize(self, served: ServedModel, limits: RequestLimits, part: slice) -> list[Split]:
         contract = served.contract
         return served.tokenizer.split(
-            self.request.inputs, contract.max_sequence_length, self.truncation, limits.chunk_overlap
+            self.request.inputs[part], contract.max_sequence_length, self.truncation, limits.chunk_overlap
         )
 
 

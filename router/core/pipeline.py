@@ -32,6 +32,8 @@ from router.core.validation import check_characters, check_sizes
 # Requests with fewer characters than this are tokenized on the event loop: a thread hop costs more
 # than tokenizing a few short texts (about 50 us per 1,000 characters here).
 INLINE_TOKENIZE_CHARS = 4096
+# Bigger ones are tokenized in parts of this many texts: about 50 ms each here at a few hundred tokens a text.
+TOKENIZE_PART_TEXTS = 256
 
 
 class Job(Protocol):
@@ -46,8 +48,12 @@ class Job(Protocol):
         """Characters of text the job will tokenize."""
         ...
 
-    def tokenize(self, served: ServedModel, limits: RequestLimits) -> list[Split]:
-        """Cut the job's texts into the model's sequences (may run in a worker thread)."""
+    def count(self) -> int:
+        """Texts (inputs, documents) the job tokenizes, in parts."""
+        ...
+
+    def tokenize(self, served: ServedModel, limits: RequestLimits, part: slice) -> list[Split]:
+        """Cut the job's texts in `part` into the model's sequences (may run in a worker thread)."""
         ...
 
 
@@ -78,6 +84,7 @@ class RequestPipeline:
         self.active = 0
         """Requests inside the pipeline now."""
         self._closing = False
+        self._tokenizing = asyncio.Semaphore(limits.tokenizing_threads)
         self._idle = asyncio.Event()
         self._idle.set()
 
@@ -110,10 +117,7 @@ class RequestPipeline:
         check_characters(job.field, size, self.limits)
         served.scheduler.precheck(call.tenant, call.deadline)
         with tracing.child("modelrouter.tokenize") as span:
-            if size < INLINE_TOKENIZE_CHARS:
-                splits = job.tokenize(served, self.limits)
-            else:
-                splits = await asyncio.to_thread(job.tokenize, served, self.limits)
+            splits = await self._tokenize(served, job, size)
             span.set_attribute("modelrouter.sequences", sum(len(split.windows) for split in splits))
         tokens = check_sizes(job.field, splits, self.limits, contract.max_sequence_length, contract.name)
         tokenized = time.monotonic()
@@ -128,6 +132,21 @@ class RequestPipeline:
             usage_of(splits, tokens, ticket),
             timing_of(started, tokenized, ticket, time.monotonic()),
         )
+
+    async def _tokenize(self, served: ServedModel, job: Job, size: int) -> list[Split]:
+        """Small jobs on the event loop; big ones in worker threads, part by part, at most
+        `tokenizing_threads` parts at once across requests (first come, first served, so one huge request
+        does not hold the threads while small ones wait), and a caller that goes away stops its
+        tokenizing at the next part."""
+        count = job.count()
+        if size < INLINE_TOKENIZE_CHARS:
+            return job.tokenize(served, self.limits, slice(0, count))
+        splits: list[Split] = []
+        for start in range(0, count, TOKENIZE_PART_TEXTS):
+            async with self._tokenizing:
+                part = slice(start, min(count, start + TOKENIZE_PART_TEXTS))
+                splits += await asyncio.to_thread(job.tokenize, served, self.limits, part)
+        return splits
 
     def close(self) -> None:
         """Stop admitting: new requests get UNAVAILABLE with a retry delay."""

@@ -15,7 +15,7 @@ from router.core.contract import Task, Truncation
 from router.core.errors import FieldViolation
 from router.core.pipeline import RequestPipeline
 from router.core.registry import ServedModel
-from router.core.tokenize import Split
+from router.core.tokenize import Query, Split
 from router.core.types import NO_CALL_CONTEXT, CallContext, RankedDocument, RerankRequest, RerankResult
 from router.core.validation import check_count, check_positive, resolve_truncation
 
@@ -25,6 +25,8 @@ class _RerankJob:
     request: RerankRequest
     field: str = "documents"
     query_truncated: bool = False
+    query: Query | None = None
+    """The query, tokenized once for all parts of the documents."""
 
     def validate(self, served: ServedModel, limits: RequestLimits) -> None:
         request = self.request
@@ -40,9 +42,12 @@ class _RerankJob:
     def size(self) -> int:
         return len(self.request.query) + sum(len(d) for d in self.request.documents)
 
-    def tokenize(self, served: ServedModel, limits: RequestLimits) -> list[Split]:
+    def count(self) -> int:
+        return len(self.request.documents)
+
+    def tokenize(self, served: ServedModel, limits: RequestLimits, part: slice) -> list[Split]:
         contract, request = served.contract, self.request
-        query = served.tokenizer.query(request.query, contract.max_query_tokens)
+        query = self.query = self.query or served.tokenizer.query(request.query, contract.max_query_tokens)
         if query.truncated and self.truncation is Truncation.NONE:
             raise errors.invalid(
                 errors.QUERY_TOO_LONG,
@@ -55,7 +60,7 @@ class _RerankJob:
         self.query_truncated = query.truncated
         return served.tokenizer.split_pairs(
             query,
-            request.documents,
+            request.documents[part],
             contract.max_sequence_length,
             self.truncation,
             limits.chunk_overlap,

@@ -98,3 +98,46 @@ async def test_too_much_text_is_refused_before_tokenizing(services, monkeypatch)
         await RerankService(small).rerank(RerankRequest("ranker", "q" * 30, ["d" * 30]))
     assert caught.value.reason == "TOO_MANY_CHARACTERS"
     assert not tokenized and len(backend.calls) == calls  # nothing was tokenized or sent
+
+
+async def test_a_caller_that_goes_away_stops_its_tokenizing_at_the_next_part(services, monkeypatch):
+    import threading
+    import time
+
+    from router.core import pipeline as pipeline_module
+    from router.core.tokenize import ModelTokenizer
+
+    pipeline, embed, _, backend = services
+    parts, started = [], threading.Event()
+    real_split = ModelTokenizer.split
+
+    def slow_split(self, texts, *args, **kwargs):
+        parts.append(len(texts))
+        started.set()
+        time.sleep(0.05)
+        return real_split(self, texts, *args, **kwargs)
+
+    monkeypatch.setattr(ModelTokenizer, "split", slow_split)
+    monkeypatch.setattr(pipeline_module, "TOKENIZE_PART_TEXTS", 10)
+    texts = ["alpha beta gamma " * 30] * 100  # 51,000 characters: tokenized in 10 parts of 10 texts
+    task = asyncio.create_task(embed.embed(EmbedRequest("embedder", texts)))
+    await asyncio.to_thread(started.wait, 5)
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    await asyncio.sleep(0.2)  # a part already running finishes in its thread; no other starts
+    assert 1 <= len(parts) <= 2 and all(n == 10 for n in parts)
+    assert pipeline.active == 0
+
+
+async def test_big_requests_are_tokenized_in_parts_whole_and_in_order(services, monkeypatch):
+    from router.core import pipeline as pipeline_module
+
+    _, embed, _, _ = services
+    monkeypatch.setattr(pipeline_module, "TOKENIZE_PART_TEXTS", 7)
+    texts = [f"alpha {'beta ' * (i % 5)}gamma " * 40 for i in range(30)]
+    parted = await embed.embed(EmbedRequest("embedder", texts))
+    monkeypatch.setattr(pipeline_module, "TOKENIZE_PART_TEXTS", 1000)
+    whole = await embed.embed(EmbedRequest("embedder", texts))
+    assert parted.usage.sequences == whole.usage.sequences
+    assert np.allclose(parted.embeddings, whole.embeddings)
