@@ -194,7 +194,7 @@ class ModelRegistry:
             return RouterError(
                 ErrorKind.NOT_READY,
                 errors.MODEL_UNUSABLE,
-                f"model {name!r} is deployed but its configuration is unusable; ListModels says why",
+                f"model {name!r} is deployed but its configuration is unusable; the router's log says why",
                 retry_after_s=5.0,
                 metadata={"model": name},
             )
