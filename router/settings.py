@@ -182,6 +182,9 @@ class Settings(BaseSettings):
     tokenizing_threads: int = Field(default=default(_R, "tokenizing_threads"), gt=0)
     """Parts of big requests (256 texts each) tokenized at once in worker threads; the rest wait their turn,
     so a flood of huge requests cannot take every core from the event loop."""
+    max_tokenizing_characters: int = Field(default=default(_R, "max_tokenizing_characters"), gt=0)
+    """Characters of big requests being tokenized or waiting to be; past it a new big request gets
+    RESOURCE_EXHAUSTED QUEUE_FULL with a retry delay (one request alone always gets in)."""
     max_concurrent_rpcs: int = Field(default=1024, gt=0)
     """Calls inside the router at once (every method); one more gets RESOURCE_EXHAUSTED TOO_MANY_REQUESTS
     with a retry delay before its request is looked at."""

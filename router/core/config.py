@@ -111,6 +111,9 @@ class RequestLimits:
     its bytes): about max_tokens' worth of English at 4 characters a token."""
     chunk_overlap: int = 32
     """Tokens shared by consecutive windows of a chunked input (capped at half a window)."""
+    max_tokenizing_characters: int = 32_000_000
+    """Characters of big requests being tokenized or waiting to be, across requests; past it new big
+    requests are refused with a retry delay (so a flood cannot pile up text in memory)."""
     tokenizing_threads: int = 2
     """Parts of big requests tokenized at once, in worker threads (the rest wait their turn)."""
 
@@ -123,6 +126,7 @@ class RequestLimits:
                 "max_characters": ("gt", 0),
                 "chunk_overlap": ("ge", 0),
                 "tokenizing_threads": ("gt", 0),
+                "max_tokenizing_characters": ("gt", 0),
             },
         )
 

@@ -19,8 +19,10 @@ from typing import Protocol
 
 import numpy as np
 
+from router import metrics
 from router.core import errors, tracing
 from router.core.accounting import log_shards, timing_of, usage_of
+from router.core.admission import QUEUE_FULL
 from router.core.config import RequestLimits
 from router.core.contract import Task
 from router.core.errors import ErrorKind, RouterError
@@ -85,6 +87,8 @@ class RequestPipeline:
         """Requests inside the pipeline now."""
         self._closing = False
         self._tokenizing = asyncio.Semaphore(limits.tokenizing_threads)
+        self.tokenizing_characters = 0
+        """Characters of big requests being tokenized or waiting for a thread (admission counts them)."""
         self._idle = asyncio.Event()
         self._idle.set()
 
@@ -137,15 +141,31 @@ class RequestPipeline:
         """Small jobs on the event loop; big ones in worker threads, part by part, at most
         `tokenizing_threads` parts at once across requests (first come, first served, so one huge request
         does not hold the threads while small ones wait), and a caller that goes away stops its
-        tokenizing at the next part."""
+        tokenizing at the next part. The characters waiting are bounded (`max_tokenizing_characters`): past
+        that, a big request is refused at once, RESOURCE_EXHAUSTED QUEUE_FULL with a retry delay; one
+        request alone is always let in."""
         count = job.count()
         if size < INLINE_TOKENIZE_CHARS:
             return job.tokenize(served, self.limits, slice(0, count))
+        backlog = self.limits.max_tokenizing_characters
+        if self.tokenizing_characters and self.tokenizing_characters + size > backlog:
+            metrics.SHED.labels(served.contract.name, QUEUE_FULL).inc()
+            raise RouterError(
+                ErrorKind.OVERLOADED,
+                QUEUE_FULL,
+                f"{self.tokenizing_characters} characters are waiting to be tokenized; the limit is {backlog}",
+                retry_after_s=1.0,
+                metadata={"tokenizing_characters": str(self.tokenizing_characters), "limit": str(backlog)},
+            )
+        self.tokenizing_characters += size
         splits: list[Split] = []
-        for start in range(0, count, TOKENIZE_PART_TEXTS):
-            async with self._tokenizing:
-                part = slice(start, min(count, start + TOKENIZE_PART_TEXTS))
-                splits += await asyncio.to_thread(job.tokenize, served, self.limits, part)
+        try:
+            for start in range(0, count, TOKENIZE_PART_TEXTS):
+                async with self._tokenizing:
+                    part = slice(start, min(count, start + TOKENIZE_PART_TEXTS))
+                    splits += await asyncio.to_thread(job.tokenize, served, self.limits, part)
+        finally:
+            self.tokenizing_characters -= size
         return splits
 
     def close(self) -> None:

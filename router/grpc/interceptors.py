@@ -1,11 +1,12 @@
-"""The one interceptor chain: tracing (outermost, when OpenTelemetry is configured), then the router's own
-request interceptor, which binds the log context, maps errors to statuses and writes the request's line.
+"""The router's one interceptor, around every method of its service: the server span (when OpenTelemetry
+is configured), the caller's place among `max_concurrent_rpcs`, who is calling (auth), the log context,
+error mapping, and the request's one log line.
 
-Error mapping sits inside tracing so spans record the real status code. The request interceptor does its
-two jobs in one wrapper (one coroutine frame per call, the wrapped handler made once per method): every log
-line a handler writes carries the request's id, method, tenant and trace id; a RouterError becomes its
-status with google.rpc details, anything else INTERNAL with a fixed message. Only the router's own service
-is wrapped; health and reflection pass through untouched.
+Its jobs share one wrapper (one coroutine frame per call, the wrapped handler made once per method). The
+server span is outermost, so it records the real status code and every log line and child span of the call
+belongs to it; every log line a handler writes carries the request's id, method, tenant and trace id; a
+RouterError becomes its status with google.rpc details, anything else INTERNAL with a fixed message. Only
+the router's own service is wrapped; health and reflection pass through untouched (and are not traced).
 """
 
 from __future__ import annotations
@@ -22,11 +23,10 @@ from dataclasses import dataclass
 import grpc
 import structlog
 from google.protobuf.message import DecodeError
-from opentelemetry import trace
-from opentelemetry.instrumentation.grpc import aio_server_interceptor, filters
+from opentelemetry import propagate, trace
 
 from router import metrics, telemetry
-from router.core import errors
+from router.core import errors, tracing
 from router.core.auth import Authenticator
 from router.core.errors import ErrorKind, RouterError
 from router.grpc.converters import TENANT_KEY, set_caller
@@ -37,6 +37,11 @@ log = structlog.get_logger("router.rpc")
 SERVICE_PREFIX = "/modelrouter.v1.ModelRouterService/"
 REQUEST_ID_KEY = "x-request-id"
 AUTHORIZATION_KEY = "authorization"
+
+
+SERVICE_NAME = SERVICE_PREFIX.strip("/")
+_CODE_NUMBERS = {code.name: code.value[0] for code in grpc.StatusCode}
+_SERVER_FAULTS = {"UNKNOWN", "DEADLINE_EXCEEDED", "UNIMPLEMENTED", "INTERNAL", "UNAVAILABLE", "DATA_LOSS"}
 
 
 @dataclass(frozen=True)
@@ -81,9 +86,14 @@ class RequestInterceptor(grpc.aio.ServerInterceptor):
     (`rpc`): model, code, reason, latency, tokens, batches, shards. The request's text is never logged."""
 
     def __init__(
-        self, knows: Callable[[str], bool], auth: Authenticator | None = None, max_rpcs: int = 1 << 30
+        self,
+        knows: Callable[[str], bool],
+        auth: Authenticator | None = None,
+        max_rpcs: int = 1 << 30,
+        traced: bool = False,
     ) -> None:
         self._auth = auth or Authenticator()
+        self._traced = traced
         self._max_rpcs = max_rpcs
         self._active = 0
         """Calls inside the router now (every method of its service)."""
@@ -121,51 +131,53 @@ class RequestInterceptor(grpc.aio.ServerInterceptor):
 
     def _unary(self, behavior, method: str):
         async def unary(request, context):
-            started = self._bind(context, method)
-            try:
-                with self._slot():
-                    self._authenticate(request, context)
-                    response = await behavior(request, context)
-            except grpc.aio.AbortError as error:
-                self._done(started, method, request, None, error)
-                raise
-            except Exception as error:  # noqa: BLE001 - the one place that maps every error
-                self._done(started, method, request, None, error)
-                await self._abort(context, error)
-            except BaseException as error:  # cancelled: the caller went away
-                self._done(started, method, request, None, error)
-                raise
-            else:
-                self._done(started, method, request, response, None)
-                return response
+            with self._server_span(method, context):
+                started = self._bind(context, method)
+                try:
+                    with self._slot():
+                        self._authenticate(request, context)
+                        response = await behavior(request, context)
+                except grpc.aio.AbortError as error:
+                    self._done(started, method, request, None, error)
+                    raise
+                except Exception as error:  # noqa: BLE001 - the one place that maps every error
+                    self._done(started, method, request, None, error)
+                    await self._abort(context, error)
+                except BaseException as error:  # cancelled: the caller went away
+                    self._done(started, method, request, None, error)
+                    raise
+                else:
+                    self._done(started, method, request, response, None)
+                    return response
 
         return unary
 
     def _stream(self, behavior, method: str):
         async def stream(request, context):
-            started = self._bind(context, method)
-            last, failure = None, None
-            try:
-                with self._slot():
-                    self._authenticate(request, context)
-                    result = behavior(request, context)
-                    if inspect.isawaitable(result):  # a servicer that writes with context.write()
-                        await result
-                    else:
-                        async for response in result:
-                            last = response
-                            yield response
-            except grpc.aio.AbortError as error:
-                failure = error
-                raise
-            except Exception as error:  # noqa: BLE001
-                failure = error
-                await self._abort(context, error)
-            except BaseException as error:
-                failure = error
-                raise
-            finally:
-                self._done(started, method, request, last, failure)
+            with self._server_span(method, context):
+                started = self._bind(context, method)
+                last, failure = None, None
+                try:
+                    with self._slot():
+                        self._authenticate(request, context)
+                        result = behavior(request, context)
+                        if inspect.isawaitable(result):  # a servicer that writes with context.write()
+                            await result
+                        else:
+                            async for response in result:
+                                last = response
+                                yield response
+                except grpc.aio.AbortError as error:
+                    failure = error
+                    raise
+                except Exception as error:  # noqa: BLE001
+                    failure = error
+                    await self._abort(context, error)
+                except BaseException as error:
+                    failure = error
+                    raise
+                finally:
+                    self._done(started, method, request, last, failure)
 
         return stream
 
@@ -177,6 +189,22 @@ class RequestInterceptor(grpc.aio.ServerInterceptor):
             log.exception("rpc.internal_error", exc_info=error)
             status = internal_status()
         await context.abort(status.code, status.details, status.trailing_metadata)
+
+    def _server_span(self, method: str, context) -> contextlib.AbstractContextManager:
+        """The RPC's server span, current for the call, continuing the caller's W3C `traceparent`; nothing
+        when tracing is off. (The router makes it itself, in the wrapper it has anyway: OpenTelemetry's gRPC
+        interceptor wraps the handler and proxies the context anew for every call.)"""
+        if not self._traced:
+            return contextlib.nullcontext()
+        parent = propagate.extract(dict(context.invocation_metadata() or ()))
+        return tracing.tracer.start_as_current_span(
+            SERVICE_PREFIX + method,
+            context=parent,
+            kind=trace.SpanKind.SERVER,
+            attributes={"rpc.system": "grpc", "rpc.service": SERVICE_NAME, "rpc.method": method},
+            record_exception=False,
+            set_status_on_exception=False,
+        )
 
     @contextlib.contextmanager
     def _slot(self) -> Iterator[None]:
@@ -251,6 +279,11 @@ class RequestInterceptor(grpc.aio.ServerInterceptor):
                 fields.update(tokens=usage.prompt_tokens + usage.completion_tokens)
             else:
                 fields.update(tokens=usage.computed_tokens, batches=usage.batches)
+        span = trace.get_current_span()
+        if span.is_recording():
+            span.set_attribute("rpc.grpc.status_code", _CODE_NUMBERS.get(fields["code"], 2))
+            if fields["code"] in _SERVER_FAULTS:  # OpenTelemetry's rule for gRPC server spans
+                span.set_status(trace.Status(trace.StatusCode.ERROR, fields["code"]))
         elapsed = time.perf_counter() - started
         fields["ms"] = round(elapsed * 1000, 2)
         log.info("rpc", **fields)
@@ -265,11 +298,7 @@ class RequestInterceptor(grpc.aio.ServerInterceptor):
 def interceptor_chain(
     knows: Callable[[str], bool], auth: Authenticator, max_rpcs: int
 ) -> list[grpc.aio.ServerInterceptor]:
-    """Outermost first, as grpc.aio applies them; `knows` says whether a model name is served, `auth`
-    who is calling, `max_rpcs` how many calls may be inside at once."""
-    # With no exporter configured no span could leave the process, so the tracing interceptor is left out
-    # (it costs about a tenth of a millisecond per call on this machine kind). Health and reflection are
-    # not traced.
-    traced = filters.service_prefix(SERVICE_PREFIX.strip("/").split("/")[0])
-    tracing = [aio_server_interceptor(filter_=traced)] if telemetry.tracing_configured() else []
-    return [*tracing, RequestInterceptor(knows, auth, max_rpcs)]
+    """The router's one interceptor; `knows` says whether a model name is served, `auth` who is calling,
+    `max_rpcs` how many calls may be inside at once. With no OpenTelemetry exporter configured no span
+    could leave the process, so none is made. Health and reflection are not wrapped (nor traced)."""
+    return [RequestInterceptor(knows, auth, max_rpcs, traced=telemetry.tracing_configured())]

@@ -141,3 +141,33 @@ async def test_big_requests_are_tokenized_in_parts_whole_and_in_order(services, 
     whole = await embed.embed(EmbedRequest("embedder", texts))
     assert parted.usage.sequences == whole.usage.sequences
     assert np.allclose(parted.embeddings, whole.embeddings)
+
+
+async def test_text_waiting_to_be_tokenized_is_bounded(services, monkeypatch):
+    import threading
+
+    from router.core.tokenize import ModelTokenizer
+
+    pipeline, _, _, _ = services
+    bounded = RequestPipeline(pipeline.registry, RequestLimits(max_tokenizing_characters=60_000, tokenizing_threads=1))
+    entered, release, real_split = threading.Event(), threading.Event(), ModelTokenizer.split
+
+    def held_split(self, texts, *args, **kwargs):
+        if len(texts) > 1:  # the big request's parts wait; the small inline call does not
+            entered.set()
+            release.wait(5)
+        return real_split(self, texts, *args, **kwargs)
+
+    monkeypatch.setattr(ModelTokenizer, "split", held_split)
+    texts = ["alpha beta gamma " * 30] * 100  # 51,000 characters
+    first = asyncio.create_task(EmbedService(bounded).embed(EmbedRequest("embedder", texts)))
+    await asyncio.to_thread(entered.wait, 5)
+    assert bounded.tokenizing_characters == 51_000
+    with pytest.raises(RouterError) as caught:  # 102,000 would be waiting: refused at once
+        await EmbedService(bounded).embed(EmbedRequest("embedder", texts))
+    assert caught.value.kind is ErrorKind.OVERLOADED and caught.value.retry_after_s
+    small = await EmbedService(bounded).embed(EmbedRequest("embedder", ["alpha"]))  # inline: not counted
+    assert small.embeddings.shape[0] == 1
+    release.set()
+    assert (await first).embeddings.shape[0] == 100
+    assert bounded.tokenizing_characters == 0
