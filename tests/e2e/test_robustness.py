@@ -32,7 +32,7 @@ def test_a_100000_character_model_name_gets_not_found_within_the_trailer_limit(s
 
 
 def test_ten_thousand_invalid_inputs_get_a_bounded_list_of_violations(stub):
-    too_long = "word " * 300  # over 256 tokens each
+    too_long = "a " * 260  # over 256 tokens each, in 520 characters (10,000 of them stay under the character cap)
     request = pb.EmbedRequest(model=EMBED_MODEL, inputs=[too_long] * 10_000, truncation=pb.TRUNCATION_NONE)
     with pytest.raises(grpc.RpcError) as caught:
         stub.Embed(request, timeout=120)
