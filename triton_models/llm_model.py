@@ -5,23 +5,28 @@ The tensors are TensorRT-LLM's (`tensorrt_llm` model of tensorrtllm_backend), so
 model drives a real TensorRT-LLM engine on a GPU Triton the same way; triton_models/CONTRACTS.md lists them.
 
 In-flight batching: requests are queued by `execute` (which returns at once) and a single engine thread
-runs the model. Between two decode steps it starts waiting requests (a prefill of the prompt alone, whose
-first token is sent at once) and adds them to the running batch; every decode step advances every running
-stream by one token. A stream leaves the batch when it ends (end token, its length, cancelled by its
-caller); the others go on. The batch's KV cache is left-padded to the longest stream and masked, and it is
-rebuilt only when the batch's membership changes.
+runs the model. Between two decode steps it advances the prefill of up to `max_prefills_per_step` joining
+streams by one chunk of their prompt (`prefill_chunk_tokens`, into the stream's own KV cache), and a
+stream whose prompt is all in sends its first token and joins the running batch; every decode step
+advances every running stream by one token. So a long prompt never stalls the running streams for more
+than one chunk, and a caller that goes away mid-prompt stops its prefill at the next chunk. A stream
+leaves the batch when it ends (end token, its length, cancelled by its caller); the others go on. The
+batch's KV cache is left-padded to the longest stream and masked, and it is rebuilt only when the batch's
+membership changes. Any failure fails the streams it touched and the engine goes on.
 
 Model-config parameters read here:
   onnx_file              file name inside the version folder (default model.onnx)
   onnx_intra_op_threads  onnxruntime intra-op threads (default 0: onnxruntime decides)
   max_context            prompt plus generated tokens, at most (default 8192)
-  max_prefills_per_step  streams started between two decode steps (default 2), so joining streams do not
-                         stall running ones for long
+  max_prefills_per_step  joining streams whose prefill advances between two decode steps (default 2)
+  prefill_chunk_tokens   prompt tokens per prefill step (default 256), so joining streams do not stall
+                         running ones for long
 
 Custom metrics (Triton's metrics port): `llm_generated_tokens_total`, `llm_streams_total{outcome}`
 (finished, cancelled), `llm_running_streams`.
 """
 
+import contextlib
 import json
 import os
 import queue
@@ -132,6 +137,7 @@ class TritonPythonModel:
         self.max_streams = max(1, int(config.get("max_batch_size", 8)))
         self.max_context = int(params.get("max_context", "8192"))
         self.max_prefills = int(params.get("max_prefills_per_step", "2"))
+        self.prefill_chunk = int(params.get("prefill_chunk_tokens", "256"))
 
         labels = {"model": args["model_name"], "version": args["model_version"]}
         tokens = pb_utils.MetricFamily(
@@ -172,27 +178,32 @@ class TritonPythonModel:
     # The engine thread.
 
     def _run(self):
-        running = []
+        running, joining = [], []
         batch = None  # (members, past arrays, mask) while the membership is unchanged
         while not self.stopping.is_set():
             try:
-                running, batch = self._iterate(running, batch)
+                running, joining, batch = self._iterate(running, joining, batch)
             except Exception as error:  # the engine must outlive any one failure: fail its streams, go on
                 pb_utils.Logger.log_error(f"llm engine: {error!r}")
-                for stream in running:
+                for stream in running + joining:
                     self._fail(stream, error)
-                running, batch = [], None
+                running, joining, batch = [], [], None
 
-    def _iterate(self, running, batch):
-        """Start waiting streams, drop ended ones, run one decode step; return the new batch state."""
-        joined = []
-        while len(running) + len(joined) < self.max_streams and len(joined) < self.max_prefills:
+    def _iterate(self, running, joining, batch):
+        """Take waiting streams, advance up to `max_prefills` prefills by one chunk, drop ended streams, run
+        one decode step; return the new state."""
+        while len(running) + len(joining) < self.max_streams:
+            idle = not running and not joining
             try:
-                stream = self.waiting.get(timeout=0.05 if not running and not joined else 0)
+                joining.append(self.waiting.get(timeout=0.05 if idle else 0))
             except queue.Empty:
                 break
-            if self._prefill(stream):
+        joining = [s for s in joining if not self._ended(s)]
+        joined = []
+        for stream in joining[: self.max_prefills]:
+            if self._prefill_chunk(stream) and not stream.done:
                 joined.append(stream)
+        joining = [s for s in joining if s not in joined and not s.done]
         if joined:
             running, batch = running + joined, None
         kept = [s for s in running if not self._ended(s)]
@@ -200,36 +211,38 @@ class TritonPythonModel:
             running, batch = kept, None
         self.running_metric.set(len(running))
         if not running:
-            return running, None
-        return running, self._decode(running, batch)
+            return running, joining, None
+        return running, joining, self._decode(running, batch)
 
     def _feed(self, ids, mask, positions, past):
         feed = {"input_ids": ids, "attention_mask": mask, "position_ids": positions}
         feed.update(zip(self.past_names, past, strict=True))
         return feed
 
-    def _prefill(self, stream):
-        """Run the prompt alone and send its first token; False if the stream is already over."""
-        if self._ended(stream):
-            return False
-        n = len(stream.prompt)
-        empty = [np.zeros((1, self.heads, 0, self.head_dim), np.float32)] * len(self.past_names)
+    def _prefill_chunk(self, stream):
+        """Run the next chunk of the stream's prompt into its own KV cache; once the whole prompt is in,
+        send its first token and return True."""
+        start = stream.length
+        chunk = stream.prompt[start : start + self.prefill_chunk]
+        past = stream.past or [np.zeros((1, self.heads, 0, self.head_dim), np.float32)] * len(self.past_names)
         try:
             outputs = self.session.run(
                 self.present_names,
                 self._feed(
-                    np.array([stream.prompt], np.int64),
-                    np.ones((1, n), np.int64),
-                    np.arange(n, dtype=np.int64)[None],
-                    empty,
+                    np.array([chunk], np.int64),
+                    np.ones((1, start + len(chunk)), np.int64),
+                    np.arange(start, start + len(chunk), dtype=np.int64)[None],
+                    past,
                 ),
             )
+            stream.past, stream.length = outputs[1:], start + len(chunk)
+            if stream.length < len(stream.prompt):
+                return False
+            self._emit(stream, stream.sample(outputs[0][0]))
         except Exception as error:
             self._fail(stream, error)
             return False
-        stream.past, stream.length = outputs[1:], n
-        self._emit(stream, stream.sample(outputs[0][0]))
-        return not stream.done
+        return True
 
     def _decode(self, running, batch):
         if batch is None or batch[0] != running:
@@ -267,7 +280,12 @@ class TritonPythonModel:
         length = pb_utils.Tensor("sequence_length", np.array([[len(stream.generated)]], np.int32))
         stream.done = stream.finished()
         flags = FINAL if stream.done else 0
-        stream.sender.send(pb_utils.InferenceResponse(output_tensors=[output, length]), flags=flags)
+        try:
+            stream.sender.send(pb_utils.InferenceResponse(output_tensors=[output, length]), flags=flags)
+        except Exception as error:  # the request is gone (cancelled, its sender closed): so is the stream
+            pb_utils.Logger.log_warn(f"llm engine: a response could not be sent: {error!r}")
+            stream.past, stream.done = None, True
+            return
         if stream.done:
             self.outcome_metric["finished"].increment(1)
             stream.past = None
@@ -280,10 +298,14 @@ class TritonPythonModel:
             self.outcome_metric["cancelled"].increment(1)
             stream.past = None
             stream.done = True
-            stream.sender.send(flags=FINAL)
+            with contextlib.suppress(Exception):  # Triton may have closed a cancelled request's sender itself
+                stream.sender.send(flags=FINAL)
             return True
         return False
 
     def _fail(self, stream, error):
+        if stream.done:
+            return
         stream.past, stream.done = None, True
-        stream.sender.send(pb_utils.InferenceResponse(error=pb_utils.TritonError(str(error))), flags=FINAL)
+        with contextlib.suppress(Exception):  # its sender is closed already: nobody left to tell
+            stream.sender.send(pb_utils.InferenceResponse(error=pb_utils.TritonError(str(error))), flags=FINAL)

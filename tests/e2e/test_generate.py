@@ -233,3 +233,33 @@ def test_a_client_generated_from_the_protos_alone_streams_an_answer(llm, router_
     assert done.returncode == 0, done.stderr
     answer, reason = done.stdout.strip().rsplit("\n", 1)
     assert "Paris" in answer and reason == "FINISH_REASON_STOP"
+
+
+def test_a_long_prompt_joins_in_chunks_without_stalling_running_streams(llm):
+    """Prefill goes a chunk of the prompt at a time between decode steps: a running stream keeps getting
+    tokens while a 1,800-token prompt is being read (counted, not timed)."""
+    import time
+
+    arrivals: list[float] = []
+    running = llm.Generate(
+        pb.GenerateRequest(model=GENERATE_MODEL, prompt="1, 2, 3, 4, 5,", max_tokens=400), timeout=300
+    )
+
+    def read() -> None:
+        for reply in running:
+            if reply.text:
+                arrivals.append(time.monotonic())
+
+    reader = threading.Thread(target=read)
+    reader.start()
+    wait_for(lambda: len(arrivals) >= 2, "the running stream's first tokens", 60)
+    joined = time.monotonic()
+    long_prompt = pb.GenerateRequest(model=GENERATE_MODEL, prompt="word " * 1800, max_tokens=1)
+    first = next(iter(llm.Generate(long_prompt, timeout=300)))
+    answered = time.monotonic()
+    running.cancel()
+    reader.join(timeout=30)
+    during = [t for t in arrivals if joined < t < answered]
+    assert first.text or first.finish_reason
+    # About one token per chunk (1,800 / 256: 8 here); read in one piece, the prompt let 2 through.
+    assert len(during) >= 5, f"{len(during)} tokens of the running stream while the long prompt was read"
