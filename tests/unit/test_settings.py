@@ -52,3 +52,25 @@ def test_router_serve_refuses_to_start_and_names_the_setting():
     )
     assert done.returncode == 2
     assert "max_inflight_batches" in done.stderr
+
+
+@pytest.mark.parametrize(
+    ("settings", "named"),
+    [
+        ({"tls_cert_file": "cert.pem"}, "go together"),
+        ({"tls_client_ca_file": "ca.pem"}, "needs tls_cert_file"),
+        ({"triton_tls_ca_file": "ca.pem"}, "servers named in `triton`"),
+        ({"principals": {"batch": {"certificate_name": "batch.internal"}}}, "needs tls_client_ca_file"),
+        ({"principals": {"nobody": {"tenant": "x"}}}, "needs key_sha256, certificate_name or both"),
+        ({"principals": {"short": {"key_sha256": "abc"}}}, "key_sha256"),
+    ],
+)
+def test_security_settings_that_cannot_work_are_refused(tmp_path, settings, named):
+    for name in ("cert.pem", "ca.pem"):
+        (tmp_path / name).write_text("-----BEGIN CERTIFICATE-----\n")
+    for key in ("tls_cert_file", "tls_client_ca_file", "triton_tls_ca_file"):
+        if key in settings:
+            settings = {**settings, key: tmp_path / settings[key]}
+    with pytest.raises(ValidationError) as caught:
+        Settings(**settings)
+    assert named in str(caught.value)
