@@ -142,7 +142,7 @@ def _value(field: FieldDescriptor, models: list[str], max_repeated: int, depth: 
     if kind in INT_RANGES:
         low, high = INT_RANGES[kind]
         return st.integers(1, 64), st.one_of(
-            st.integers(-3, 3000), st.integers(low, high), st.sampled_from([low, high])
+            st.integers(max(low, -3), 3000), st.integers(low, high), st.sampled_from([low, high])
         )
     if kind == FieldDescriptor.TYPE_ENUM:
         defined = [v.number for v in field.enum_type.values]
