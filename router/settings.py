@@ -208,16 +208,15 @@ class Settings(BaseSettings):
             raise ValueError("tls_cert_file and tls_key_file go together")
         if self.tls_client_ca_file is not None and self.tls_cert_file is None:
             raise ValueError("tls_client_ca_file (mutual TLS) needs tls_cert_file and tls_key_file")
-        for path in (self.tls_cert_file, self.tls_key_file, self.tls_client_ca_file):
-            if path is not None and not path.is_file():
-                raise ValueError(f"{path} is not a readable file")
         if (self.triton_tls_cert_file is None) != (self.triton_tls_key_file is None):
             raise ValueError("triton_tls_cert_file and triton_tls_key_file go together")
         if self.triton_tls_ca_file is not None and not self.triton:
             raise ValueError("TLS to Triton (triton_tls_ca_file) is for the servers named in `triton`")
         if self.triton_tls_cert_file is not None and self.triton_tls_ca_file is None:
             raise ValueError("a client certificate for Triton (triton_tls_cert_file) needs triton_tls_ca_file")
-        for path in (self.triton_tls_ca_file, self.triton_tls_cert_file, self.triton_tls_key_file):
+        files = (self.tls_cert_file, self.tls_key_file, self.tls_client_ca_file)
+        files += (self.triton_tls_ca_file, self.triton_tls_cert_file, self.triton_tls_key_file)
+        for path in files:
             if path is not None and not path.is_file():
                 raise ValueError(f"{path} is not a readable file")
         by_certificate = [name for name, p in self.principals.items() if p.certificate_name]

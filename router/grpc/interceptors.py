@@ -131,11 +131,12 @@ class RequestInterceptor(grpc.aio.ServerInterceptor):
 
     def _unary(self, behavior, method: str):
         async def unary(request, context):
-            with self._server_span(method, context):
-                started = self._bind(context, method)
+            metadata = dict(context.invocation_metadata() or ())  # read once: span, log context, auth
+            with self._server_span(method, metadata):
+                started = self._bind(metadata, method)
                 try:
                     with self._slot():
-                        self._authenticate(request, context)
+                        self._authenticate(request, context, metadata)
                         response = await behavior(request, context)
                 except grpc.aio.AbortError as error:
                     self._done(started, method, request, None, error)
@@ -154,12 +155,13 @@ class RequestInterceptor(grpc.aio.ServerInterceptor):
 
     def _stream(self, behavior, method: str):
         async def stream(request, context):
-            with self._server_span(method, context):
-                started = self._bind(context, method)
+            metadata = dict(context.invocation_metadata() or ())  # read once: span, log context, auth
+            with self._server_span(method, metadata):
+                started = self._bind(metadata, method)
                 last, failure = None, None
                 try:
                     with self._slot():
-                        self._authenticate(request, context)
+                        self._authenticate(request, context, metadata)
                         result = behavior(request, context)
                         if inspect.isawaitable(result):  # a servicer that writes with context.write()
                             await result
@@ -190,13 +192,13 @@ class RequestInterceptor(grpc.aio.ServerInterceptor):
             status = internal_status()
         await context.abort(status.code, status.details, status.trailing_metadata)
 
-    def _server_span(self, method: str, context) -> contextlib.AbstractContextManager:
+    def _server_span(self, method: str, metadata: dict) -> contextlib.AbstractContextManager:
         """The RPC's server span, current for the call, continuing the caller's W3C `traceparent`; nothing
         when tracing is off. (The router makes it itself, in the wrapper it has anyway: OpenTelemetry's gRPC
         interceptor wraps the handler and proxies the context anew for every call.)"""
         if not self._traced:
             return contextlib.nullcontext()
-        parent = propagate.extract(dict(context.invocation_metadata() or ()))
+        parent = propagate.extract(metadata)
         return tracing.tracer.start_as_current_span(
             SERVICE_PREFIX + method,
             context=parent,
@@ -222,15 +224,15 @@ class RequestInterceptor(grpc.aio.ServerInterceptor):
         finally:
             self._active -= 1
 
-    def _authenticate(self, request, context) -> None:
+    def _authenticate(self, request, context, metadata: dict) -> None:
+        """Who is calling and for which tenant (router/core/auth.py); the caller may use the model it
+        names. Raises RouterError INVALID_ARGUMENT (a request that did not parse), UNAUTHENTICATED or
+        PERMISSION_DENIED."""
         if isinstance(request, _Malformed):  # before anything else: there is no request to speak of
             raise errors.invalid(
                 errors.MALFORMED_REQUEST,
                 f"the request is not a valid {request.type_name} message (text fields must be UTF-8)",
             )
-        """Who is calling and for which tenant (router/core/auth.py); the caller may use the model it
-        names. Raises RouterError UNAUTHENTICATED or PERMISSION_DENIED."""
-        metadata = dict(context.invocation_metadata() or ())
         bearer = metadata.get(AUTHORIZATION_KEY, "")
         scheme, _, key = bearer.partition(" ")
         names: list[str] = []
@@ -248,8 +250,7 @@ class RequestInterceptor(grpc.aio.ServerInterceptor):
         structlog.contextvars.bind_contextvars(tenant=caller.tenant, principal=caller.principal.name)
 
     @staticmethod
-    def _bind(context, method: str) -> float:
-        metadata = dict(context.invocation_metadata() or ())
+    def _bind(metadata: dict, method: str) -> float:
         request_id = metadata.get(REQUEST_ID_KEY) or uuid.uuid4().hex
         span = trace.get_current_span().get_span_context()
         ids = (
