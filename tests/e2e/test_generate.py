@@ -246,9 +246,13 @@ def test_a_long_prompt_joins_in_chunks_without_stalling_running_streams(llm):
     )
 
     def read() -> None:
-        for reply in running:
-            if reply.text:
-                arrivals.append(time.monotonic())
+        try:
+            for reply in running:
+                if reply.text:
+                    arrivals.append(time.monotonic())
+        except grpc.RpcError as error:  # the test cancels the stream once it has what it counts
+            if error.code() != grpc.StatusCode.CANCELLED:
+                raise
 
     reader = threading.Thread(target=read)
     reader.start()
