@@ -34,7 +34,7 @@ from router import metrics
 from router.core import errors
 from router.core.backend import answered_by
 from router.core.contract import ModelContract, ModelDescription
-from router.core.errors import ErrorKind, RouterError
+from router.core.errors import RouterError
 from router.core.prompting import Sampling
 from router.core.routing import LEAST_WORK, HealthConfig, RetryBudget, Shard, ShardSet
 from router.core.tokenize import Window
@@ -65,23 +65,19 @@ def _as_router_error(error: InferenceServerException, failure: Failure, shard: s
     log.warning("triton.error", shard=shard, model=model, status=status, detail=error.message())
     if failure.shard_down or failure.model_gone:
         return RouterError(
-            ErrorKind.BACKEND_UNAVAILABLE,
             errors.BACKEND_UNAVAILABLE,
             "the model server is unavailable",
             retry_after_s=1.0,
         )
     if status == "StatusCode.DEADLINE_EXCEEDED":
-        return RouterError(ErrorKind.DEADLINE_EXCEEDED, "BACKEND_DEADLINE", "the model server ran out of time")
+        return RouterError(errors.BACKEND_DEADLINE, "the model server ran out of time")
     if failure.queue_full or status == "StatusCode.RESOURCE_EXHAUSTED":
-        return RouterError(
-            ErrorKind.OVERLOADED, "BACKEND_OVERLOADED", "the model server is overloaded", retry_after_s=0.5
-        )
-    return RouterError(ErrorKind.BACKEND_FAILED, errors.BACKEND_FAILED, "the model server failed the request")
+        return RouterError(errors.BACKEND_OVERLOADED, "the model server is overloaded", retry_after_s=0.5)
+    return RouterError(errors.BACKEND_FAILED, "the model server failed the request")
 
 
 def _no_shard(model: str) -> RouterError:
     return RouterError(
-        ErrorKind.BACKEND_UNAVAILABLE,
         errors.BACKEND_UNAVAILABLE,
         f"no model server that holds {model!r} is available",
         retry_after_s=1.0,
@@ -91,7 +87,6 @@ def _no_shard(model: str) -> RouterError:
 
 def _version_gone(model: str, version: str) -> RouterError:
     return RouterError(
-        ErrorKind.BACKEND_UNAVAILABLE,
         errors.MODEL_VERSION_GONE,
         f"version {version} of {model!r} is no longer on any model server",
         retry_after_s=1.0,

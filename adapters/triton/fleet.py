@@ -27,7 +27,7 @@ from tritonclient.utils import InferenceServerException
 from router import metrics
 from router.core import errors
 from router.core.contract import ModelDescription, TensorSpec
-from router.core.errors import ErrorKind, RouterError
+from router.core.errors import RouterError
 from router.core.routing import Shard, ShardSet
 
 log = structlog.get_logger(__name__)
@@ -249,7 +249,6 @@ class TritonFleet:
         answering = [s for s in self.shards.shards.values() if s.address in self.reachable]
         if not answering:
             raise RouterError(
-                ErrorKind.BACKEND_UNAVAILABLE,
                 errors.BACKEND_UNAVAILABLE,
                 "no model server answered for its model index",
                 retry_after_s=1.0,

@@ -41,14 +41,10 @@ from token_bucket import Limiter, MemoryStorage
 from router.core import errors
 from router.core.config import AdmissionConfig
 from router.core.drain import ArrivalRate, Calibration, DrainRate
-from router.core.errors import ErrorKind, RouterError
+from router.core.errors import DEADLINE_EXPIRED, DEADLINE_TOO_SHORT, QUEUE_FULL, TENANT_RATE_LIMITED, RouterError
 from router.core.fair_queue import FairQueue
 from router.core.work import Ticket
 
-QUEUE_FULL = "QUEUE_FULL"
-TENANT_RATE_LIMITED = "TENANT_RATE_LIMITED"
-DEADLINE_TOO_SHORT = "DEADLINE_TOO_SHORT"
-DEADLINE_EXPIRED = "DEADLINE_EXPIRED"
 REASONS = (QUEUE_FULL, TENANT_RATE_LIMITED, DEADLINE_TOO_SHORT, DEADLINE_EXPIRED)
 
 MIN_RETRY_S = 0.05
@@ -109,7 +105,6 @@ class TenantLimiter:
             if not limiter.consume(key, amount):
                 missing = amount - storage.get_token_count(key)
                 raise RouterError(
-                    ErrorKind.OVERLOADED,
                     TENANT_RATE_LIMITED,
                     f"tenant {errors.echo(tenant) if tenant else '(none)'} is over its {kind}/s rate",
                     retry_after_s=retry_delay(missing, rate),
@@ -266,7 +261,6 @@ def queue_full(
     if request_tokens is not None:
         metadata["request_tokens"] = str(request_tokens)
     return RouterError(
-        ErrorKind.OVERLOADED,
         QUEUE_FULL,
         f"model {model!r} is busy{' (' + why + ')' if why else ''}: "
         f"{queued_requests} requests and {queued_tokens} tokens are waiting",
@@ -277,7 +271,6 @@ def queue_full(
 
 def deadline_too_short(model: str, estimate_s: float, remaining_s: float) -> RouterError:
     return RouterError(
-        ErrorKind.DEADLINE_EXCEEDED,
         DEADLINE_TOO_SHORT,
         f"model {model!r} needs about {estimate_s * 1000:.0f} ms for this request; "
         f"the deadline leaves {max(remaining_s, 0) * 1000:.0f} ms",
@@ -287,7 +280,6 @@ def deadline_too_short(model: str, estimate_s: float, remaining_s: float) -> Rou
 
 def deadline_expired(model: str) -> RouterError:
     return RouterError(
-        ErrorKind.DEADLINE_EXCEEDED,
         DEADLINE_EXPIRED,
         f"the deadline passed while the request waited for model {model!r}; it was not run",
         metadata={"model": model},

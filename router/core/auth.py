@@ -22,7 +22,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
 from router.core import errors
-from router.core.errors import ErrorKind, RouterError
+from router.core.errors import RouterError
 
 
 @dataclass(frozen=True)
@@ -59,7 +59,6 @@ class Caller:
     def check_model(self, model: str) -> None:
         if not self.principal.allows(model):
             raise RouterError(
-                ErrorKind.PERMISSION_DENIED,
                 errors.MODEL_NOT_ALLOWED,
                 f"principal {self.principal.name!r} may not use model {errors.echo(model)}",
                 metadata={"principal": self.principal.name, "model": errors.clip(model)},
@@ -102,7 +101,6 @@ class Authenticator:
         if principal.act_for_others:
             return Caller(principal, tenant)
         raise RouterError(
-            ErrorKind.PERMISSION_DENIED,
             errors.TENANT_NOT_ALLOWED,
             f"principal {principal.name!r} may not act for tenant {errors.echo(tenant)}",
             metadata={"principal": principal.name, "tenant": errors.clip(tenant)},
@@ -114,19 +112,17 @@ class Authenticator:
             principal = self._by_key.get(hash_key(bearer))
             if principal is not None:
                 return principal
-            raise RouterError(ErrorKind.UNAUTHENTICATED, errors.CREDENTIALS_INVALID, "the API key is not valid")
+            raise RouterError(errors.CREDENTIALS_INVALID, "the API key is not valid")
         for name in certificate_names:
             principal = self._by_certificate.get(name)
             if principal is not None:
                 return principal
         if certificate_names:
             raise RouterError(
-                ErrorKind.UNAUTHENTICATED,
                 errors.CREDENTIALS_INVALID,
                 "the client certificate names no known principal",
             )
         raise RouterError(
-            ErrorKind.UNAUTHENTICATED,
             errors.CREDENTIALS_MISSING,
             "authentication is required: send `authorization: Bearer <API key>` or a client certificate",
         )

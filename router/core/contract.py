@@ -24,6 +24,9 @@ repository (`model_repository` setting).
 | `modelrouter.end_tokens`          | generate: comma list of tokens that end an answer (first: `end_id`) | required |
 | `modelrouter.generate_options`    | generate: comma list of the sampling options honoured     | none       |
 | `modelrouter.min_batch_fill`      | least share of real tokens in a padded batch (0 to 1)     | settings   |
+| `modelrouter.score`               | rerank: what a score is: `logit`, `probability` or `similarity` | `logit` |
+| `modelrouter.input_prefixes`      | embed: JSON object, input type (`query`, `document`, `classification`, `clustering`) to the text put before each window | none |
+| `modelrouter.quantization_range`  | embed: r of the int8 and uint8 encodings (components beyond +-r clip) | 1 |
 
 Input tensors are recognised by name: `input_ids` (required), `attention_mask` and `token_type_ids`
 (sent when the model declares them). Rows are padded with the tokenizer's own pad token (its padding
@@ -34,9 +37,10 @@ tokenizer has none and whose config names none is not served.
 from __future__ import annotations
 
 import enum
+import json
 from dataclasses import dataclass
 
-from router.core.errors import ErrorKind, RouterError
+from router.core.errors import BAD_MODEL_CONTRACT, RouterError
 
 PREFIX = "modelrouter."
 
@@ -48,6 +52,8 @@ class Task(enum.Enum):
 
 
 POOLINGS = ("mean", "cls", "max", "last")
+SCORE_TYPES = ("logit", "probability", "similarity")
+INPUT_TYPES = ("query", "document", "classification", "clustering")
 
 # The sampling options of a generate request that a model may declare (`modelrouter.generate_options`).
 GENERATE_OPTIONS = frozenset(
@@ -115,6 +121,15 @@ class ModelContract:
     """Generate: tokens that end an answer; the first is the model's `end_id`."""
     generate_options: frozenset[str] = frozenset()
     """Generate: the GenerateRequest sampling options the model honours."""
+    score_type: str = "logit"
+    """Rerank: what a score is (SCORE_TYPES)."""
+    input_prefixes: tuple[tuple[str, str], ...] = ()
+    """Embed: (input type, the text put before each window of such an input), for the types declared."""
+    quantization_range: float = 1.0
+    """Embed: r of the int8 and uint8 encodings (quantize.py)."""
+
+    def prefix(self, input_type: str) -> str:
+        return dict(self.input_prefixes)[input_type]
 
     @property
     def embedding_dimensions(self) -> int:
@@ -130,7 +145,7 @@ class ModelContract:
 
 
 def _contract_error(model: str, message: str) -> RouterError:
-    return RouterError(ErrorKind.BACKEND_FAILED, "BAD_MODEL_CONTRACT", f"model {model!r}: {message}")
+    return RouterError(BAD_MODEL_CONTRACT, f"model {model!r}: {message}")
 
 
 def _truncation(model: str, value: str) -> Truncation:
@@ -256,7 +271,42 @@ def parse_contract(description: ModelDescription) -> ModelContract:
         chat_template_file=params.get("chat_template") or None,
         end_tokens=_names(params.get("end_tokens", "")),
         generate_options=_options(name, params.get("generate_options", "")),
+        score_type=_choice(name, "score", params.get("score", "logit"), SCORE_TYPES),
+        input_prefixes=_prefixes(name, params.get("input_prefixes", "")),
+        quantization_range=_positive(name, "quantization_range", params.get("quantization_range", "1")),
     )
+
+
+def _choice(model: str, key: str, value: str, allowed: tuple[str, ...]) -> str:
+    chosen = value.strip().lower()
+    if chosen not in allowed:
+        raise _contract_error(model, f"{PREFIX}{key} must be one of {', '.join(allowed)}")
+    return chosen
+
+
+def _prefixes(model: str, value: str) -> tuple[tuple[str, str], ...]:
+    if not value.strip():
+        return ()
+    try:
+        prefixes = json.loads(value)
+    except ValueError:
+        prefixes = None
+    if not isinstance(prefixes, dict) or not all(isinstance(v, str) for v in prefixes.values()):
+        raise _contract_error(model, f"{PREFIX}input_prefixes must be a JSON object of input type to prefix text")
+    unknown = set(prefixes) - set(INPUT_TYPES)
+    if unknown:
+        raise _contract_error(model, f"{PREFIX}input_prefixes: unknown {sorted(unknown)}; known: {list(INPUT_TYPES)}")
+    return tuple(sorted(prefixes.items()))
+
+
+def _positive(model: str, key: str, value: str) -> float:
+    try:
+        number = float(value)
+    except ValueError:
+        number = 0.0
+    if not number > 0 or number == float("inf"):
+        raise _contract_error(model, f"{PREFIX}{key} must be a positive number")
+    return number
 
 
 def _names(value: str) -> tuple[str, ...]:

@@ -19,10 +19,91 @@ class ErrorKind(enum.Enum):
     NOT_READY = "not_ready"
     BACKEND_UNAVAILABLE = "backend_unavailable"
     BACKEND_FAILED = "backend_failed"
-    UNIMPLEMENTED = "unimplemented"
-    CANCELLED = "cancelled"
     UNAUTHENTICATED = "unauthenticated"
     PERMISSION_DENIED = "permission_denied"
+    INTERNAL = "internal"
+
+
+# Reasons, shared by every transport. Clients match on these, never on messages. Each has one kind, so
+# one status code: KINDS below is the only place that pairs them, and the proto's ErrorReason enum
+# (protos/modelrouter/v1/error_reason.proto) declares exactly these names (a unit test holds the two
+# together).
+MALFORMED_REQUEST = "MALFORMED_REQUEST"
+"""The request's bytes are not a valid message of its type (a text field that is not UTF-8, say)."""
+MODEL_REQUIRED = "MODEL_REQUIRED"
+WRONG_TASK = "WRONG_TASK"
+EMPTY_INPUTS = "EMPTY_INPUTS"
+EMPTY_QUERY = "EMPTY_QUERY"
+EMPTY_DOCUMENTS = "EMPTY_DOCUMENTS"
+INVALID_VALUE = "INVALID_VALUE"
+UNSUPPORTED_OPTION = "UNSUPPORTED_OPTION"
+INPUT_TOO_LONG = "INPUT_TOO_LONG"
+QUERY_TOO_LONG = "QUERY_TOO_LONG"
+CONTEXT_TOO_LONG = "CONTEXT_TOO_LONG"
+"""Generate: the prompt and max_tokens do not fit the model's context."""
+TOO_MANY_INPUTS = "TOO_MANY_INPUTS"
+TOO_MANY_TOKENS = "TOO_MANY_TOKENS"
+TOO_MANY_CHARACTERS = "TOO_MANY_CHARACTERS"
+"""More text than `max_characters_per_request`, refused before tokenizing."""
+MODEL_NOT_FOUND = "MODEL_NOT_FOUND"
+MODEL_VERSION_NOT_FOUND = "MODEL_VERSION_NOT_FOUND"
+"""The model is served, but not in the version the request names."""
+CREDENTIALS_MISSING = "CREDENTIALS_MISSING"
+"""Authentication is on and the call carried neither an API key nor a client certificate."""
+CREDENTIALS_INVALID = "CREDENTIALS_INVALID"
+"""The API key or client certificate matches no principal."""
+MODEL_NOT_ALLOWED = "MODEL_NOT_ALLOWED"
+"""The caller's principal may not use this model."""
+TENANT_NOT_ALLOWED = "TENANT_NOT_ALLOWED"
+"""The call named a tenant (x-tenant-id) other than its principal's, which may not act for others."""
+QUEUE_FULL = "QUEUE_FULL"
+TENANT_RATE_LIMITED = "TENANT_RATE_LIMITED"
+TOO_MANY_REQUESTS = "TOO_MANY_REQUESTS"
+"""The router holds `max_concurrent_rpcs` calls already; retry after the delay given."""
+BACKEND_OVERLOADED = "BACKEND_OVERLOADED"
+DEADLINE_TOO_SHORT = "DEADLINE_TOO_SHORT"
+DEADLINE_EXPIRED = "DEADLINE_EXPIRED"
+BACKEND_DEADLINE = "BACKEND_DEADLINE"
+MODEL_NOT_READY = "MODEL_NOT_READY"
+MODEL_UNUSABLE = "MODEL_UNUSABLE"
+SHUTTING_DOWN = "SHUTTING_DOWN"
+BACKEND_UNAVAILABLE = "BACKEND_UNAVAILABLE"
+BACKEND_INDEX_UNAVAILABLE = "BACKEND_INDEX_UNAVAILABLE"
+MODEL_VERSION_GONE = "MODEL_VERSION_GONE"
+"""The model version a batch was pinned to is no longer on any server (a rollout unloaded it)."""
+BACKEND_FAILED = "BACKEND_FAILED"
+BAD_MODEL_CONTRACT = "BAD_MODEL_CONTRACT"
+INTERNAL = "INTERNAL"
+
+_BY_KIND = {
+    ErrorKind.INVALID_INPUT: (
+        MALFORMED_REQUEST,
+        MODEL_REQUIRED,
+        WRONG_TASK,
+        EMPTY_INPUTS,
+        EMPTY_QUERY,
+        EMPTY_DOCUMENTS,
+        INVALID_VALUE,
+        UNSUPPORTED_OPTION,
+        INPUT_TOO_LONG,
+        QUERY_TOO_LONG,
+        CONTEXT_TOO_LONG,
+        TOO_MANY_INPUTS,
+        TOO_MANY_TOKENS,
+        TOO_MANY_CHARACTERS,
+    ),
+    ErrorKind.NOT_FOUND: (MODEL_NOT_FOUND, MODEL_VERSION_NOT_FOUND),
+    ErrorKind.UNAUTHENTICATED: (CREDENTIALS_MISSING, CREDENTIALS_INVALID),
+    ErrorKind.PERMISSION_DENIED: (MODEL_NOT_ALLOWED, TENANT_NOT_ALLOWED),
+    ErrorKind.OVERLOADED: (QUEUE_FULL, TENANT_RATE_LIMITED, TOO_MANY_REQUESTS, BACKEND_OVERLOADED),
+    ErrorKind.DEADLINE_EXCEEDED: (DEADLINE_TOO_SHORT, DEADLINE_EXPIRED, BACKEND_DEADLINE),
+    ErrorKind.NOT_READY: (MODEL_NOT_READY, MODEL_UNUSABLE, SHUTTING_DOWN),
+    ErrorKind.BACKEND_UNAVAILABLE: (BACKEND_UNAVAILABLE, BACKEND_INDEX_UNAVAILABLE, MODEL_VERSION_GONE),
+    ErrorKind.BACKEND_FAILED: (BACKEND_FAILED, BAD_MODEL_CONTRACT),
+    ErrorKind.INTERNAL: (INTERNAL,),
+}
+KINDS: dict[str, ErrorKind] = {reason: kind for kind, reasons in _BY_KIND.items() for reason in reasons}
+"""Every reason the router sends, and its kind (so its status code): one kind per reason."""
 
 
 @dataclass(frozen=True)
@@ -35,9 +116,8 @@ class FieldViolation:
 
 @dataclass
 class RouterError(Exception):
-    """An error a caller should see: what kind, a stable UPPER_SNAKE reason, and the details."""
+    """An error a caller should see: a stable UPPER_SNAKE reason (which fixes its kind), and the details."""
 
-    kind: ErrorKind
     reason: str
     message: str
     violations: tuple[FieldViolation, ...] = ()
@@ -45,48 +125,17 @@ class RouterError(Exception):
     metadata: dict[str, str] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
+        if self.reason not in KINDS:
+            raise ValueError(f"{self.reason!r} is not a declared reason (errors.KINDS)")
         super().__init__(self.message)
+
+    @property
+    def kind(self) -> ErrorKind:
+        return KINDS[self.reason]
 
     def __str__(self) -> str:
         return self.message
 
-
-# Reasons, shared by every transport. Clients match on these, never on messages.
-EMPTY_INPUTS = "EMPTY_INPUTS"
-EMPTY_QUERY = "EMPTY_QUERY"
-EMPTY_DOCUMENTS = "EMPTY_DOCUMENTS"
-QUERY_TOO_LONG = "QUERY_TOO_LONG"
-INVALID_VALUE = "INVALID_VALUE"
-INPUT_TOO_LONG = "INPUT_TOO_LONG"
-CONTEXT_TOO_LONG = "CONTEXT_TOO_LONG"
-"""Generate: the prompt and max_tokens do not fit the model's context."""
-TOO_MANY_INPUTS = "TOO_MANY_INPUTS"
-TOO_MANY_TOKENS = "TOO_MANY_TOKENS"
-TOO_MANY_CHARACTERS = "TOO_MANY_CHARACTERS"
-"""More text than `max_characters_per_request`, refused before tokenizing."""
-UNSUPPORTED_OPTION = "UNSUPPORTED_OPTION"
-MODEL_NOT_FOUND = "MODEL_NOT_FOUND"
-WRONG_TASK = "WRONG_TASK"
-MODEL_NOT_READY = "MODEL_NOT_READY"
-BACKEND_UNAVAILABLE = "BACKEND_UNAVAILABLE"
-BACKEND_FAILED = "BACKEND_FAILED"
-SHUTTING_DOWN = "SHUTTING_DOWN"
-BACKEND_INDEX_UNAVAILABLE = "BACKEND_INDEX_UNAVAILABLE"
-MODEL_UNUSABLE = "MODEL_UNUSABLE"
-MODEL_VERSION_GONE = "MODEL_VERSION_GONE"
-"""The model version a batch was pinned to is no longer on any server (a rollout unloaded it)."""
-TOO_MANY_REQUESTS = "TOO_MANY_REQUESTS"
-"""The router holds `max_concurrent_rpcs` calls already; retry after the delay given."""
-MALFORMED_REQUEST = "MALFORMED_REQUEST"
-"""The request's bytes are not a valid message of its type (a text field that is not UTF-8, say)."""
-CREDENTIALS_MISSING = "CREDENTIALS_MISSING"
-"""Authentication is on and the call carried neither an API key nor a client certificate."""
-CREDENTIALS_INVALID = "CREDENTIALS_INVALID"
-"""The API key or client certificate matches no principal."""
-MODEL_NOT_ALLOWED = "MODEL_NOT_ALLOWED"
-"""The caller's principal may not use this model."""
-TENANT_NOT_ALLOWED = "TENANT_NOT_ALLOWED"
-"""The call named a tenant (x-tenant-id) other than its principal's, which may not act for others."""
 
 # A caller's value is echoed in an error (message or metadata) at most this long: gRPC clients refuse
 # trailers over 8 KiB by default, and a status that grows with the caller's input would hit that.
@@ -109,6 +158,6 @@ def echo(value: object, limit: int = MAX_ECHO_CHARS) -> str:
 
 def invalid(reason: str, message: str, violations: Iterable[FieldViolation] = (), **metadata: object) -> RouterError:
     """An INVALID_INPUT error; `metadata` lands in ErrorInfo.metadata (values as strings)."""
-    return RouterError(
-        ErrorKind.INVALID_INPUT, reason, message, tuple(violations), metadata={k: str(v) for k, v in metadata.items()}
-    )
+    if KINDS.get(reason) is not ErrorKind.INVALID_INPUT:
+        raise ValueError(f"{reason!r} is not an invalid-input reason")
+    return RouterError(reason, message, tuple(violations), metadata={k: str(v) for k, v in metadata.items()})

@@ -19,7 +19,7 @@ from tokenizers.decoders import DecodeStream
 from router.core.accounting import log_shards
 from router.core.backend import answered_by
 from router.core.contract import Task
-from router.core.errors import ErrorKind, RouterError
+from router.core.errors import BACKEND_DEADLINE, RouterError
 from router.core.pipeline import RequestPipeline
 from router.core.prompting import GenerateRequest, Sampling, StopMatcher, check_request, fit_context
 from router.core.types import NO_CALL_CONTEXT, CallContext
@@ -134,8 +134,6 @@ class GenerateService:
                     total_s=time.monotonic() - started,
                 )
             except TimeoutError:
-                raise RouterError(
-                    ErrorKind.DEADLINE_EXCEEDED, "BACKEND_DEADLINE", "the deadline passed while generating"
-                ) from None
+                raise RouterError(BACKEND_DEADLINE, "the deadline passed while generating") from None
             finally:
                 gate.leave(call.tenant, ran)

@@ -25,7 +25,7 @@ from router.core.accounting import log_shards, timing_of, usage_of
 from router.core.admission import QUEUE_FULL
 from router.core.config import RequestLimits
 from router.core.contract import Task
-from router.core.errors import ErrorKind, RouterError
+from router.core.errors import RouterError
 from router.core.registry import ModelRegistry, ServedModel
 from router.core.tokenize import Split, Window
 from router.core.types import CallContext, Timing, Usage
@@ -100,9 +100,7 @@ class RequestPipeline:
     def inside(self) -> Iterator[None]:
         """Count a request as inside the router (Generate's streams too); refuse it while shutting down."""
         if self._closing:
-            raise RouterError(
-                ErrorKind.NOT_READY, errors.SHUTTING_DOWN, "the router is shutting down", retry_after_s=1.0
-            )
+            raise RouterError(errors.SHUTTING_DOWN, "the router is shutting down", retry_after_s=1.0)
         self.active += 1
         self._idle.clear()
         try:
@@ -151,7 +149,6 @@ class RequestPipeline:
         if self.tokenizing_characters and self.tokenizing_characters + size > backlog:
             metrics.SHED.labels(served.contract.name, QUEUE_FULL).inc()
             raise RouterError(
-                ErrorKind.OVERLOADED,
                 QUEUE_FULL,
                 f"{self.tokenizing_characters} characters are waiting to be tokenized; the limit is {backlog}",
                 retry_after_s=1.0,

@@ -24,7 +24,7 @@ from router.core.backend import Backend
 from router.core.cache import OutputCache
 from router.core.config import AdmissionConfig, BatchingConfig
 from router.core.contract import ModelContract, ModelDescription, Task, is_routed, parse_contract
-from router.core.errors import ErrorKind, RouterError
+from router.core.errors import RouterError
 from router.core.prompting import ChatTemplate
 from router.core.scheduler import ModelScheduler
 from router.core.streams import StreamGate
@@ -170,7 +170,7 @@ class ModelRegistry:
     def get(self, name: str, task: Task) -> ServedModel:
         if not name:
             raise errors.invalid(
-                errors.MODEL_NOT_FOUND,
+                errors.MODEL_REQUIRED,
                 "model is required",
                 [errors.FieldViolation("model", "name a model listed by ListModels")],
             )
@@ -187,12 +187,9 @@ class ModelRegistry:
 
     def _missing(self, name: str) -> RouterError:
         if not self.loaded:
-            return RouterError(
-                ErrorKind.NOT_READY, errors.MODEL_NOT_READY, "the router is still loading its models", retry_after_s=1.0
-            )
+            return RouterError(errors.MODEL_NOT_READY, "the router is still loading its models", retry_after_s=1.0)
         if name in self.problems:
             return RouterError(
-                ErrorKind.NOT_READY,
                 errors.MODEL_UNUSABLE,
                 f"model {name!r} is deployed but its configuration is unusable; the router's log says why",
                 retry_after_s=5.0,
@@ -200,7 +197,6 @@ class ModelRegistry:
             )
         if not self.index_ok:
             return RouterError(
-                ErrorKind.BACKEND_UNAVAILABLE,
                 errors.BACKEND_INDEX_UNAVAILABLE,
                 f"model {errors.echo(name)} is not among the last known models, and the model servers' "
                 "index cannot be read now",
@@ -208,7 +204,6 @@ class ModelRegistry:
                 metadata={"model": errors.clip(name)},
             )
         return RouterError(
-            ErrorKind.NOT_FOUND,
             errors.MODEL_NOT_FOUND,
             f"model {errors.echo(name)} is not served; ListModels shows the models that are",
             metadata={"model": errors.clip(name)},

@@ -26,7 +26,7 @@ from dataclasses import dataclass, field
 from router import metrics
 from router.core import admission
 from router.core.admission import TenantLimiter, retry_delay
-from router.core.errors import ErrorKind, RouterError
+from router.core.errors import RouterError
 
 
 @dataclass(eq=False)
@@ -95,7 +95,6 @@ class StreamGate:
         waiting_tokens = sum(w.tokens for w in self.waiting) + tokens
         if len(self.waiting) >= self.max_waiting or waiting_tokens > self.max_waiting_tokens:
             raise RouterError(
-                ErrorKind.OVERLOADED,
                 admission.QUEUE_FULL,
                 f"model {self.model!r} has {self.active} streams running and {len(self.waiting)} waiting",
                 retry_after_s=retry_delay(wait_s or 1.0, 1.0),
@@ -103,7 +102,6 @@ class StreamGate:
             )
         if deadline is not None and self.mean_stream_s and now + wait_s > deadline:
             raise RouterError(
-                ErrorKind.DEADLINE_EXCEEDED,
                 admission.DEADLINE_TOO_SHORT,
                 f"a place among {self.model!r}'s running streams is about {wait_s:.2f} s away, past the deadline",
                 metadata={"model": self.model},

@@ -28,7 +28,7 @@ from opentelemetry import propagate, trace
 from router import metrics, telemetry
 from router.core import errors, tracing
 from router.core.auth import Authenticator
-from router.core.errors import ErrorKind, RouterError
+from router.core.errors import RouterError
 from router.grpc.converters import TENANT_KEY, set_caller
 from router.grpc.status import internal_status, to_status
 
@@ -213,7 +213,6 @@ class RequestInterceptor(grpc.aio.ServerInterceptor):
         """Hold one of `max_rpcs` places for the call, or refuse it before its request is looked at."""
         if self._active >= self._max_rpcs:
             raise RouterError(
-                ErrorKind.OVERLOADED,
                 errors.TOO_MANY_REQUESTS,
                 f"the router has {self._active} calls in flight, its limit",
                 retry_after_s=0.1,

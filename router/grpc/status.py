@@ -5,6 +5,10 @@ caller sees RESOURCE_EXHAUSTED "received metadata size exceeds soft limit" inste
 the core already cuts the caller's values it echoes (errors.echo); here the message, each metadata value
 and each field violation are capped again, at most MAX_VIOLATIONS violations are listed (fewer if the
 status would pass STATUS_BUDGET_BYTES), and a last one says how many more there were.
+
+A status that carries RetryInfo also carries its delay as `grpc-retry-pushback-ms`, so a stock gRPC
+client with the retry policy of protos/modelrouter/v1/service_config.json waits as long before trying
+again, with no code of its own.
 """
 
 from __future__ import annotations
@@ -16,9 +20,11 @@ from google.protobuf import any_pb2, duration_pb2
 from google.rpc import code_pb2, error_details_pb2, status_pb2
 from grpc_status import rpc_status
 
-from router.core.errors import ErrorKind, RouterError, clip
+from router.core.errors import INTERNAL, ErrorKind, RouterError, clip
 
 DOMAIN = "modelrouter.v1"
+PUSHBACK_KEY = "grpc-retry-pushback-ms"
+"""Sent beside every RetryInfo: the delay gRPC's built-in retry policy honours, in every language."""
 INTERNAL_MESSAGE = "internal error; the router's log has the details"
 
 MAX_MESSAGE_CHARS = 512
@@ -38,10 +44,9 @@ CODES = {
     ErrorKind.NOT_READY: code_pb2.UNAVAILABLE,
     ErrorKind.BACKEND_UNAVAILABLE: code_pb2.UNAVAILABLE,
     ErrorKind.BACKEND_FAILED: code_pb2.INTERNAL,
-    ErrorKind.UNIMPLEMENTED: code_pb2.UNIMPLEMENTED,
-    ErrorKind.CANCELLED: code_pb2.CANCELLED,
     ErrorKind.UNAUTHENTICATED: code_pb2.UNAUTHENTICATED,
     ErrorKind.PERMISSION_DENIED: code_pb2.PERMISSION_DENIED,
+    ErrorKind.INTERNAL: code_pb2.INTERNAL,
 }
 
 
@@ -71,8 +76,19 @@ def to_status(error: RouterError) -> grpc.Status:
         status = status_pb2.Status(code=CODES[error.kind], message=message, details=_details(error, count))
         size = len(message.encode()) + 4 * math.ceil(status.ByteSize() / 3)
         if size <= STATUS_BUDGET_BYTES or count == 0:
-            return rpc_status.to_status(status)
+            converted = rpc_status.to_status(status)
+            if error.retry_after_s is None:
+                return converted
+            return converted._replace(
+                trailing_metadata=(*converted.trailing_metadata, (PUSHBACK_KEY, pushback_ms(error.retry_after_s)))
+            )
         count //= 2
+
+
+def pushback_ms(seconds: float) -> str:
+    """RetryInfo's delay as gRPC's own retry policy reads it: whole milliseconds, at least 1 (gRPC takes
+    0 as "retry at once" and a negative or malformed value as "do not retry")."""
+    return str(max(1, math.ceil(seconds * 1000)))
 
 
 def _details(error: RouterError, violations: int) -> list[any_pb2.Any]:
@@ -90,7 +106,7 @@ def _details(error: RouterError, violations: int) -> list[any_pb2.Any]:
 
 
 def internal_status() -> grpc.Status:
-    info = error_details_pb2.ErrorInfo(reason="INTERNAL", domain=DOMAIN)
+    info = error_details_pb2.ErrorInfo(reason=INTERNAL, domain=DOMAIN)
     return rpc_status.to_status(
         status_pb2.Status(code=code_pb2.INTERNAL, message=INTERNAL_MESSAGE, details=[_pack(info)])
     )

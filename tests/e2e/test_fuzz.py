@@ -19,6 +19,9 @@ from google.rpc import error_details_pb2, status_pb2
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from hypothesis import HealthCheck, given, settings
 
+from router.core.errors import RouterError
+from router.grpc.gen.modelrouter.v1 import error_reason_pb2
+from router.grpc.status import PUSHBACK_KEY, to_status
 from router.settings import PROJECT_ROOT
 from tests.fuzzing import SERVICE, request_of
 from tests.helpers import EMBED_MODEL, GENERATE_MODEL, RERANK_MODEL
@@ -60,6 +63,12 @@ def check_status(error: grpc.RpcError) -> str:
     assert reasons, f"{code} without ErrorInfo"
     info = error_details_pb2.ErrorInfo()
     reasons[0].Unpack(info)
+    # Every reason is one the proto declares, sent with the one code the router pairs it with; a retry
+    # delay also travels as gRPC's own pushback.
+    assert info.reason in error_reason_pb2.ErrorReason.DESCRIPTOR.values_by_name, info.reason
+    assert to_status(RouterError(info.reason, "")).code == code, f"{info.reason} came with {code}"
+    if any(d.Is(error_details_pb2.RetryInfo.DESCRIPTOR) for d in status.details):
+        assert PUSHBACK_KEY in dict(trailers), f"{code} {info.reason}: RetryInfo without pushback"
     return f"{code.name} {info.reason}"
 
 

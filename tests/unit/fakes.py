@@ -8,7 +8,7 @@ import numpy as np
 from tokenizers import Tokenizer, models, pre_tokenizers, processors
 
 from router.core.contract import ModelDescription, TensorSpec
-from router.core.errors import ErrorKind, RouterError
+from router.core.errors import RouterError
 
 WORDS = ["alpha", "beta", "gamma", "delta", "query", "document"]
 
@@ -65,7 +65,7 @@ class IndexBackend:
 
     async def describe_models(self) -> list[ModelDescription]:
         if self.index_down:
-            raise RouterError(ErrorKind.BACKEND_UNAVAILABLE, "BACKEND_UNAVAILABLE", "down", retry_after_s=1.0)
+            raise RouterError("BACKEND_UNAVAILABLE", "down", retry_after_s=1.0)
         return list(self.descriptions)
 
     async def infer(self, contract, rows, timeout_s):

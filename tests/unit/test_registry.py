@@ -96,7 +96,7 @@ async def test_work_left_for_a_version_unloaded_everywhere_runs_on_the_next_vers
             if self.gate is not None:
                 await self.gate.wait()
             if contract.version != self.held:
-                raise RouterError(ErrorKind.BACKEND_UNAVAILABLE, errors.MODEL_VERSION_GONE, "gone", retry_after_s=1)
+                raise RouterError(errors.MODEL_VERSION_GONE, "gone", retry_after_s=1)
             out = await super().infer(contract, rows, timeout_s)
             return out + float(contract.version) * 1000  # tells the versions apart
 

@@ -203,7 +203,7 @@ async def test_budget_below_max_length_still_serves_long_sequences():
 
 async def test_backend_failure_reaches_the_request_and_the_queue_recovers():
     backend = FakeBackend()
-    backend.fail_with = RouterError(ErrorKind.BACKEND_UNAVAILABLE, "BACKEND_UNAVAILABLE", "down")
+    backend.fail_with = RouterError("BACKEND_UNAVAILABLE", "down")
     scheduler = ModelScheduler(contract(max_batch_size=2), backend, BatchingConfig(max_inflight_batches=1))
     with pytest.raises(RouterError) as caught:
         await scheduler.run([window(4, i) for i in range(10)])
