@@ -14,6 +14,7 @@ import sys
 from pathlib import Path
 
 DEFAULT_TARGET = "127.0.0.1:50051"
+SERVICE_CONFIG = Path(__file__).resolve().parents[1] / "protos" / "modelrouter" / "v1" / "service_config.json"
 
 
 def _serve_parser(sub: argparse._SubParsersAction) -> None:
@@ -166,15 +167,17 @@ def _client(args: argparse.Namespace) -> int:
     from router.grpc.gen.modelrouter.v1 import model_router_service_pb2 as pb
     from router.grpc.gen.modelrouter.v1 import model_router_service_pb2_grpc as pb_grpc
 
+    # The service config callers are given: gRPC's own retries, paced by the router's pushback.
+    options = [("grpc.service_config", SERVICE_CONFIG.read_text())]
     if args.ca_file is None:
-        channel = grpc.insecure_channel(args.target)
+        channel = grpc.insecure_channel(args.target, options=options)
     else:
         credentials = grpc.ssl_channel_credentials(
             args.ca_file.read_bytes(),
             args.key_file.read_bytes() if args.key_file else None,
             args.cert_file.read_bytes() if args.cert_file else None,
         )
-        channel = grpc.secure_channel(args.target, credentials)
+        channel = grpc.secure_channel(args.target, credentials, options=options)
     if args.api_key:
         channel = grpc.intercept_channel(channel, _bearer_interceptor()(args.api_key))
     with channel:

@@ -60,6 +60,12 @@ class Failure:
         self.retryable = self.shard_down or self.queue_full or self.model_gone
 
 
+SERVER_DOWN_RETRY_S = 2.0
+"""The retry delay when no server that holds the model answers: a model server that went down takes
+seconds to come back (2-3 s here for the smallest model, loaded alone), and discovery sees it within a
+poll (1 s). gRPC's retry policy makes five attempts at most; at this delay they span 8 s."""
+
+
 def _as_router_error(error: InferenceServerException, failure: Failure, shard: str, model: str) -> RouterError:
     status = failure.status
     log.warning("triton.error", shard=shard, model=model, status=status, detail=error.message())
@@ -67,7 +73,7 @@ def _as_router_error(error: InferenceServerException, failure: Failure, shard: s
         return RouterError(
             errors.BACKEND_UNAVAILABLE,
             "the model server is unavailable",
-            retry_after_s=1.0,
+            retry_after_s=SERVER_DOWN_RETRY_S,
         )
     if status == "StatusCode.DEADLINE_EXCEEDED":
         return RouterError(errors.BACKEND_DEADLINE, "the model server ran out of time")
@@ -80,7 +86,7 @@ def _no_shard(model: str) -> RouterError:
     return RouterError(
         errors.BACKEND_UNAVAILABLE,
         f"no model server that holds {model!r} is available",
-        retry_after_s=1.0,
+        retry_after_s=SERVER_DOWN_RETRY_S,
         metadata={"model": model},
     )
 
