@@ -11,6 +11,9 @@ GEN_STAMP := $(GEN_DIR)/modelrouter/v1/model_router_service_pb2_grpc.py
 PROTOS := $(wildcard protos/modelrouter/v1/*.proto)
 BUF := .tools/node_modules/.bin/buf
 BUF_VERSION := 1.75.0
+# The Node client test's libraries (tests/clients/v1_client.cjs), from the npm registry.
+NODE_CLIENT := .tools/node_modules/@grpc/proto-loader/package.json
+NODE_CLIENT_PACKAGES := @grpc/grpc-js@1.14.1 @grpc/proto-loader@0.8.0
 
 ROUTER_ARGS ?=
 PYTEST_ARGS ?=
@@ -49,8 +52,12 @@ models: $(VENV_STAMP) ## Build the Triton model repository (exports cached; rebu
 run: setup models ## Start a real Triton on 127.0.0.1 and the router on 127.0.0.1:50051
 	$(VENV)/bin/router serve $(ROUTER_ARGS)
 
-test: setup models ## Run the unit and end-to-end tests (a real Triton is started on loopback)
+test: setup models $(NODE_CLIENT) ## Run the unit and end-to-end tests (a real Triton is started on loopback)
 	$(PY) -m pytest $(PYTEST_ARGS)
+
+$(NODE_CLIENT):
+	@echo "[test] installing $(NODE_CLIENT_PACKAGES) from the npm registry into .tools/ (the Node client test)"
+	npm install --silent --prefix .tools $(NODE_CLIENT_PACKAGES)
 
 $(BUF):
 	@echo "[lint] installing @bufbuild/buf@$(BUF_VERSION) from the npm registry into .tools/"

@@ -16,6 +16,7 @@ from router import metrics, telemetry
 from router.core.admission import TenantLimiter, TenantLimits
 from router.core.auth import Authenticator, Principal
 from router.core.cache import OutputCache
+from router.core.catalog import Catalog
 from router.core.config import AdmissionConfig, BatchingConfig, RequestLimits
 from router.core.embed import EmbedService
 from router.core.generate import GenerateService
@@ -87,6 +88,7 @@ class Router:
         self.embed: EmbedService | None = None
         self.rerank: RerankService | None = None
         self.generate: GenerateService | None = None
+        self.catalog: Catalog | None = None
         self.ready = False
         self.closing = False
         self._ready_event = asyncio.Event()
@@ -145,6 +147,7 @@ class Router:
         self.embed = EmbedService(self.pipeline)
         self.rerank = RerankService(self.pipeline)
         self.generate = GenerateService(self.pipeline)
+        self.catalog = Catalog(self.registry)
         self._watch_task = asyncio.create_task(self._watch())
 
     async def _start_embedded(self) -> list[str]:

@@ -91,7 +91,7 @@ def _message(descriptor: Descriptor, models: list[str], max_repeated: int, depth
                 st.lists(sane, min_size=1, max_size=max_repeated),
                 st.one_of(st.lists(st.one_of(sane, wild), max_size=max_repeated), many),
             )
-        required = field.name == "model" and depth == 0
+        required = field.name in ("model", "name") and depth == 0
         sane_fields[field.name] = sane if required else st.one_of(st.none(), sane)
         mixed_fields[field.name] = st.one_of(st.none(), sane, sane, sane, wild)
 
@@ -134,9 +134,12 @@ def _small(field: FieldDescriptor) -> st.SearchStrategy:
 def _value(field: FieldDescriptor, models: list[str], max_repeated: int, depth: int) -> tuple:
     """(sane, wild) strategies for one value of the field."""
     kind = field.type
-    if field.name == "model" and kind == FieldDescriptor.TYPE_STRING:
+    if field.name in ("model", "name") and depth == 0 and kind == FieldDescriptor.TYPE_STRING:
         others = st.sampled_from(ALL_MODELS).map(str.encode)
         return st.sampled_from(models).map(str.encode), st.one_of(others, wild_text(200))
+    if field.name in ("model_version", "page_token") and kind == FieldDescriptor.TYPE_STRING:
+        # Sane: what a caller passes (nothing, or the version served); wild: anything.
+        return st.sampled_from([b"", b"1"] if field.name == "model_version" else [b""]), wild_text(200)
     if kind in (FieldDescriptor.TYPE_STRING, FieldDescriptor.TYPE_BYTES):
         return sane_text(300), wild_text(300)
     if kind in INT_RANGES:

@@ -264,7 +264,8 @@ class TritonFleet:
             if config is None:
                 continue
             served_by = tuple(s.address for s in answering if s.holds(name, version))
-            described.append(describe(config, version, served_by))
+            newest_first = tuple(sorted(held, key=_version_order, reverse=True))
+            described.append(describe(config, version, served_by, newest_first))
         return described
 
     async def close(self) -> None:
@@ -280,7 +281,9 @@ def _version_order(version: str) -> tuple[int, str]:
     return (int(version), "") if version.isdigit() else (-1, version)
 
 
-def describe(config: dict, version: str, served_by: tuple[str, ...]) -> ModelDescription:
+def describe(
+    config: dict, version: str, served_by: tuple[str, ...], versions: tuple[str, ...] = ()
+) -> ModelDescription:
     def specs(entries: list[dict]) -> tuple[TensorSpec, ...]:
         return tuple(
             TensorSpec(e["name"], e.get("data_type", ""), tuple(int(d) for d in e.get("dims", []))) for e in entries
@@ -295,4 +298,5 @@ def describe(config: dict, version: str, served_by: tuple[str, ...]) -> ModelDes
         outputs=specs(config.get("output", [])),
         parameters=parameters,
         served_by=served_by,
+        versions=versions or (version,),
     )

@@ -25,8 +25,11 @@ repository (`model_repository` setting).
 | `modelrouter.generate_options`    | generate: comma list of the sampling options honoured     | none       |
 | `modelrouter.min_batch_fill`      | least share of real tokens in a padded batch (0 to 1)     | settings   |
 | `modelrouter.score`               | rerank: what a score is: `logit`, `probability` or `similarity` | `logit` |
-| `modelrouter.input_prefixes`      | embed: JSON object, input type (`query`, `document`, `classification`, `clustering`) to the text put before each window | none |
-| `modelrouter.quantization_range`  | embed: r of the int8 and uint8 encodings (components beyond +-r clip) | 1 |
+| `modelrouter.input_prefixes`      | embed: JSON object, input type to the text put before each window | none |
+| `modelrouter.quantization_range`  | embed: r of the int8 and uint8 encodings (beyond +-r clips) | 1 |
+
+Input types are `query`, `document`, `classification` and `clustering` (INPUT_TYPES); E5's would be
+`{"query": "query: ", "document": "passage: "}`.
 
 Input tensors are recognised by name: `input_ids` (required), `attention_mask` and `token_type_ids`
 (sent when the model declares them). Rows are padded with the tokenizer's own pad token (its padding
@@ -88,6 +91,8 @@ class ModelDescription:
     outputs: tuple[TensorSpec, ...]
     parameters: dict[str, str]
     served_by: tuple[str, ...]
+    versions: tuple[str, ...] = ()
+    """Every version some server holds ready, newest first (`version` is the newest)."""
 
 
 @dataclass(frozen=True)

@@ -1,4 +1,5 @@
-"""Embed: one vector per input, long inputs windowed and pooled back by the model's pooling."""
+"""Embed: one vector per input, long inputs windowed and pooled back by the model's pooling, then put in
+the encoding the caller asked for (quantize.py)."""
 
 from __future__ import annotations
 
@@ -13,6 +14,7 @@ from router.core.contract import Task
 from router.core.errors import FieldViolation
 from router.core.pipeline import RequestPipeline
 from router.core.pooling import combine_windows, l2_normalize
+from router.core.quantize import encode
 from router.core.registry import ServedModel
 from router.core.tokenize import Split
 from router.core.types import NO_CALL_CONTEXT, CallContext, EmbedRequest, EmbedResult
@@ -35,6 +37,26 @@ class _EmbedJob:
                     f"model {served.contract.name!r} cannot return {errors.echo(dimensions)} dimensions",
                     [FieldViolation("dimensions", f"supported: {sorted(allowed)}")],
                 )
+        contract = served.contract
+        width = dimensions or contract.embedding_dimensions
+        if self.request.encoding.packs_bits and width % 8:
+            raise errors.invalid(
+                errors.UNSUPPORTED_OPTION,
+                f"{self.request.encoding.value} packs 8 components a byte; {width} dimensions are not a multiple of 8",
+                [FieldViolation("encoding", f"{width} dimensions: ask for a multiple of 8, or another encoding")],
+            )
+        self.prefix = ""
+        input_type = self.request.input_type
+        if input_type is not None:
+            declared = [name for name, _ in contract.input_prefixes]
+            if input_type not in declared:
+                offered = f"declares {', '.join(declared)}" if declared else "declares none"
+                raise errors.invalid(
+                    errors.UNSUPPORTED_OPTION,
+                    f"model {contract.name!r} has no input type {input_type!r} (it {offered})",
+                    [FieldViolation("input_type", f"the model {offered}; unspecified is always accepted")],
+                )
+            self.prefix = contract.prefix(input_type)
         self.truncation = resolve_truncation(served, self.request.truncation)
 
     def size(self) -> int:
@@ -46,7 +68,11 @@ class _EmbedJob:
     def tokenize(self, served: ServedModel, limits: RequestLimits, part: slice) -> list[Split]:
         contract = served.contract
         return served.tokenizer.split(
-            self.request.inputs[part], contract.max_sequence_length, self.truncation, limits.chunk_overlap
+            self.request.inputs[part],
+            contract.max_sequence_length,
+            self.truncation,
+            limits.chunk_overlap,
+            prefix=self.prefix,
         )
 
 
@@ -55,7 +81,7 @@ class EmbedService:
         self.pipeline = pipeline
 
     async def embed(self, request: EmbedRequest, call: CallContext = NO_CALL_CONTEXT) -> EmbedResult:
-        done = await self.pipeline.run(request.model, Task.EMBED, call, _EmbedJob(request))
+        done = await self.pipeline.run(request.model, Task.EMBED, call, _EmbedJob(request), request.version)
         combined = time.monotonic()
         contract = done.served.contract
         if all(len(split.windows) == 1 for split in done.splits):
@@ -69,5 +95,15 @@ class EmbedService:
             vectors = vectors[:, : request.dimensions]
         if contract.normalize if request.normalize is None else request.normalize:
             vectors = l2_normalize(vectors)
+        encoded = encode(vectors, request.encoding, contract.quantization_range)
         done.timing.total += time.monotonic() - combined
-        return EmbedResult(model=contract.name, embeddings=vectors, usage=done.usage, timing=done.timing)
+        return EmbedResult(
+            model=contract.name,
+            embeddings=encoded,
+            usage=done.usage,
+            timing=done.timing,
+            version=done.version,
+            encoding=request.encoding,
+            dimensions=vectors.shape[1],
+            inputs=done.inputs(),
+        )

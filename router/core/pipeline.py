@@ -28,7 +28,7 @@ from router.core.contract import Task
 from router.core.errors import RouterError
 from router.core.registry import ModelRegistry, ServedModel
 from router.core.tokenize import Split, Window
-from router.core.types import CallContext, Timing, Usage
+from router.core.types import CallContext, InputUsage, Timing, Usage
 from router.core.validation import check_characters, check_sizes
 
 # Requests with fewer characters than this are tokenized on the event loop: a thread hop costs more
@@ -69,6 +69,12 @@ class Scheduled:
     rows: np.ndarray
     usage: Usage
     timing: Timing
+    version: str
+    """The model version that answered (the next one, if the request's was unloaded mid-request)."""
+
+    def inputs(self) -> list[InputUsage]:
+        """What became of each input, in input order."""
+        return [InputUsage(s.tokens, s.truncated, len(s.windows)) for s in self.splits]
 
     def per_split(self) -> Sequence[tuple[int, int]]:
         """[start, end) of each split's windows in `windows` and `rows`."""
@@ -92,9 +98,10 @@ class RequestPipeline:
         self._idle = asyncio.Event()
         self._idle.set()
 
-    async def run(self, model: str, task: Task, call: CallContext, job: Job) -> Scheduled:
+    async def run(self, model: str, task: Task, call: CallContext, job: Job, version: str = "") -> Scheduled:
+        """`version`: the model version the caller pins (empty: the one served)."""
         with self.inside():
-            return await self._run(model, task, call, job)
+            return await self._run(model, task, call, job, version)
 
     @contextlib.contextmanager
     def inside(self) -> Iterator[None]:
@@ -110,9 +117,9 @@ class RequestPipeline:
             if not self.active:
                 self._idle.set()
 
-    async def _run(self, model: str, task: Task, call: CallContext, job: Job) -> Scheduled:
+    async def _run(self, model: str, task: Task, call: CallContext, job: Job, version: str) -> Scheduled:
         started = time.monotonic()
-        served = self.registry.get(model, task)
+        served = self.registry.get(model, task, version)
         contract = served.contract
         job.validate(served, self.limits)
         size = job.size()
@@ -124,7 +131,7 @@ class RequestPipeline:
         tokens = check_sizes(job.field, splits, self.limits, contract.max_sequence_length, contract.name)
         tokenized = time.monotonic()
         windows = [w for s in splits for w in s.windows]
-        rows, ticket = await served.scheduler.run(windows, call.tenant, call.deadline)
+        rows, ticket = await served.scheduler.run(windows, call.tenant, call.deadline, pinned=bool(version))
         log_shards(ticket.shards)
         return Scheduled(
             served,
@@ -133,6 +140,7 @@ class RequestPipeline:
             rows,
             usage_of(splits, tokens, ticket),
             timing_of(started, tokenized, ticket, time.monotonic()),
+            ticket.handed_to or contract.version,
         )
 
     async def _tokenize(self, served: ServedModel, job: Job, size: int) -> list[Split]:

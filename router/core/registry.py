@@ -51,6 +51,8 @@ class ServedModel:
     """The backend servers that hold the model now (changes without touching the scheduler)."""
     tokenizer_digest: str = ""
     generation: Generation | None = None
+    versions: tuple[str, ...] = ()
+    """Every version the backend servers hold ready, newest first (the contract's is the first)."""
 
 
 class ModelRegistry:
@@ -111,6 +113,7 @@ class ModelRegistry:
         current = self._models.get(contract.name)
         if current is not None and dataclasses.replace(contract, pad_id=current.contract.pad_id) == current.contract:
             current.served_by = description.served_by
+            current.versions = description.versions
             current.scheduler.shards = len(description.served_by)
             if current.generation is not None:
                 current.generation.gate.shards = len(description.served_by)
@@ -132,7 +135,9 @@ class ModelRegistry:
             current.scheduler.successor = scheduler
         generation = self._generation(contract, tokenizer, len(description.served_by))
         log.info("model.ready", model=contract.name, version=contract.version, task=contract.task.value)
-        return ServedModel(contract, tokenizer, scheduler, description.served_by, digest, generation)
+        return ServedModel(
+            contract, tokenizer, scheduler, description.served_by, digest, generation, description.versions
+        )
 
     def _generation(self, contract: ModelContract, tokenizer: ModelTokenizer, shards: int) -> Generation | None:
         if contract.task is not Task.GENERATE:
@@ -167,22 +172,36 @@ class ModelRegistry:
         """Each model the backend has and the router routes: whether it is served."""
         return {**{name: False for name in self.problems}, **{name: True for name in self._models}}
 
-    def get(self, name: str, task: Task) -> ServedModel:
-        if not name:
-            raise errors.invalid(
-                errors.MODEL_REQUIRED,
-                "model is required",
-                [errors.FieldViolation("model", "name a model listed by ListModels")],
-            )
-        served = self._models.get(name)
-        if served is None:
-            raise self._missing(name)
+    def get(self, name: str, task: Task, version: str = "") -> ServedModel:
+        """The model served as `name` for `task`; with `version`, only if that is the version served."""
+        served = self.lookup(name)
         if served.contract.task is not task:
             raise errors.invalid(
                 errors.WRONG_TASK,
                 f"model {name!r} is a {served.contract.task.value} model, not {task.value}",
                 [errors.FieldViolation("model", f"{name!r} does not {task.value}")],
             )
+        if version and version != served.contract.version:
+            held = ", ".join(served.versions) or served.contract.version
+            raise RouterError(
+                errors.MODEL_VERSION_NOT_FOUND,
+                f"model {name!r} is served in version {served.contract.version}, not {errors.echo(version)} "
+                f"(the model servers hold {held}; the router routes each model's newest)",
+                metadata={"model": name, "served_version": served.contract.version},
+            )
+        return served
+
+    def lookup(self, name: str, field: str = "model") -> ServedModel:
+        """The model served as `name`, whatever its task; `field` names the request field for errors."""
+        if not name:
+            raise errors.invalid(
+                errors.MODEL_REQUIRED,
+                f"{field} is required",
+                [errors.FieldViolation(field, "name a model listed by ListModels")],
+            )
+        served = self._models.get(name)
+        if served is None:
+            raise self._missing(name)
         return served
 
     def _missing(self, name: str) -> RouterError:

@@ -4,6 +4,7 @@ thousands is packed by length into batches like any other work, and no document 
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from dataclasses import dataclass
 
@@ -74,12 +75,12 @@ class RerankService:
 
     async def rerank(self, request: RerankRequest, call: CallContext = NO_CALL_CONTEXT) -> RerankResult:
         job = _RerankJob(request)
-        done = await self.pipeline.run(request.model, Task.RERANK, call, job)
+        done = await self.pipeline.run(request.model, Task.RERANK, call, job, request.version)
         combined = time.monotonic()
         contract = done.served.contract
         scores = done.rows.reshape(len(done.windows), -1)[:, contract.score_column].astype(np.float64)
         ranked: list[RankedDocument] = []
-        for index, (start, end) in enumerate(done.per_split()):
+        for index, ((start, end), usage) in enumerate(zip(done.per_split(), done.inputs(), strict=True)):
             best = start + int(np.argmax(scores[start:end]))
             window = done.windows[best]
             ranked.append(
@@ -89,11 +90,13 @@ class RerankService:
                     window_start=window.start,
                     window_end=window.end,
                     document=request.documents[index] if request.return_documents else None,
+                    usage=usage,
                 )
             )
         ranked.sort(key=lambda r: (-r.score, r.index))
         if request.top_n is not None:
             ranked = ranked[: request.top_n]
+        ranked = [_with_utf8_offsets(r, request.documents[r.index]) for r in ranked]
         done.timing.total += time.monotonic() - combined
         return RerankResult(
             model=contract.name,
@@ -101,4 +104,16 @@ class RerankService:
             query_truncated=job.query_truncated,
             usage=done.usage,
             timing=done.timing,
+            version=done.version,
         )
+
+
+def _with_utf8_offsets(ranked: RankedDocument, document: str) -> RankedDocument:
+    """The best window's offsets in UTF-8 bytes too (only for the results returned). ASCII text, the
+    common case, needs no encoding: its code points are its bytes."""
+    if document.isascii():
+        start, end = ranked.window_start, ranked.window_end
+    else:
+        start = len(document[: ranked.window_start].encode("utf-8", "surrogatepass"))
+        end = start + len(document[ranked.window_start : ranked.window_end].encode("utf-8", "surrogatepass"))
+    return dataclasses.replace(ranked, window_start_utf8=start, window_end_utf8=end)

@@ -117,9 +117,10 @@ class ModelScheduler:
             raise self._count(error) from None
 
     async def run(
-        self, windows: Sequence[Window], tenant: str = "", deadline: float | None = None
+        self, windows: Sequence[Window], tenant: str = "", deadline: float | None = None, pinned: bool = False
     ) -> tuple[np.ndarray, Ticket]:
         """Compute every window; return the output rows in window order and the request's ticket.
+        `pinned`: the caller named this version, so none of its work is handed to the next one.
 
         Raises RouterError OVERLOADED (queue full, overloaded, tenant over its rate) or DEADLINE_EXCEEDED
         (the deadline cannot be met, or passed while waiting) without sending anything to the model.
@@ -129,7 +130,7 @@ class ModelScheduler:
         self.admission.arrivals.arrived(now)
         if deadline is not None and deadline <= now:
             raise self._count(admission.deadline_expired(self.contract.name))
-        ticket = Ticket(submitted=now, tenant=tenant, deadline=deadline, span=tracing.current())
+        ticket = Ticket(submitted=now, tenant=tenant, deadline=deadline, span=tracing.current(), pinned=pinned)
         if ticket.span is not None:
             ticket.arrived_ns = tracing.wall_ns()
         futures: list[asyncio.Future] = []
@@ -281,10 +282,15 @@ class ModelScheduler:
             return False
         by_ticket: dict[int, list[Item]] = {}
         for item in batch:
+            if item.ticket.pinned:  # its caller wants this version's answer or none
+                if not item.future.done():
+                    item.future.set_exception(error)
+                continue
             by_ticket.setdefault(id(item.ticket), []).append(item)
 
         async def rerun(items: list[Item]) -> None:
             ticket = items[0].ticket
+            ticket.handed_to = successor.contract.version
             try:
                 rows, _ = await successor.run([item.window for item in items], ticket.tenant, ticket.deadline)
             except BaseException as failure:  # the request fails as the new version failed it

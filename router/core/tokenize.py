@@ -127,35 +127,48 @@ class ModelTokenizer:
         truncation: Truncation,
         overlap: int,
         max_windows: int | None = None,
+        prefix: str = "",
     ) -> list[Split]:
         """Cut each text into sequences of at most `max_length` tokens, special tokens included.
 
         CHUNK: windows sharing `overlap` tokens (at most `max_windows`, from the start); END: the head;
         START: the tail; NONE: a text that does not fit comes back with no windows (`too_long`).
+        A `prefix` (an input type's, from the contract) is tokenized on its own and put before the text
+        of every window; its tokens count in `Split.tokens`, and window offsets stay the text's.
         """
-        room = max_length - self.single_specials
+        lead = self._tokenizer.encode(prefix, add_special_tokens=False) if prefix else None
+        room = max_length - self.single_specials - (len(lead.ids) if lead else 0)
         if room < 1:
             raise ValueError(f"max_length {max_length} leaves no room for text")
-        return [self._cut(e, room, truncation, overlap, max_windows) for e in self._encode(texts)]
+        return [self._cut(e, room, truncation, overlap, max_windows, lead) for e in self._encode(texts)]
 
     def _cut(
-        self, content: Encoding, room: int, truncation: Truncation, overlap: int, max_windows: int | None
+        self,
+        content: Encoding,
+        room: int,
+        truncation: Truncation,
+        overlap: int,
+        max_windows: int | None,
+        lead: Encoding | None = None,
     ) -> Split:
-        tokens = len(content.ids) + self.single_specials
+        tokens = len(content.ids) + self.single_specials + (len(lead.ids) if lead else 0)
         if len(content.ids) <= room:
-            return Split(tokens, (self._window(self._tokenizer.post_process(content), content),))
+            return Split(tokens, (self._single_window(content, lead),))
         if truncation is Truncation.NONE:
             return Split(tokens, ())
         if truncation is Truncation.CHUNK:
             content.truncate(room, stride=_stride(overlap, room), direction="right")
-            processed = self._tokenizer.post_process(content)
-            pieces = list(zip([processed, *processed.overflowing], [content, *content.overflowing], strict=True))
+            pieces = [content, *content.overflowing]
             kept = pieces[:max_windows] if max_windows is not None else pieces
-            windows = tuple(self._window(p, c) for p, c in kept)
+            windows = tuple(self._single_window(piece, lead) for piece in kept)
             return Split(tokens, windows, truncated=len(kept) < len(pieces))
         direction = "right" if truncation is Truncation.END else "left"
         content.truncate(room, direction=direction)
-        return Split(tokens, (self._window(self._tokenizer.post_process(content), content),), True)
+        return Split(tokens, (self._single_window(content, lead),), True)
+
+    def _single_window(self, piece: Encoding, lead: Encoding | None) -> Window:
+        text = piece if lead is None else Encoding.merge([lead, piece], growing_offsets=False)
+        return self._window(self._tokenizer.post_process(text), piece)
 
     def _encode(self, texts: Sequence[str]) -> list[Encoding]:
         """Without special tokens; one text directly (the batch call's thread pool costs more than it saves)."""

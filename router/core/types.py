@@ -7,6 +7,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from router.core.contract import Truncation
+from router.core.quantize import Encoding
 
 
 @dataclass(frozen=True)
@@ -45,20 +46,39 @@ class Timing:
 
 
 @dataclass(frozen=True)
+class InputUsage:
+    """What became of one input: its tokens before any cut, whether it was cut, its windows."""
+
+    tokens: int
+    truncated: bool
+    windows: int
+
+
+@dataclass(frozen=True)
 class EmbedRequest:
     model: str
     inputs: list[str]
     truncation: Truncation | None = None
     normalize: bool | None = None
     dimensions: int | None = None
+    encoding: Encoding = Encoding.FLOAT
+    input_type: str | None = None
+    """One of contract.INPUT_TYPES, or None for the text as it is."""
+    version: str = ""
+    """The model version the caller pins (empty: the one served)."""
 
 
 @dataclass
 class EmbedResult:
     model: str
     embeddings: np.ndarray
+    """One row per input, in `encoding` (quantize.encode)."""
     usage: Usage = field(default_factory=Usage)
     timing: Timing = field(default_factory=Timing)
+    version: str = ""
+    encoding: Encoding = Encoding.FLOAT
+    dimensions: int = 0
+    inputs: list[InputUsage] = field(default_factory=list)
 
 
 @dataclass(frozen=True)
@@ -70,6 +90,8 @@ class RerankRequest:
     return_documents: bool = False
     truncation: Truncation | None = None
     max_chunks_per_doc: int | None = None
+    version: str = ""
+    """The model version the caller pins (empty: the one served)."""
 
 
 @dataclass(frozen=True)
@@ -78,7 +100,12 @@ class RankedDocument:
     score: float
     window_start: int
     window_end: int
+    """The best window's place in the document, in code points."""
     document: str | None = None
+    usage: InputUsage | None = None
+    window_start_utf8: int = 0
+    window_end_utf8: int = 0
+    """The same place in UTF-8 bytes."""
 
 
 @dataclass
@@ -88,3 +115,4 @@ class RerankResult:
     query_truncated: bool = False
     usage: Usage = field(default_factory=Usage)
     timing: Timing = field(default_factory=Timing)
+    version: str = ""

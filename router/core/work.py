@@ -42,6 +42,10 @@ class Ticket:
     arrived_ns: int = 0
     first_dispatch_ns: int | None = None
     """Wall-clock arrival and first batch, for the request's queue span."""
+    pinned: bool = False
+    """The caller named the model version: its work is never handed to the next version."""
+    handed_to: str | None = None
+    """The version that finished some of its work when its own was unloaded mid-request."""
 
 
 @dataclass(eq=False)

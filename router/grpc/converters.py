@@ -9,13 +9,16 @@ from google.protobuf import duration_pb2
 
 from router.core import errors
 from router.core.auth import NOBODY, Caller
-from router.core.contract import ModelContract, Task, Truncation
+from router.core.contract import Task, Truncation
 from router.core.generate import Delta, Finished
 from router.core.prompting import ChatMessage, GenerateRequest
+from router.core.quantize import Encoding
+from router.core.registry import ServedModel
 from router.core.types import (
     CallContext,
     EmbedRequest,
     EmbedResult,
+    InputUsage,
     RerankRequest,
     RerankResult,
     Timing,
@@ -32,6 +35,30 @@ _TRUNCATION_FROM_PB = {
 }
 _TRUNCATION_TO_PB = {value: key for key, value in _TRUNCATION_FROM_PB.items() if value is not None}
 _TASK_TO_PB = {Task.EMBED: pb.TASK_EMBED, Task.RERANK: pb.TASK_RERANK, Task.GENERATE: pb.TASK_GENERATE}
+_TASK_FROM_PB = {value: key for key, value in _TASK_TO_PB.items()}
+_ENCODING_FROM_PB = {
+    pb.ENCODING_UNSPECIFIED: Encoding.FLOAT,
+    pb.ENCODING_FLOAT: Encoding.FLOAT,
+    pb.ENCODING_FLOAT32_BYTES: Encoding.FLOAT32_BYTES,
+    pb.ENCODING_INT8: Encoding.INT8,
+    pb.ENCODING_UINT8: Encoding.UINT8,
+    pb.ENCODING_BINARY: Encoding.BINARY,
+    pb.ENCODING_UBINARY: Encoding.UBINARY,
+}
+_ENCODING_TO_PB = {value: key for key, value in _ENCODING_FROM_PB.items() if key != pb.ENCODING_UNSPECIFIED}
+_INPUT_TYPE_FROM_PB = {
+    pb.INPUT_TYPE_UNSPECIFIED: None,
+    pb.INPUT_TYPE_QUERY: "query",
+    pb.INPUT_TYPE_DOCUMENT: "document",
+    pb.INPUT_TYPE_CLASSIFICATION: "classification",
+    pb.INPUT_TYPE_CLUSTERING: "clustering",
+}
+_INPUT_TYPE_TO_PB = {value: key for key, value in _INPUT_TYPE_FROM_PB.items() if value is not None}
+_SCORE_TYPE_TO_PB = {
+    "logit": pb.SCORE_TYPE_LOGIT,
+    "probability": pb.SCORE_TYPE_PROBABILITY,
+    "similarity": pb.SCORE_TYPE_SIMILARITY,
+}
 
 
 TENANT_KEY = "x-tenant-id"
@@ -59,16 +86,27 @@ def call_context(context) -> CallContext:
     )
 
 
-def truncation_from_pb(value: int) -> Truncation | None:
-    """None means UNSPECIFIED (the model's default); a value this build does not know is an error."""
+def _enum(table: dict, value: int, field: str, enum_name: str):
+    """An enum value this build knows, else UNSUPPORTED_OPTION naming the field (proto3 keeps unknown
+    numbers a newer client sends)."""
     try:
-        return _TRUNCATION_FROM_PB[value]
+        return table[value]
     except KeyError:
         raise errors.invalid(
             errors.UNSUPPORTED_OPTION,
-            f"unknown truncation value {errors.echo(value)}",
-            [errors.FieldViolation("truncation", "use a Truncation enum value")],
+            f"unknown {field} value {errors.echo(value)}",
+            [errors.FieldViolation(field, f"use a {enum_name} enum value")],
         ) from None
+
+
+def truncation_from_pb(value: int) -> Truncation | None:
+    """None means UNSPECIFIED (the model's default); a value this build does not know is an error."""
+    return _enum(_TRUNCATION_FROM_PB, value, "truncation", "Truncation")
+
+
+def task_from_pb(value: int) -> Task | None:
+    """None means UNSPECIFIED (every task)."""
+    return None if value == pb.TASK_UNSPECIFIED else _enum(_TASK_FROM_PB, value, "task", "Task")
 
 
 def embed_request_from_pb(request: pb.EmbedRequest) -> EmbedRequest:
@@ -78,6 +116,9 @@ def embed_request_from_pb(request: pb.EmbedRequest) -> EmbedRequest:
         truncation=truncation_from_pb(request.truncation),
         normalize=request.normalize if request.HasField("normalize") else None,
         dimensions=request.dimensions if request.HasField("dimensions") else None,
+        encoding=_enum(_ENCODING_FROM_PB, request.encoding, "encoding", "Encoding"),
+        input_type=_enum(_INPUT_TYPE_FROM_PB, request.input_type, "input_type", "InputType"),
+        version=request.model_version,
     )
 
 
@@ -90,7 +131,14 @@ def rerank_request_from_pb(request: pb.RerankRequest) -> RerankRequest:
         return_documents=request.return_documents,
         truncation=truncation_from_pb(request.truncation),
         max_chunks_per_doc=request.max_chunks_per_doc if request.HasField("max_chunks_per_doc") else None,
+        version=request.model_version,
     )
+
+
+def input_usage_to_pb(usage: InputUsage | None) -> pb.InputUsage | None:
+    if usage is None:
+        return None
+    return pb.InputUsage(tokens=usage.tokens, truncated=usage.truncated, windows=usage.windows)
 
 
 def rerank_response_to_pb(result: RerankResult) -> pb.RerankResponse:
@@ -103,12 +151,16 @@ def rerank_response_to_pb(result: RerankResult) -> pb.RerankResponse:
                 document=r.document,
                 best_window_start=r.window_start,
                 best_window_end=r.window_end,
+                usage=input_usage_to_pb(r.usage),
+                best_window_start_utf8=r.window_start_utf8,
+                best_window_end_utf8=r.window_end_utf8,
             )
             for r in result.results
         ],
         usage=usage_to_pb(result.usage),
         timing=timing_to_pb(result.timing),
         query_truncated=result.query_truncated,
+        model_version=result.version,
     )
 
 
@@ -141,30 +193,52 @@ def timing_to_pb(timing: Timing) -> pb.Timing:
 
 
 def embed_response_to_pb(result: EmbedResult) -> pb.EmbedResponse:
+    usages = [input_usage_to_pb(u) for u in result.inputs] or [None] * len(result.embeddings)
+    if result.encoding is Encoding.FLOAT:
+        embeddings = [
+            pb.Embedding(values=row, usage=usage) for row, usage in zip(result.embeddings.tolist(), usages, strict=True)
+        ]
+    else:  # each row's bytes: one buffer, sliced (no per-component work)
+        data, width = result.embeddings.tobytes(), result.embeddings.shape[1] * result.embeddings.itemsize
+        embeddings = [
+            pb.Embedding(data=data[i * width : (i + 1) * width], usage=usage) for i, usage in enumerate(usages)
+        ]
     return pb.EmbedResponse(
         model=result.model,
-        embeddings=[pb.Embedding(values=row) for row in result.embeddings.tolist()],
+        embeddings=embeddings,
         usage=usage_to_pb(result.usage),
         timing=timing_to_pb(result.timing),
+        model_version=result.version,
+        encoding=_ENCODING_TO_PB[result.encoding],
+        dimensions=result.dimensions,
     )
 
 
-def model_info_to_pb(contract: ModelContract, served_by: tuple[str, ...] = ()) -> pb.ModelInfo:
+def model_info_to_pb(served: ServedModel, internals: bool = False) -> pb.ModelInfo:
+    """A model's contract as callers see it; `internals` (an admin's): the servers that hold it."""
+    contract = served.contract
+    embed = contract.task is Task.EMBED
     return pb.ModelInfo(
         name=contract.name,
         version=contract.version,
         task=_TASK_TO_PB[contract.task],
         max_sequence_length=contract.max_sequence_length,
         max_batch_size=contract.max_batch_size,
-        embedding_dimensions=contract.embedding_dimensions if contract.task is Task.EMBED else 0,
-        normalize=contract.normalize if contract.task is Task.EMBED else False,
+        embedding_dimensions=contract.embedding_dimensions if embed else 0,
+        normalize=contract.normalize if embed else False,
         default_truncation=_TRUNCATION_TO_PB[contract.default_truncation],
         supported_truncations=sorted(_TRUNCATION_TO_PB[t] for t in contract.truncations),
         supported_dimensions=list(contract.dimensions),
         pooling=contract.pooling,
-        served_by=list(served_by),
+        served_by=list(served.served_by) if internals else [],
         max_query_tokens=contract.max_query_tokens if contract.task is Task.RERANK else 0,
         generate_options=sorted(contract.generate_options),
+        versions=list(served.versions or (contract.version,)),
+        score_type=_SCORE_TYPE_TO_PB[contract.score_type]
+        if contract.task is Task.RERANK
+        else pb.SCORE_TYPE_UNSPECIFIED,
+        input_types=sorted(_INPUT_TYPE_TO_PB[name] for name, _ in contract.input_prefixes) if embed else [],
+        quantization_range=contract.quantization_range if embed else 0.0,
     )
 
 

@@ -29,6 +29,7 @@ from router import metrics, telemetry
 from router.core import errors, tracing
 from router.core.auth import Authenticator
 from router.core.errors import RouterError
+from router.core.retry_hints import Appointments, MeanDuration
 from router.grpc.converters import TENANT_KEY, set_caller
 from router.grpc.status import internal_status, to_status
 
@@ -68,6 +69,11 @@ def _tolerant(deserialize: Callable[[bytes], object] | None) -> Callable[[bytes]
     return parse
 
 
+def _model_of(request) -> str:
+    """The model a request names: `model`, or GetModel's `name`."""
+    return getattr(request, "model", "") or getattr(request, "name", "")
+
+
 @functools.lru_cache(maxsize=1024)
 def _series(method: str, model: str, code: str) -> tuple:
     """A request's metric series (a label lookup costs more than the update; the labels are bounded:
@@ -97,6 +103,9 @@ class RequestInterceptor(grpc.aio.ServerInterceptor):
         self._max_rpcs = max_rpcs
         self._active = 0
         """Calls inside the router now (every method of its service)."""
+        self._call_s = MeanDuration()
+        self._appointments = Appointments()
+        """Refused callers are told to come back one after another, at the rate calls end."""
         self._knows = knows
         """Whether a model name is one the router serves: only those become metric labels, so a caller
         cannot grow the label set."""
@@ -211,17 +220,21 @@ class RequestInterceptor(grpc.aio.ServerInterceptor):
     @contextlib.contextmanager
     def _slot(self) -> Iterator[None]:
         """Hold one of `max_rpcs` places for the call, or refuse it before its request is looked at."""
+        now = time.monotonic()
         if self._active >= self._max_rpcs:
+            # A slot frees about every mean call time / slots: the next refused caller's turn is then.
+            turn = self._call_s.value / self._max_rpcs
             raise RouterError(
                 errors.TOO_MANY_REQUESTS,
                 f"the router has {self._active} calls in flight, its limit",
-                retry_after_s=0.1,
+                retry_after_s=self._appointments.delay(now, turn, turn),
             )
         self._active += 1
         try:
             yield
         finally:
             self._active -= 1
+            self._call_s.add(time.monotonic() - now)
 
     def _authenticate(self, request, context, metadata: dict) -> None:
         """Who is calling and for which tenant (router/core/auth.py); the caller may use the model it
@@ -242,7 +255,7 @@ class RequestInterceptor(grpc.aio.ServerInterceptor):
         caller = self._auth.authenticate(
             key.strip() if scheme.lower() == "bearer" else None, names, metadata.get(TENANT_KEY) or None
         )
-        model = getattr(request, "model", "")
+        model = _model_of(request)
         if model:
             caller.check_model(model)
         set_caller(caller)
@@ -264,7 +277,7 @@ class RequestInterceptor(grpc.aio.ServerInterceptor):
         return time.perf_counter()
 
     def _done(self, started: float, method: str, request, response, error: BaseException | None) -> None:
-        fields: dict = {"model": getattr(request, "model", ""), "code": "OK"}
+        fields: dict = {"model": _model_of(request), "code": "OK"}
         if isinstance(error, RouterError):
             fields.update(code=to_status(error).code.name, reason=error.reason, error=error.message)
         elif isinstance(error, (asyncio.CancelledError, GeneratorExit)):  # the caller went away

@@ -37,18 +37,21 @@ class ModelRouterServicer(pb_grpc.ModelRouterServiceServicer):
             await events.aclose()  # a caller that left stops the generation now, not at garbage collection
 
     async def ListModels(self, request: pb.ListModelsRequest, context) -> pb.ListModelsResponse:
-        registry = self.router.registry
-        principal = converters.current_caller().principal
-        # Which Triton servers hold a model, and why one is unusable, are internals: an admin's to see.
-        return pb.ListModelsResponse(
-            models=[
-                converters.model_info_to_pb(m.contract, m.served_by if principal.admin else ())
-                for m in registry.models()
-                if principal.allows(m.contract.name)
-            ],
-            unusable_models=[
-                pb.UnusableModel(name=name, problem=problem if principal.admin else UNUSABLE)
-                for name, problem in sorted(registry.problems.items())
-                if principal.allows(name)
-            ],
+        caller = converters.current_caller()
+        page = self.router.catalog.page(
+            caller, converters.task_from_pb(request.task), request.page_size, request.page_token
         )
+        # Which Triton servers hold a model, and why one is unusable, are internals: an admin's to see.
+        admin = caller.principal.admin
+        return pb.ListModelsResponse(
+            models=[converters.model_info_to_pb(m, admin) for m in page.models],
+            unusable_models=[
+                pb.UnusableModel(name=name, problem=problem if admin else UNUSABLE) for name, problem in page.unusable
+            ],
+            next_page_token=page.next_token,
+        )
+
+    async def GetModel(self, request: pb.GetModelRequest, context) -> pb.GetModelResponse:
+        caller = converters.current_caller()
+        served = self.router.catalog.get(request.name, caller)
+        return pb.GetModelResponse(model=converters.model_info_to_pb(served, caller.principal.admin))

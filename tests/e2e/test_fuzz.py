@@ -28,7 +28,13 @@ from tests.helpers import EMBED_MODEL, GENERATE_MODEL, RERANK_MODEL
 
 EXAMPLES = int(os.environ.get("FUZZ_EXAMPLES", "75"))
 REPORT = os.environ.get("FUZZ_REPORT")
-MODELS = {"Embed": [EMBED_MODEL], "Rerank": [RERANK_MODEL], "Generate": [GENERATE_MODEL], "ListModels": [""]}
+MODELS = {
+    "Embed": [EMBED_MODEL],
+    "Rerank": [RERANK_MODEL],
+    "Generate": [GENERATE_MODEL],
+    "ListModels": [""],
+    "GetModel": [EMBED_MODEL, RERANK_MODEL],
+}
 TRAILER_LIMIT = 8 * 1024
 NEVER = {grpc.StatusCode.INTERNAL, grpc.StatusCode.UNKNOWN}
 OUTCOMES: dict[str, collections.Counter] = collections.defaultdict(collections.Counter)

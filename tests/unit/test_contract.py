@@ -52,12 +52,30 @@ def test_declared_options():
         {"truncations": "END", "default_truncation": "CHUNK"},
         {"output": "missing"},
         {"dimensions": "a,b"},
+        {"score": "percent"},
+        {"input_prefixes": "query: "},
+        {"input_prefixes": '{"search": "q: "}'},
+        {"input_prefixes": '{"query": 1}'},
+        {"quantization_range": "0"},
+        {"quantization_range": "inf"},
     ],
 )
 def test_bad_contract_names_the_problem(bad):
     with pytest.raises(RouterError) as caught:
         parse_contract(description(**bad))
     assert caught.value.reason == "BAD_MODEL_CONTRACT"
+
+
+def test_score_type_input_prefixes_and_quantization_range():
+    plain = parse_contract(description())
+    assert plain.score_type == "logit" and plain.input_prefixes == () and plain.quantization_range == 1.0
+    declared = parse_contract(
+        description(
+            score="Probability", input_prefixes='{"query": "query: ", "document": ""}', quantization_range="0.3"
+        )
+    )
+    assert declared.score_type == "probability" and declared.quantization_range == 0.3
+    assert declared.prefix("query") == "query: " and declared.prefix("document") == ""
 
 
 def test_models_without_task_are_not_routed():

@@ -107,6 +107,7 @@ async def test_work_left_for_a_version_unloaded_everywhere_runs_on_the_next_vers
     backend.gate = asyncio.Event()  # hold the old version's work in flight
     window = Window(np.array([2, 5, 3], dtype=np.int64), None, 0, 3)
     pending = asyncio.create_task(old.run([window]))
+    pinned = asyncio.create_task(old.run([window], pinned=True))  # its caller named version 1
     await asyncio.sleep(0.01)
     backend.descriptions = [dataclasses.replace(description("good"), version="2")]
     await registry.refresh()
@@ -114,8 +115,12 @@ async def test_work_left_for_a_version_unloaded_everywhere_runs_on_the_next_vers
     assert new is not old and old.successor is new
     backend.held = "2"  # version 1 unloaded everywhere
     backend.gate.set()
-    rows, _ = await pending
+    rows, ticket = await pending
     assert rows[0][0] == 2000 + 10  # answered by version 2, not failed
+    assert ticket.handed_to == "2"  # and the response will say so
+    with pytest.raises(RouterError) as caught:  # version 1's answer or none
+        await pinned
+    assert caught.value.reason == errors.MODEL_VERSION_GONE
 
 
 async def test_a_new_version_with_another_tokenizer_gets_no_work_handed_over(repository):

@@ -87,3 +87,20 @@ def test_max_windows_caps_and_reports(tokenizer):
 def test_ids_are_int64(tokenizer):
     [split] = tokenizer.split(["a b c"], 16, Truncation.CHUNK, overlap=0)
     assert split.windows[0].ids.dtype == np.int64
+
+
+def test_a_prefix_leads_every_window_and_counts_in_the_tokens(tokenizer):
+    text = text_of(600, random.Random(5))
+    lead = tokenizer.split(["query: "], 64, Truncation.NONE, overlap=0)[0].tokens - 2  # its tokens alone
+    plain = tokenizer.split([text], 256, Truncation.CHUNK, overlap=32)[0]
+    [split] = tokenizer.split([text], 256, Truncation.CHUNK, overlap=32, prefix="query: ")
+    assert split.tokens == plain.tokens + lead
+    prefix_ids = content(tokenizer.split(["query: "], 64, Truncation.NONE, overlap=0)[0].windows[0])
+    for window in split.windows:
+        assert window.length <= 256 and content(window)[:lead] == prefix_ids
+        assert text[window.start : window.end].strip()  # offsets are the text's, not the prefix's
+    assert split.windows[0].start == 0 and split.windows[-1].end == len(text)
+    [short] = tokenizer.split(["hello world"], 256, Truncation.CHUNK, overlap=32, prefix="query: ")
+    joined = tokenizer.split(["query: hello world"], 256, Truncation.CHUNK, overlap=32)[0]
+    assert short.windows[0].ids.tolist() == joined.windows[0].ids.tolist()
+    assert (short.windows[0].start, short.windows[0].end) == (0, len("hello world"))
