@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import sys
 
-from bench import admission, batching, embed, generate, overhead, rerank, shards, soak
+from bench import admission, batching, embed, encodings, generate, overhead, rerank, shards, soak
 
 BENCHMARKS = {
     "embed": embed.main,
@@ -14,6 +14,7 @@ BENCHMARKS = {
     "overhead": overhead.main,
     "shards": shards.main,
     "generate": generate.main,
+    "encodings": encodings.main,
 }
 ON_REQUEST = {"soak": soak.main}
 """Run only when named (`make soak`): ten minutes of load is not part of `make bench`."""
