@@ -91,7 +91,7 @@ def _message(descriptor: Descriptor, models: list[str], max_repeated: int, depth
                 st.lists(sane, min_size=1, max_size=max_repeated),
                 st.one_of(st.lists(st.one_of(sane, wild), max_size=max_repeated), many),
             )
-        required = field.name in ("model", "name") and depth == 0
+        required = field.name in ("model", "name", "request", "inputs") and depth <= 1
         sane_fields[field.name] = sane if required else st.one_of(st.none(), sane)
         mixed_fields[field.name] = st.one_of(st.none(), sane, sane, sane, wild)
 
@@ -134,7 +134,10 @@ def _small(field: FieldDescriptor) -> st.SearchStrategy:
 def _value(field: FieldDescriptor, models: list[str], max_repeated: int, depth: int) -> tuple:
     """(sane, wild) strategies for one value of the field."""
     kind = field.type
-    if field.name in ("model", "name") and depth == 0 and kind == FieldDescriptor.TYPE_STRING:
+    # `model` at the top, or in EmbedStreamRequest's request; GetModel's `name`.
+    if (
+        field.name == "model" and depth <= 1 or field.name == "name" and depth == 0
+    ) and kind == FieldDescriptor.TYPE_STRING:
         others = st.sampled_from(ALL_MODELS).map(str.encode)
         return st.sampled_from(models).map(str.encode), st.one_of(others, wild_text(200))
     if field.name in ("model_version", "page_token") and kind == FieldDescriptor.TYPE_STRING:
@@ -149,6 +152,8 @@ def _value(field: FieldDescriptor, models: list[str], max_repeated: int, depth: 
         )
     if kind == FieldDescriptor.TYPE_ENUM:
         defined = [v.number for v in field.enum_type.values]
+        if field.name == "input_type":  # the test models declare no input types: sane is unspecified
+            defined = [0]
         return st.sampled_from(defined), st.integers(-(2**31), 2**31 - 1)
     if kind in (FieldDescriptor.TYPE_FLOAT, FieldDescriptor.TYPE_DOUBLE):
         width = 32 if kind == FieldDescriptor.TYPE_FLOAT else 64

@@ -3,7 +3,10 @@ the encoding the caller asked for (quantize.py)."""
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import time
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 
 import numpy as np
@@ -11,7 +14,7 @@ import numpy as np
 from router.core import errors
 from router.core.config import RequestLimits
 from router.core.contract import Task
-from router.core.errors import FieldViolation
+from router.core.errors import ErrorKind, FieldViolation, RouterError
 from router.core.pipeline import RequestPipeline
 from router.core.pooling import combine_windows, l2_normalize
 from router.core.quantize import encode
@@ -76,9 +79,85 @@ class _EmbedJob:
         )
 
 
+PARTS_AHEAD = 2
+"""A stream's parts queued behind the one being answered (besides one read and waiting for room): enough
+to keep the model's batches full between parts, few enough that a caller sending 100,000 inputs holds
+only a few parts' work in the router at once."""
+
+
 class EmbedService:
     def __init__(self, pipeline: RequestPipeline) -> None:
         self.pipeline = pipeline
+
+    async def embed_stream(
+        self,
+        parts: AsyncIterator[EmbedRequest],
+        call: CallContext = NO_CALL_CONTEXT,
+        authorize: Callable[[str], None] = lambda model: None,
+    ) -> AsyncIterator[tuple[int, EmbedResult]]:
+        """Embed each part as an Embed call would, several at once, and yield (offset of the part's first
+        input, its result) in part order as soon as each is done. `authorize` checks the model once, on
+        the first part. A part refused as overloaded waits its retry delay and runs again."""
+        queue: asyncio.Queue = asyncio.Queue(maxsize=PARTS_AHEAD)
+
+        async def read() -> None:
+            offset, model = 0, None
+            try:
+                async for part in parts:
+                    if model is None:
+                        authorize(part.model)
+                        model = part.model
+                    elif part.model != model:
+                        raise errors.invalid(
+                            errors.INVALID_VALUE,
+                            f"a stream embeds with one model; a part names {errors.echo(part.model)}",
+                            [FieldViolation("request.model", f"set it on the first part only ({model!r})")],
+                        )
+                    task = asyncio.ensure_future(self._part(part, call))
+                    await queue.put((offset, task))  # waits while PARTS_AHEAD are queued: flow control
+                    offset += len(part.inputs)
+                if model is None:
+                    raise errors.invalid(
+                        errors.EMPTY_INPUTS,
+                        "the stream sent no part",
+                        [FieldViolation("request", "send at least one part with inputs")],
+                    )
+                await queue.put(None)
+            except asyncio.CancelledError:
+                raise
+            except Exception as error:  # noqa: BLE001 - the stream fails with it, after the parts before
+                await queue.put(error)
+
+        reader = asyncio.create_task(read())
+        try:
+            while (item := await queue.get()) is not None:
+                if isinstance(item, Exception):
+                    raise item
+                offset, task = item
+                yield offset, await task
+        finally:
+            reader.cancel()
+            while not queue.empty():
+                item = queue.get_nowait()
+                if isinstance(item, tuple):
+                    item[1].cancel()
+                    if item[1].done() and not item[1].cancelled():
+                        item[1].exception()  # retrieved: the stream already failed with an earlier error
+            with contextlib.suppress(asyncio.CancelledError):
+                await reader
+
+    async def _part(self, request: EmbedRequest, call: CallContext) -> EmbedResult:
+        """One part; refused as overloaded, it waits the retry delay (within the deadline) and tries again."""
+        while True:
+            try:
+                return await self.embed(request, call)
+            except RouterError as error:
+                delay = error.retry_after_s
+                if error.kind is not ErrorKind.OVERLOADED or delay is None:
+                    raise
+                if call.deadline is not None and time.monotonic() + delay >= call.deadline:
+                    raise
+                await asyncio.sleep(delay)
 
     async def embed(self, request: EmbedRequest, call: CallContext = NO_CALL_CONTEXT) -> EmbedResult:
         done = await self.pipeline.run(request.model, Task.EMBED, call, _EmbedJob(request), request.version)

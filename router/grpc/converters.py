@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import dataclasses
 import time
+from collections.abc import AsyncIterator
 from contextvars import ContextVar
 
 from google.protobuf import duration_pb2
@@ -120,6 +122,43 @@ def embed_request_from_pb(request: pb.EmbedRequest) -> EmbedRequest:
         input_type=_enum(_INPUT_TYPE_FROM_PB, request.input_type, "input_type", "InputType"),
         version=request.model_version,
     )
+
+
+async def embed_parts_from_pb(messages) -> AsyncIterator[EmbedRequest]:
+    """An EmbedStream's parts: the first sets the model and options, later ones carry only inputs (any
+    other field set there is refused, naming it). A part that did not parse is MALFORMED_REQUEST."""
+    first: EmbedRequest | None = None
+    number = 0
+    async for message in messages:
+        if not isinstance(message, pb.EmbedStreamRequest):  # the tolerant deserializer's stand-in
+            raise errors.invalid(errors.MALFORMED_REQUEST, f"part {number} is not a valid EmbedStreamRequest")
+        request = message.request
+        if not request.inputs:
+            raise errors.invalid(
+                errors.EMPTY_INPUTS,
+                f"part {number} has no inputs",
+                [errors.FieldViolation(f"part[{number}].request.inputs", "send at least one input per part")],
+            )
+        if first is None:
+            first = embed_request_from_pb(request)
+            yield first
+        else:
+            extra = [field.name for field, _ in request.ListFields() if field.name != "inputs"]
+            if extra:
+                raise errors.invalid(
+                    errors.INVALID_VALUE,
+                    f"part {number} sets {', '.join(extra)}; only the first part sets the model and options",
+                    [
+                        errors.FieldViolation(f"part[{number}].request.{name}", "set it on the first part only")
+                        for name in extra
+                    ],
+                )
+            yield dataclasses.replace(first, inputs=list(request.inputs))
+        number += 1
+
+
+def embed_stream_response_to_pb(offset: int, result: EmbedResult) -> pb.EmbedStreamResponse:
+    return pb.EmbedStreamResponse(offset=offset, response=embed_response_to_pb(result))
 
 
 def rerank_request_from_pb(request: pb.RerankRequest) -> RerankRequest:

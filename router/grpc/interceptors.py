@@ -70,8 +70,30 @@ def _tolerant(deserialize: Callable[[bytes], object] | None) -> Callable[[bytes]
 
 
 def _model_of(request) -> str:
-    """The model a request names: `model`, or GetModel's `name`."""
+    """The model a request names: `model`, or GetModel's `name` (for a stream, its tally's)."""
     return getattr(request, "model", "") or getattr(request, "name", "")
+
+
+@dataclass
+class _StreamTally:
+    """What an EmbedStream answered, for its log line: the model, and usage summed over its parts."""
+
+    model: str
+    usage: object
+
+    def HasField(self, name: str) -> bool:  # noqa: N802 - read as a response message is
+        return name == "usage"
+
+
+def _tally(tally: _StreamTally | None, response) -> _StreamTally:
+    part = response.response
+    if tally is None:
+        return _StreamTally(
+            part.model, type(part.usage)(computed_tokens=part.usage.computed_tokens, batches=part.usage.batches)
+        )
+    tally.usage.computed_tokens += part.usage.computed_tokens
+    tally.usage.batches += part.usage.batches
+    return tally
 
 
 @functools.lru_cache(maxsize=1024)
@@ -133,6 +155,12 @@ class RequestInterceptor(grpc.aio.ServerInterceptor):
                 request_deserializer=deserialize,
                 response_serializer=handler.response_serializer,
             )
+        elif handler.stream_stream is not None:
+            wrapped = grpc.stream_stream_rpc_method_handler(
+                self._stream(handler.stream_stream, name, streaming_requests=True),
+                request_deserializer=deserialize,
+                response_serializer=handler.response_serializer,
+            )
         else:
             return handler
         self._wrapped[method] = (handler, wrapped)
@@ -162,7 +190,11 @@ class RequestInterceptor(grpc.aio.ServerInterceptor):
 
         return unary
 
-    def _stream(self, behavior, method: str):
+    def _stream(self, behavior, method: str, streaming_requests: bool = False):
+        """A server-streaming method's wrapper; with `streaming_requests`, a bidirectional one's (its
+        requests are the handler's to read: the caller is authenticated here, the model it names is
+        checked by the handler, and the log line counts what the stream answered)."""
+
         async def stream(request, context):
             metadata = dict(context.invocation_metadata() or ())  # read once: span, log context, auth
             with self._server_span(method, metadata):
@@ -170,13 +202,13 @@ class RequestInterceptor(grpc.aio.ServerInterceptor):
                 last, failure = None, None
                 try:
                     with self._slot():
-                        self._authenticate(request, context, metadata)
+                        self._authenticate(None if streaming_requests else request, context, metadata)
                         result = behavior(request, context)
                         if inspect.isawaitable(result):  # a servicer that writes with context.write()
                             await result
                         else:
                             async for response in result:
-                                last = response
+                                last = _tally(last, response) if streaming_requests else response
                                 yield response
                 except grpc.aio.AbortError as error:
                     failure = error
@@ -188,7 +220,7 @@ class RequestInterceptor(grpc.aio.ServerInterceptor):
                     failure = error
                     raise
                 finally:
-                    self._done(started, method, request, last, failure)
+                    self._done(started, method, last if streaming_requests else request, last, failure)
 
         return stream
 
@@ -240,7 +272,7 @@ class RequestInterceptor(grpc.aio.ServerInterceptor):
         """Who is calling and for which tenant (router/core/auth.py); the caller may use the model it
         names. Raises RouterError INVALID_ARGUMENT (a request that did not parse), UNAUTHENTICATED or
         PERMISSION_DENIED."""
-        if isinstance(request, _Malformed):  # before anything else: there is no request to speak of
+        if request is not None and isinstance(request, _Malformed):  # there is no request to speak of
             raise errors.invalid(
                 errors.MALFORMED_REQUEST,
                 f"the request is not a valid {request.type_name} message (text fields must be UTF-8)",
@@ -255,7 +287,7 @@ class RequestInterceptor(grpc.aio.ServerInterceptor):
         caller = self._auth.authenticate(
             key.strip() if scheme.lower() == "bearer" else None, names, metadata.get(TENANT_KEY) or None
         )
-        model = _model_of(request)
+        model = _model_of(request) if request is not None else ""
         if model:
             caller.check_model(model)
         set_caller(caller)

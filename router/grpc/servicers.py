@@ -20,6 +20,18 @@ class ModelRouterServicer(pb_grpc.ModelRouterServiceServicer):
         )
         return converters.embed_response_to_pb(result)
 
+    async def EmbedStream(self, request_iterator, context):
+        results = self.router.embed.embed_stream(
+            converters.embed_parts_from_pb(request_iterator),
+            converters.call_context(context),
+            converters.current_caller().check_model,
+        )
+        try:
+            async for offset, result in results:
+                yield converters.embed_stream_response_to_pb(offset, result)
+        finally:
+            await results.aclose()
+
     async def Rerank(self, request: pb.RerankRequest, context) -> pb.RerankResponse:
         result = await self.router.rerank.rerank(
             converters.rerank_request_from_pb(request), converters.call_context(context)

@@ -25,6 +25,18 @@ const call = (method, request) =>
     client[method](request, { deadline: Date.now() + 60000 }, (error, reply) => (error ? reject(error) : resolve(reply))),
   );
 
+// EmbedStream: the first part sets the model, later ones only inputs; parts come back in order.
+const stream = (model, parts) =>
+  new Promise((resolve, reject) => {
+    const call = client.EmbedStream({ deadline: Date.now() + 60000 });
+    const replies = [];
+    call.on("data", (reply) => replies.push({ offset: reply.offset, count: reply.response.embeddings.length }));
+    call.on("error", reject);
+    call.on("end", () => resolve(replies));
+    parts.forEach((inputs, i) => call.write({ request: i === 0 ? { model, inputs } : { inputs } }));
+    call.end();
+  });
+
 async function main() {
   const pages = [];
   let token = "";
@@ -42,6 +54,7 @@ async function main() {
   const ranked = await call("Rerank", { model: rerankModel, query: "fox", documents: [document] });
   const best = ranked.results[0];
   const bytes = Buffer.from(document, "utf8");
+  const streamed = await stream(embedModel, [["one", "two", "three"], ["four"], ["five", "six"]]);
   let error = null;
   try {
     await call("GetModel", { name: "no-such-model" });
@@ -64,6 +77,7 @@ async function main() {
       int8: int8.embeddings.map((e) => Array.from(new Int8Array(e.data.buffer, e.data.byteOffset, e.data.length))),
       window_text: bytes.subarray(best.best_window_start_utf8, best.best_window_end_utf8).toString("utf8"),
       window_code_points: Array.from(document).slice(best.best_window_start, best.best_window_end).join(""),
+      streamed,
       error,
     }),
   );

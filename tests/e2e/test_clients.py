@@ -39,7 +39,9 @@ def test_a_node_client_built_from_the_protos_uses_the_v1_fields(router_target, s
     assert np.array_equal(np.array(got["floats"], dtype=np.float32), expected)
     assert np.array_equal(np.array(got["raw"], dtype=np.float32), expected)  # bytes, bit for bit
     assert got["raw_encoding"] == "ENCODING_FLOAT32_BYTES" and got["float_version"] == "1"
-    assert np.abs(np.array(got["int8"]) / 127 - expected).max() <= 1 / 127
+    r = stub.GetModel(pb.GetModelRequest(name=EMBED_MODEL), timeout=30).model.quantization_range
+    assert np.abs(np.array(got["int8"]) * r / 127 - expected).max() <= r / 127
     assert [u["windows"] for u in got["usage"]] == [1, 1] and got["usage"][1]["tokens"] == 3
     assert got["window_text"] == got["window_code_points"] and "fox" in got["window_text"]
     assert got["error"]["code"] == 5  # NOT_FOUND
+    assert got["streamed"] == [{"offset": 0, "count": 3}, {"offset": 3, "count": 1}, {"offset": 4, "count": 2}]

@@ -34,6 +34,7 @@ MODELS = {
     "Generate": [GENERATE_MODEL],
     "ListModels": [""],
     "GetModel": [EMBED_MODEL, RERANK_MODEL],
+    "EmbedStream": [EMBED_MODEL],
 }
 TRAILER_LIMIT = 8 * 1024
 NEVER = {grpc.StatusCode.INTERNAL, grpc.StatusCode.UNKNOWN}
@@ -43,7 +44,14 @@ OUTCOMES: dict[str, collections.Counter] = collections.defaultdict(collections.C
 def send(channel: grpc.Channel, method, request) -> None:
     path = f"/{SERVICE.full_name}/{method.name}"
     options = {"request_serializer": lambda m: m.SerializeToString(), "response_deserializer": lambda b: b}
-    if method.server_streaming:
+    if method.client_streaming:  # the request and, now and then, the same again as a second part
+        parts = [request, request] if len(request.SerializeToString()) % 2 else [request]
+        call = channel.stream_stream(path, **options)(iter(parts), timeout=10)
+        for count, _ in enumerate(call):
+            if count == 2:
+                call.cancel()
+                break
+    elif method.server_streaming:
         call = channel.unary_stream(path, **options)(request, timeout=10)
         for count, _ in enumerate(call):
             if count == 2:  # a few responses are enough; the rest of the stream is cancelled

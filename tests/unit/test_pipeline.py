@@ -171,3 +171,65 @@ async def test_text_waiting_to_be_tokenized_is_bounded(services, monkeypatch):
     release.set()
     assert (await first).embeddings.shape[0] == 100
     assert bounded.tokenizing_characters == 0
+
+
+async def _parts(*parts):
+    for part in parts:
+        yield part
+
+
+async def test_a_stream_answers_its_parts_in_order_with_their_offsets(services):
+    _, embed, _, backend = services
+    parts = [EmbedRequest("embedder", ["alpha"] * n) for n in (3, 1, 2)]
+    got = [(offset, result.embeddings.shape[0]) async for offset, result in embed.embed_stream(_parts(*parts))]
+    assert got == [(0, 3), (3, 1), (4, 2)]
+
+
+async def test_a_stream_reads_only_a_few_parts_ahead(services):
+    from router.core.embed import PARTS_AHEAD
+
+    _, embed, _, backend = services
+    backend.gate = asyncio.Event()  # nothing is answered yet
+    read = 0
+
+    async def parts():
+        nonlocal read
+        for _ in range(20):
+            read += 1
+            yield EmbedRequest("embedder", ["beta"])
+
+    stream = embed.embed_stream(parts())
+    first = asyncio.ensure_future(stream.__anext__())
+    await asyncio.sleep(0.05)
+    assert read <= PARTS_AHEAD + 2  # queued, being answered, and one waiting for room
+    backend.gate.set()
+    await first
+    assert len([r async for r in stream]) == 19
+
+
+async def test_a_part_refused_as_overloaded_waits_and_runs_again(services, monkeypatch):
+    _, embed, _, _ = services
+    refusals = [RouterError("QUEUE_FULL", "busy", retry_after_s=0.01)] * 2
+    real = embed.embed
+
+    async def busy_at_first(request, call):
+        if refusals:
+            raise refusals.pop()
+        return await real(request, call)
+
+    monkeypatch.setattr(embed, "embed", busy_at_first)
+    got = [offset async for offset, _ in embed.embed_stream(_parts(EmbedRequest("embedder", ["gamma"])))]
+    assert got == [0] and not refusals
+
+
+async def test_a_failing_part_fails_the_stream_after_the_parts_before(services):
+    _, embed, _, _ = services
+    parts = [EmbedRequest("embedder", ["alpha"]), EmbedRequest("embedder", [])]
+    seen = []
+    with pytest.raises(RouterError) as caught:
+        async for offset, _ in embed.embed_stream(_parts(*parts)):
+            seen.append(offset)
+    assert seen == [0] and caught.value.reason == "EMPTY_INPUTS"
+    with pytest.raises(RouterError) as caught:  # one model per stream, checked once
+        [r async for r in embed.embed_stream(_parts(parts[0], EmbedRequest("other", ["beta"])))]
+    assert caught.value.reason == "INVALID_VALUE"
