@@ -52,7 +52,7 @@ models: $(VENV_STAMP) ## Build the Triton model repository (exports cached; rebu
 run: setup models ## Start a real Triton on 127.0.0.1 and the router on 127.0.0.1:50051
 	$(VENV)/bin/router serve $(ROUTER_ARGS)
 
-test: setup models $(NODE_CLIENT) ## Run the unit and end-to-end tests (a real Triton is started on loopback)
+test: setup models $(NODE_CLIENT) $(BUF) ## Run the unit and end-to-end tests (a real Triton is started on loopback)
 	$(PY) -m pytest $(PYTEST_ARGS)
 
 $(NODE_CLIENT):
@@ -74,6 +74,9 @@ $(PROMTOOL):
 
 lint: setup $(BUF) $(PROMTOOL) ## buf lint, ruff, deploy/ against Kubernetes schemas, Prometheus rules with promtool
 	$(BUF) lint protos
+	@# v1 is frozen: a change that would break a generated client (a field renamed, renumbered, retyped or
+	@# removed, an RPC gone...) fails here. The baseline is v1 as released, never regenerated.
+	$(BUF) breaking protos --against protos/frozen/modelrouter-v1.json
 	$(VENV)/bin/kubernetes-validate --strict --quiet deploy/kubernetes/*.yaml
 	$(PROMTOOL) check rules deploy/prometheus/rules.yaml
 	$(VENV)/bin/ruff check router adapters tests triton_models bench
