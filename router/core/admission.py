@@ -163,7 +163,7 @@ class AdmissionController:
         self._check_delay(ahead, deadline, now)
         estimate = self.calibration.adjust(ahead)
         if self.config.shed_on_deadline and deadline is not None and now + estimate > deadline:
-            raise deadline_too_short(self.model, estimate, deadline - now)
+            raise deadline_too_short(self.model, estimate, deadline - now, self._basis())
 
     def admit(self, ticket: Ticket, tokens: int, now: float) -> None:
         """Let the request's `tokens` into the queue, or raise the refusal."""
@@ -177,7 +177,7 @@ class AdmissionController:
             ticket.estimate = self._work_ahead(ticket.tenant, tokens) / self.drain.rate
             estimate = self.calibration.adjust(ticket.estimate)
             if now + estimate > ticket.deadline:
-                raise deadline_too_short(self.model, estimate, ticket.deadline - now)
+                raise deadline_too_short(self.model, estimate, ticket.deadline - now, self._basis())
         if self.tenants is not None:
             self.tenants.charge(ticket.tenant, tokens)
 
@@ -186,6 +186,14 @@ class AdmissionController:
         if not self.enabled:
             return []
         return [t for t in self.queue.tickets() if t.deadline is not None and t.deadline <= now]
+
+    def _basis(self) -> dict[str, str]:
+        return {
+            "drain_tokens_per_s": f"{self.drain.rate or 0:.0f}",
+            "queued_tokens": str(self.queue.tokens),
+            "inflight_tokens": str(self.inflight_tokens),
+            "correction_ms": f"{self.calibration.offset_s * 1000:.0f}",
+        }
 
     def dispatched(self, now: float) -> None:
         """A batch left."""
@@ -269,12 +277,15 @@ def queue_full(
     )
 
 
-def deadline_too_short(model: str, estimate_s: float, remaining_s: float) -> RouterError:
+def deadline_too_short(
+    model: str, estimate_s: float, remaining_s: float, basis: dict[str, str] | None = None
+) -> RouterError:
+    """`basis`: what the estimate rests on (drain rate, work ahead, correction), for the caller and the log."""
     return RouterError(
         DEADLINE_TOO_SHORT,
         f"model {model!r} needs about {estimate_s * 1000:.0f} ms for this request; "
         f"the deadline leaves {max(remaining_s, 0) * 1000:.0f} ms",
-        metadata={"model": model, "estimate_ms": f"{estimate_s * 1000:.0f}"},
+        metadata={"model": model, "estimate_ms": f"{estimate_s * 1000:.0f}", **(basis or {})},
     )
 
 

@@ -122,6 +122,14 @@ class ModelRegistry:
         tokenizer_path = self.repository / contract.name / contract.tokenizer_file
         tokenizer = ModelTokenizer.from_file(tokenizer_path)
         contract = dataclasses.replace(contract, pad_id=tokenizer.pad_id(contract.pad_token))
+        for input_type, prefix in contract.input_prefixes:
+            # Every window holds the prefix: leave the text at least half of it.
+            tokens = len(tokenizer.raw.encode(prefix, add_special_tokens=False).ids)
+            if tokens > contract.max_sequence_length // 2:
+                raise ValueError(
+                    f"modelrouter.input_prefixes: the {input_type} prefix has {tokens} tokens; "
+                    f"at most half of max_sequence_length ({contract.max_sequence_length})"
+                )
         scheduler = ModelScheduler(contract, self.backend, self.batching, self.cache, self.admission, self.tenants)
         scheduler.shards = len(description.served_by)
         digest = hashlib.sha256(tokenizer_path.read_bytes()).hexdigest()

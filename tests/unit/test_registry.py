@@ -134,3 +134,11 @@ async def test_a_new_version_with_another_tokenizer_gets_no_work_handed_over(rep
     backend.descriptions = [dataclasses.replace(description("good"), version="2")]
     await registry.refresh()
     assert old.successor is None
+
+
+async def test_an_input_prefix_too_long_for_the_windows_makes_the_model_unusable(repository):
+    prefix = " ".join(["alpha"] * 9)  # 9 tokens; max_sequence_length is 16
+    backend = IndexBackend([description("good", input_prefixes=f'{{"query": "{prefix}"}}')])
+    registry = ModelRegistry(backend, repository)
+    await registry.refresh()
+    assert "query prefix has 9 tokens" in registry.problems["good"]
