@@ -61,19 +61,30 @@ class Failure:
 
 
 SERVER_DOWN_RETRY_S = 2.0
-"""The retry delay when no server that holds the model answers: a model server that went down takes
-seconds to come back (2-3 s here for the smallest model, loaded alone), and discovery sees it within a
-poll (1 s). gRPC's retry policy makes five attempts at most; at this delay they span 8 s."""
+"""The least retry delay when no server that holds the model answers: a model server that went down
+takes seconds to come back (2-3 s here for the smallest model loaded alone, 9 s seen on a busy CI
+machine), and discovery sees it within a poll (1 s)."""
+SERVER_DOWN_MAX_RETRY_S = 10.0
 
 
-def _as_router_error(error: InferenceServerException, failure: Failure, shard: str, model: str) -> RouterError:
+def down_retry_s(down_for_s: float) -> float:
+    """The retry delay once the model's servers have been unreachable for `down_for_s`: as long again
+    (an outage that has lasted a while is likely to last a while more), from SERVER_DOWN_RETRY_S up to
+    SERVER_DOWN_MAX_RETRY_S. gRPC's retry policy makes five attempts at most; with delays of about 2, 2,
+    4 and 8 s they span 16 s of outage."""
+    return min(SERVER_DOWN_MAX_RETRY_S, max(SERVER_DOWN_RETRY_S, down_for_s))
+
+
+def _as_router_error(
+    error: InferenceServerException, failure: Failure, shard: str, model: str, down_retry: float
+) -> RouterError:
     status = failure.status
     log.warning("triton.error", shard=shard, model=model, status=status, detail=error.message())
     if failure.shard_down or failure.model_gone:
         return RouterError(
             errors.BACKEND_UNAVAILABLE,
             "the model server is unavailable",
-            retry_after_s=SERVER_DOWN_RETRY_S,
+            retry_after_s=down_retry or SERVER_DOWN_RETRY_S,
         )
     if status == "StatusCode.DEADLINE_EXCEEDED":
         return RouterError(errors.BACKEND_DEADLINE, "the model server ran out of time")
@@ -82,11 +93,11 @@ def _as_router_error(error: InferenceServerException, failure: Failure, shard: s
     return RouterError(errors.BACKEND_FAILED, "the model server failed the request")
 
 
-def _no_shard(model: str) -> RouterError:
+def _no_shard(model: str, down_retry: float) -> RouterError:
     return RouterError(
         errors.BACKEND_UNAVAILABLE,
         f"no model server that holds {model!r} is available",
-        retry_after_s=SERVER_DOWN_RETRY_S,
+        retry_after_s=down_retry,
         metadata={"model": model},
     )
 
@@ -171,6 +182,8 @@ class TritonBackend:
         self.retries = retries
         self.backoff_s = backoff_s
         self.budget = retry_budget or RetryBudget()
+        self._down_since: dict[str, float] = {}
+        """Model -> when its work first found no server answering (cleared by a success)."""
 
     @property
     def addresses(self) -> list[str]:
@@ -182,6 +195,12 @@ class TritonBackend:
 
     async def is_ready(self) -> bool:
         return any(shard.ready for shard in self.shards.shards.values())
+
+    def _down_retry(self, model: str) -> float:
+        """The retry delay for work that found no server of `model` answering, which is counted as
+        down from the first such failure until a batch of it succeeds again."""
+        now = time.monotonic()
+        return down_retry_s(now - self._down_since.setdefault(model, now))
 
     async def describe_models(self) -> list[ModelDescription]:
         """Each model some answering shard has ready (newest version), with the shards that hold it."""
@@ -204,7 +223,7 @@ class TritonBackend:
             if shard is None:
                 if contract.version and self.shards.holding(model):
                     raise _version_gone(model, contract.version)
-                raise _no_shard(model)
+                raise _no_shard(model, self._down_retry(model))
             left = None if deadline is None else max(0.001, deadline - now)
             self.shards.started(shard, tokens)
             verdict = False
@@ -224,6 +243,7 @@ class TritonBackend:
                 verdict = True
                 call.succeeded()
                 self.shards.succeeded(shard, tokens, time.monotonic() - now, time.monotonic())
+                self._down_since.pop(model, None)
                 metrics.SHARD_BATCHES.labels(shard.address, "ok").inc()
                 answered_by.set(shard.address)
                 return result.as_numpy(output)
@@ -251,7 +271,9 @@ class TritonBackend:
                 metrics.SHARD_BATCHES.labels(shard.address, outcome).inc()
                 if failure.model_gone and contract.version:
                     raise _version_gone(model, contract.version) from error
-                raise _as_router_error(error, failure, shard.address, model) from error
+                raise _as_router_error(
+                    error, failure, shard.address, model, self._down_retry(model) if failure.shard_down else 0.0
+                ) from error
             finally:
                 if not verdict:  # cancelled, or an error outside Triton's: no verdict on the shard
                     self.shards.ended(shard, tokens)
@@ -275,7 +297,11 @@ class TritonBackend:
             tokens = len(context) + wanted.max_tokens
             shard = self.shards.pick(model, contract.version, tokens, now, exclude=tried)
             if shard is None:
-                raise _version_gone(model, contract.version) if tried and contract.version else _no_shard(model)
+                raise (
+                    _version_gone(model, contract.version)
+                    if tried and contract.version
+                    else _no_shard(model, self._down_retry(model))
+                )
             tensors = infer_inputs(generation_tensors(context, wanted))
             self.shards.started(shard, tokens)
             verdict = False
@@ -289,6 +315,7 @@ class TritonBackend:
                 verdict = True
                 call.succeeded()
                 self.shards.ended(shard, tokens)  # a stream's length says nothing of the shard's speed
+                self._down_since.pop(model, None)
                 metrics.SHARD_BATCHES.labels(shard.address, "ok").inc()
                 return
             except InferenceServerException as error:
@@ -312,7 +339,9 @@ class TritonBackend:
                     )
                     continue
                 metrics.SHARD_BATCHES.labels(shard.address, "failed" if failure.shard_down else "error").inc()
-                raise _as_router_error(error, failure, shard.address, model) from error
+                raise _as_router_error(
+                    error, failure, shard.address, model, self._down_retry(model) if failure.shard_down else 0.0
+                ) from error
             finally:
                 if not verdict:  # the caller left, or a stop matched: the stream was cancelled
                     self.shards.ended(shard, tokens)

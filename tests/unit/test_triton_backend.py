@@ -157,3 +157,29 @@ def test_targets_parse(text, target):
 def test_bad_targets_are_refused(text):
     with pytest.raises(ValueError):
         Target.parse(text)
+
+
+def test_the_longer_a_models_servers_are_down_the_longer_callers_are_told_to_wait():
+    from adapters.triton.backend import SERVER_DOWN_MAX_RETRY_S, SERVER_DOWN_RETRY_S, down_retry_s
+
+    delays = [down_retry_s(t) for t in (0.0, 2.0, 4.0, 8.0, 60.0)]
+    assert delays == [SERVER_DOWN_RETRY_S, SERVER_DOWN_RETRY_S, 4.0, 8.0, SERVER_DOWN_MAX_RETRY_S]
+
+
+async def test_a_model_is_down_from_its_first_failure_until_a_batch_succeeds(monkeypatch):
+    import adapters.triton.backend as backend_module
+
+    clock = [100.0]
+    monkeypatch.setattr(backend_module.time, "monotonic", lambda: clock[0])
+    backend = backend_with({"127.0.0.1:1": FakeClient()})
+    backend.shards.shards["127.0.0.1:1"].models = {}
+    delays = []
+    for _ in range(3):
+        with pytest.raises(RouterError) as caught:
+            await backend.infer(contract(), ROWS, timeout_s=None)
+        delays.append(caught.value.retry_after_s)
+        clock[0] += 5.0
+    assert delays == [2.0, 5.0, 10.0]
+    backend.shards.shards["127.0.0.1:1"].models = {contract().name: frozenset({contract().version})}
+    await backend.infer(contract(), ROWS, timeout_s=None)
+    assert not backend._down_since
