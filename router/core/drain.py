@@ -45,11 +45,6 @@ class DrainRate:
         """A batch left; call before counting it in flight."""
         if self._busy_since is None:
             self._busy_since = now
-            # Nothing was in flight: whatever was waiting when the last batch came back left without
-            # a batch (expired, cancelled) or was held for a fuller batch. Either way the model was not
-            # draining a queue since then, and counting that time as saturated would make the rate
-            # collapse after a quiet spell.
-            self._saturated_since = None
 
     def finished(self, tokens: int, now: float, still_inflight: int, waiting: bool = False) -> None:
         """A batch of `tokens` came back (0: it failed), leaving `still_inflight` batches out; `waiting`:

@@ -292,13 +292,3 @@ def test_the_tenant_map_stays_bounded_when_callers_rotate_tenant_ids():
     with pytest.raises(RouterError):  # a tenant still remembered keeps its (spent) bucket
         limiter.charge("steady", 1)
 
-
-def test_a_quiet_spell_after_work_was_left_waiting_does_not_count_as_saturated():
-    from router.core.drain import DrainRate
-
-    drain = DrainRate(min_span_s=0.5)
-    drain.started(0.0)
-    drain.finished(1000, 1.0, still_inflight=0, waiting=True)  # work waited, then left unsent
-    drain.started(30.0)  # the next batch, half a minute later
-    drain.finished(1000, 31.0, still_inflight=0, waiting=False)
-    assert drain.saturated_rate is None and drain.rate == pytest.approx(1000.0)
