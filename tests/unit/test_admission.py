@@ -291,4 +291,3 @@ def test_the_tenant_map_stays_bounded_when_callers_rotate_tenant_ids():
     limiter.charge("steady", 1)
     with pytest.raises(RouterError):  # a tenant still remembered keeps its (spent) bucket
         limiter.charge("steady", 1)
-
