@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import ctypes
 import importlib.util
 import os
 import shutil
@@ -26,8 +25,6 @@ from pathlib import Path
 import structlog
 
 log = structlog.get_logger(__name__)
-
-_PR_SET_PDEATHSIG = 1
 
 
 class EmbeddedTritonError(RuntimeError):
@@ -66,14 +63,18 @@ def prepare_backends(root: Path) -> Path:
 TRITON_NICENESS = 10
 
 
-def _prepare_child(cpus: frozenset[int] | None) -> None:
-    """Runs in the child before exec: lower priority, the CPUs it may use (inherited by the model stubs),
-    and SIGTERM from the kernel if the router dies."""
-    os.nice(TRITON_NICENESS)
+def launcher(cpus: frozenset[int] | None) -> list[str]:
+    """What tritonserver is started through: SIGTERM from the kernel if the router dies (util-linux's
+    setpriv), lower priority (nice), and the CPUs it may use (taskset), all inherited by the model stubs.
+
+    Commands that exec one another, not a `preexec_fn`: Python code run in a child forked from the
+    router, whose gRPC threads may hold locks at that moment, can crash it (a CI run's restart of a
+    model server segfaulted in a fork handler so)."""
+    command = ["setpriv", "--pdeathsig", "TERM", "--"] if shutil.which("setpriv") else []
+    command += ["nice", "-n", str(TRITON_NICENESS)]
     if cpus:
-        os.sched_setaffinity(0, cpus)
-    libc = ctypes.CDLL("libc.so.6", use_errno=True)
-    libc.prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
+        command += ["taskset", "--cpu-list", ",".join(str(cpu) for cpu in sorted(cpus))]
+    return command
 
 
 @dataclass
@@ -144,7 +145,7 @@ class EmbeddedTriton:
         for name in ("grpc_port", "http_port", "metrics_port"):
             if getattr(self, name) == 0:
                 setattr(self, name, free_port(self.host))
-        command = self.command()
+        command = [*launcher(self.cpus), *self.command()]
         if self.log_path is not None:
             self.log_path.parent.mkdir(parents=True, exist_ok=True)
             self._log_file = open(self.log_path, "ab")  # noqa: SIM115 - lives as long as the process
@@ -158,7 +159,6 @@ class EmbeddedTriton:
             # Its own process group: a Ctrl-C at the terminal reaches the router, which stops Triton in
             # order; the parent-death signal covers a router that dies without stopping it.
             process_group=0,
-            preexec_fn=lambda: _prepare_child(self.cpus),
         )
 
     def wait_ready(self, timeout_s: float = 120.0) -> None:
