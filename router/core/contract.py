@@ -27,6 +27,11 @@ repository (`model_repository` setting).
 | `modelrouter.score`               | rerank: what a score is: `logit`, `probability` or `similarity` | `logit` |
 | `modelrouter.input_prefixes`      | embed: JSON object, input type to the text put before each window | none |
 | `modelrouter.quantization_range`  | embed: r of the int8 and uint8 encodings (beyond +-r clips) | 1 |
+| `modelrouter.pair_template`       | rerank by an LLM: the prompt, `{query}` then `{document}` once each | none |
+
+A rerank model with a `pair_template` gets each (query, document window) as that prompt, tokenized
+piece by piece (the text around the placeholders, the query, the window) with the tokenizer's
+single-sequence special tokens; without one, as the tokenizer's own sentence pair (`[CLS] q [SEP] d [SEP]`).
 
 Input types are `query`, `document`, `classification` and `clustering` (INPUT_TYPES); E5's would be
 `{"query": "query: ", "document": "passage: "}`.
@@ -53,6 +58,16 @@ class Task(enum.Enum):
     RERANK = "rerank"
     GENERATE = "generate"
 
+
+# Every `modelrouter.*` key the router reads (the table above); `router check` flags any other as a typo.
+KEYS = frozenset(
+    {
+        "task", "tokenizer", "max_sequence_length", "default_truncation", "truncations", "pooling", "normalize",
+        "dimensions", "output", "score_column", "pad_token", "max_query_tokens", "max_batch_tokens",
+        "chat_template", "end_tokens", "generate_options", "min_batch_fill", "score", "input_prefixes",
+        "quantization_range", "pair_template",
+    }
+)  # fmt: skip
 
 POOLINGS = ("mean", "cls", "max", "last")
 SCORE_TYPES = ("logit", "probability", "similarity")
@@ -93,6 +108,10 @@ class ModelDescription:
     served_by: tuple[str, ...]
     versions: tuple[str, ...] = ()
     """Every version some server holds ready, newest first (`version` is the newest)."""
+    optional_inputs: frozenset[str] = frozenset()
+    """Inputs the config marks `optional: true` (a request may leave them out)."""
+    decoupled: bool = False
+    """The model may answer a request with any number of responses (a stream)."""
 
 
 @dataclass(frozen=True)
@@ -132,6 +151,8 @@ class ModelContract:
     """Embed: (input type, the text put before each window of such an input), for the types declared."""
     quantization_range: float = 1.0
     """Embed: r of the int8 and uint8 encodings (quantize.py)."""
+    pair_template: tuple[str, str, str] = ()
+    """Rerank by an LLM: the prompt's text before the query, between query and document, and after it."""
 
     def prefix(self, input_type: str) -> str:
         return dict(self.input_prefixes)[input_type]
@@ -279,7 +300,20 @@ def parse_contract(description: ModelDescription) -> ModelContract:
         score_type=_choice(name, "score", params.get("score", "logit"), SCORE_TYPES),
         input_prefixes=_prefixes(name, params.get("input_prefixes", "")),
         quantization_range=_positive(name, "quantization_range", params.get("quantization_range", "1")),
+        pair_template=_pair_template(name, task, params.get("pair_template", "")),
     )
+
+
+def _pair_template(model: str, task: Task, value: str) -> tuple[str, str, str]:
+    if not value:
+        return ()
+    if task is not Task.RERANK:
+        raise _contract_error(model, f"{PREFIX}pair_template is for rerank models only")
+    head, query, rest = value.partition("{query}")
+    middle, document, tail = rest.partition("{document}")
+    if not query or not document or "{query}" in rest or "{document}" in head + tail:
+        raise _contract_error(model, f"{PREFIX}pair_template must hold {{query}} and then {{document}}, once each")
+    return head, middle, tail
 
 
 def _choice(model: str, key: str, value: str, allowed: tuple[str, ...]) -> str:

@@ -11,7 +11,6 @@ others are served.
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -25,6 +24,7 @@ from router.core.cache import OutputCache
 from router.core.config import AdmissionConfig, BatchingConfig
 from router.core.contract import ModelContract, ModelDescription, Task, is_routed, parse_contract
 from router.core.errors import RouterError
+from router.core.model_files import ModelFiles, load_model_files
 from router.core.prompting import ChatTemplate
 from router.core.scheduler import ModelScheduler
 from router.core.streams import StreamGate
@@ -119,43 +119,28 @@ class ModelRegistry:
                 current.generation.gate.shards = len(description.served_by)
                 current.generation.gate.admit_waiting()
             return current
-        tokenizer_path = self.repository / contract.name / contract.tokenizer_file
-        tokenizer = ModelTokenizer.from_file(tokenizer_path)
-        contract = dataclasses.replace(contract, pad_id=tokenizer.pad_id(contract.pad_token))
-        for input_type, prefix in contract.input_prefixes:
-            # Every window holds the prefix: leave the text at least half of it.
-            tokens = len(tokenizer.raw.encode(prefix, add_special_tokens=False).ids)
-            if tokens > contract.max_sequence_length // 2:
-                raise ValueError(
-                    f"modelrouter.input_prefixes: the {input_type} prefix has {tokens} tokens; "
-                    f"at most half of max_sequence_length ({contract.max_sequence_length})"
-                )
+        files = load_model_files(contract, self.repository / contract.name)
+        contract = files.contract
         scheduler = ModelScheduler(contract, self.backend, self.batching, self.cache, self.admission, self.tenants)
         scheduler.shards = len(description.served_by)
-        digest = hashlib.sha256(tokenizer_path.read_bytes()).hexdigest()
         if (
             current is not None
-            and current.tokenizer_digest == digest
+            and current.tokenizer_digest == files.digest
             and dataclasses.replace(current.contract, version=contract.version) == contract
         ):
             # A new version with the same tokenizer and tensors: what the old version's scheduler still
             # holds when that version is unloaded runs on this one.
             current.scheduler.successor = scheduler
-        generation = self._generation(contract, tokenizer, len(description.served_by))
+        generation = self._generation(files, len(description.served_by))
         log.info("model.ready", model=contract.name, version=contract.version, task=contract.task.value)
         return ServedModel(
-            contract, tokenizer, scheduler, description.served_by, digest, generation, description.versions
+            contract, files.tokenizer, scheduler, description.served_by, files.digest, generation, description.versions
         )
 
-    def _generation(self, contract: ModelContract, tokenizer: ModelTokenizer, shards: int) -> Generation | None:
+    def _generation(self, files: ModelFiles, shards: int) -> Generation | None:
+        contract = files.contract
         if contract.task is not Task.GENERATE:
             return None
-        template = None
-        if contract.chat_template_file:
-            template = ChatTemplate((self.repository / contract.name / contract.chat_template_file).read_text())
-        if not contract.end_tokens:
-            raise ValueError("a generate model needs modelrouter.end_tokens")
-        end_ids = tuple(tokenizer.token_id(token) for token in contract.end_tokens)
         # The same bounds as an encoder's queue: waiting streams, and their tokens (prompt + max_tokens).
         config = self.admission or AdmissionConfig()
         tokens = config.queue_tokens_for(contract.max_batch_size, contract.max_sequence_length)
@@ -167,7 +152,7 @@ class ModelRegistry:
             tenants=self.tenants,
         )
         gate.shards = shards
-        return Generation(template, end_ids, gate)
+        return Generation(files.chat_template, files.end_ids, gate)
 
     def models(self) -> list[ServedModel]:
         return [self._models[name] for name in sorted(self._models)]

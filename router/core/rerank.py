@@ -66,6 +66,7 @@ class _RerankJob:
             self.truncation,
             limits.chunk_overlap,
             request.max_chunks_per_doc,
+            contract.pair_template,
         )
 
 

@@ -49,6 +49,19 @@ class Query:
 
 
 @dataclass(frozen=True)
+class Frame:
+    """A rerank prompt template (contract `pair_template`), tokenized: the text around query and document."""
+
+    head: Encoding
+    middle: Encoding
+    tail: Encoding
+
+    @property
+    def tokens(self) -> int:
+        return len(self.head.ids) + len(self.middle.ids) + len(self.tail.ids)
+
+
+@dataclass(frozen=True)
 class Split:
     """A text cut to fit: `tokens` is its full length with special tokens, before any cut."""
 
@@ -77,6 +90,7 @@ class ModelTokenizer:
         self._tokenizer = tokenizer
         self.single_specials = tokenizer.num_special_tokens_to_add(is_pair=False)
         self.pair_specials = tokenizer.num_special_tokens_to_add(is_pair=True)
+        self._frames: dict[tuple[str, ...], Frame] = {}
 
     @classmethod
     def from_file(cls, path: Path) -> ModelTokenizer:
@@ -184,6 +198,18 @@ class ModelTokenizer:
             encoding.truncate(cap, direction="right")
         return Query(encoding, tokens, tokens > cap)
 
+    def frame(self, template: tuple[str, str, str]) -> Frame:
+        """A contract's `pair_template` (head, middle, tail), tokenized once."""
+        frame = self._frames.get(template)
+        if frame is None:
+            head, middle, tail = (self._tokenizer.encode(text, add_special_tokens=False) for text in template)
+            frame = self._frames[template] = Frame(head, middle, tail)
+        return frame
+
+    def pair_overhead(self, template: tuple[str, str, str] = ()) -> int:
+        """Tokens every window of a pair holds besides query and document: special tokens, and the template's."""
+        return self.single_specials + self.frame(template).tokens if template else self.pair_specials
+
     def split_pairs(
         self,
         query: Query,
@@ -192,34 +218,55 @@ class ModelTokenizer:
         truncation: Truncation,
         overlap: int,
         max_windows: int | None = None,
+        template: tuple[str, str, str] = (),
     ) -> list[Split]:
         """Cut each (query, document) pair into sequences of at most `max_length` tokens.
 
         Every window holds the whole (capped) query, a slice of the document and the special tokens; its
-        offsets are character offsets into the document. `Split.tokens` counts the pair whole.
+        offsets are character offsets into the document. `Split.tokens` counts the pair whole. With a
+        `template` (an LLM reranker's prompt), each window is head + query + middle + slice + tail,
+        processed as one sequence.
         """
-        room = max_length - self.pair_specials - query.kept
+        frame = self.frame(template) if template else None
+        overhead = self.pair_overhead(template)
+        room = max_length - overhead - query.kept
         if room < 1:
             raise ValueError(f"a query of {query.kept} tokens leaves no room in {max_length}")
-        return [self._cut_pair(query, e, room, truncation, overlap, max_windows) for e in self._encode(documents)]
+        return [
+            self._cut_pair(query, e, room, overhead, truncation, overlap, max_windows, frame)
+            for e in self._encode(documents)
+        ]
 
     def _cut_pair(
-        self, query: Query, document: Encoding, room: int, truncation: Truncation, overlap: int, max_windows: int | None
+        self,
+        query: Query,
+        document: Encoding,
+        room: int,
+        overhead: int,
+        truncation: Truncation,
+        overlap: int,
+        max_windows: int | None,
+        frame: Frame | None,
     ) -> Split:
-        tokens = query.tokens + len(document.ids) + self.pair_specials
+        tokens = query.tokens + len(document.ids) + overhead
         if len(document.ids) <= room:
-            return Split(tokens, (self._pair_window(query, document),))
+            return Split(tokens, (self._pair_window(query, document, frame),))
         if truncation is Truncation.NONE:
             return Split(tokens, ())
         if truncation is Truncation.CHUNK:
             document.truncate(room, stride=_stride(overlap, room), direction="right")
             pieces = [document, *document.overflowing]
             kept = pieces[:max_windows] if max_windows is not None else pieces
-            return Split(tokens, tuple(self._pair_window(query, p) for p in kept), len(kept) < len(pieces))
+            windows = tuple(self._pair_window(query, p, frame) for p in kept)
+            return Split(tokens, windows, len(kept) < len(pieces))
         document.truncate(room, direction="right" if truncation is Truncation.END else "left")
-        return Split(tokens, (self._pair_window(query, document),), True)
+        return Split(tokens, (self._pair_window(query, document, frame),), True)
 
-    def _pair_window(self, query: Query, piece: Encoding) -> Window:
+    def _pair_window(self, query: Query, piece: Encoding, frame: Frame | None) -> Window:
+        if frame is not None:
+            pieces = [frame.head, query.encoding, frame.middle, piece, frame.tail]
+            prompt = Encoding.merge(pieces, growing_offsets=False)
+            return self._window(self._tokenizer.post_process(prompt), piece)
         # Each piece is processed on its own: the library's pair processing of overflowing pieces
         # marks the document's tokens with type id 0 (seen with tokenizers 0.23).
         return self._window(self._tokenizer.post_process(query.encoding, piece), piece)

@@ -12,7 +12,15 @@ from router.core.quantize import Encoding, decode
 from router.grpc.gen.modelrouter.v1 import model_router_service_pb2 as pb
 from router.grpc.gen.modelrouter.v1 import model_router_service_pb2_grpc as pb_grpc
 from router.local import LocalRouter
-from tests.helpers import EMBED_MODEL, GENERATE_MODEL, RERANK_MODEL, details_of, router_settings, running_triton
+from tests.helpers import (
+    EMBED_MODEL,
+    GENERATE_MODEL,
+    LLM_RERANK_MODEL,
+    RERANK_MODEL,
+    details_of,
+    router_settings,
+    running_triton,
+)
 
 TEXTS = ["The quick brown fox jumps over the lazy dog.", "Vector stores keep compact embeddings.", "Hello"]
 FORMS = {
@@ -98,7 +106,8 @@ def test_responses_say_which_version_answered_and_a_request_may_pin_it(stub):
 def test_models_are_resources_one_by_name_or_page_by_page(stub):
     everything = stub.ListModels(pb.ListModelsRequest(), timeout=30)
     names = [m.name for m in everything.models]
-    assert names == sorted([EMBED_MODEL, RERANK_MODEL, GENERATE_MODEL]) and not everything.next_page_token
+    assert names == sorted([EMBED_MODEL, RERANK_MODEL, GENERATE_MODEL, LLM_RERANK_MODEL])
+    assert not everything.next_page_token
     paged, token = [], ""
     for _ in range(len(names) + 1):
         page = stub.ListModels(pb.ListModelsRequest(page_size=1, page_token=token), timeout=30)
@@ -108,8 +117,8 @@ def test_models_are_resources_one_by_name_or_page_by_page(stub):
             break
     assert paged == names
     rerankers = stub.ListModels(pb.ListModelsRequest(task=pb.TASK_RERANK), timeout=30).models
-    assert [m.name for m in rerankers] == [RERANK_MODEL]
-    assert rerankers[0].score_type == pb.SCORE_TYPE_SIMILARITY
+    assert [m.name for m in rerankers] == [RERANK_MODEL, LLM_RERANK_MODEL]
+    assert [m.score_type for m in rerankers] == [pb.SCORE_TYPE_SIMILARITY, pb.SCORE_TYPE_PROBABILITY]
     one = stub.GetModel(pb.GetModelRequest(name=EMBED_MODEL), timeout=30).model
     assert one == next(m for m in everything.models if m.name == EMBED_MODEL)
     assert list(one.versions) == ["1"] and one.quantization_range > 0 and not one.input_types

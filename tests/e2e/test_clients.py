@@ -12,7 +12,7 @@ import numpy as np
 
 from router.grpc.gen.modelrouter.v1 import model_router_service_pb2 as pb
 from router.settings import PROJECT_ROOT
-from tests.helpers import EMBED_MODEL, GENERATE_MODEL, RERANK_MODEL
+from tests.helpers import EMBED_MODEL, GENERATE_MODEL, LLM_RERANK_MODEL, RERANK_MODEL
 
 NODE_MODULES = PROJECT_ROOT / ".tools" / "node_modules"
 CLIENT = PROJECT_ROOT / "tests" / "clients" / "v1_client.cjs"
@@ -31,7 +31,7 @@ def test_a_node_client_built_from_the_protos_uses_the_v1_fields(router_target, s
     )
     assert done.returncode == 0, done.stderr
     got = json.loads(done.stdout)
-    assert got["pages"] == [[name] for name in sorted([EMBED_MODEL, RERANK_MODEL, GENERATE_MODEL])]
+    assert got["pages"] == [[name] for name in sorted([EMBED_MODEL, RERANK_MODEL, GENERATE_MODEL, LLM_RERANK_MODEL])]
     assert got["score_type"] == "SCORE_TYPE_SIMILARITY" and got["versions"] == ["1"]
     texts = ["The quick brown fox jumps over the lazy dog.", "Hello"]
     reference = stub.Embed(pb.EmbedRequest(model=EMBED_MODEL, inputs=texts), timeout=60)

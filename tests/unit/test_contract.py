@@ -58,6 +58,10 @@ def test_declared_options():
         {"input_prefixes": '{"query": 1}'},
         {"quantization_range": "0"},
         {"quantization_range": "inf"},
+        {"task": "rerank", "pair_template": "no placeholders"},
+        {"task": "rerank", "pair_template": "{document} before {query}"},
+        {"task": "rerank", "pair_template": "{query} {document} {query}"},
+        {"pair_template": "{query} {document}"},
     ],
 )
 def test_bad_contract_names_the_problem(bad):
@@ -81,3 +85,9 @@ def test_score_type_input_prefixes_and_quantization_range():
 def test_models_without_task_are_not_routed():
     plain = ModelDescription("helper", "1", 0, (), (), {}, ())
     assert not is_routed(plain)
+
+
+def test_a_pair_template_is_split_around_its_placeholders():
+    contract = parse_contract(description(task="rerank", pair_template="Q:\n{query}\nD:\n{document}\nA:"))
+    assert contract.pair_template == ("Q:\n", "\nD:\n", "\nA:")
+    assert parse_contract(description(task="rerank")).pair_template == ()

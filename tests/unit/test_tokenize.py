@@ -104,3 +104,31 @@ def test_a_prefix_leads_every_window_and_counts_in_the_tokens(tokenizer):
     joined = tokenizer.split(["query: hello world"], 256, Truncation.CHUNK, overlap=32)[0]
     assert short.windows[0].ids.tolist() == joined.windows[0].ids.tolist()
     assert (short.windows[0].start, short.windows[0].end) == (0, len("hello world"))
+
+
+TEMPLATE = ("judge query: ", " document: ", " answer:")
+
+
+def test_a_pair_template_frames_every_window_and_counts_in_the_tokens(tokenizer):
+    query = tokenizer.query("where is berlin", 16)
+    document = text_of(600, random.Random(6))
+    frame = tokenizer.frame(TEMPLATE)
+    [split] = tokenizer.split_pairs(query, [document], 128, Truncation.CHUNK, 16, template=TEMPLATE)
+    head, middle, tail = frame.head.ids, frame.middle.ids, frame.tail.ids
+    assert split.tokens == query.tokens + 600 + frame.tokens + 2  # [CLS] ... [SEP] as a single sequence
+    assert split.chunked
+    for window in split.windows:
+        ids = content(window)
+        assert window.length <= 128
+        assert ids[: len(head)] == head and ids[-len(tail) :] == tail
+        body = ids[len(head) + query.kept :]
+        assert ids[len(head) : len(head) + query.kept] == query.encoding.ids
+        assert body[: len(middle)] == middle
+        assert set(window.type_ids.tolist()) == {0}
+        assert document[window.start : window.end].strip()
+    assert split.windows[0].start == 0 and split.windows[-1].end == len(document)
+    assert tokenizer.pair_overhead(TEMPLATE) == frame.tokens + 2 and tokenizer.pair_overhead() == 3
+    # A short document: the same ids as the template filled in and tokenized whole.
+    [short] = tokenizer.split_pairs(query, ["near the spree"], 128, Truncation.CHUNK, 16, template=TEMPLATE)
+    whole = tokenizer.split(["judge query: where is berlin document: near the spree answer:"], 128, Truncation.NONE, 0)
+    assert short.windows[0].ids.tolist() == whole[0].windows[0].ids.tolist()
