@@ -63,8 +63,10 @@ def generation_tensors(prompt: Sequence[int], sampling: Sampling) -> dict[str, n
         tensors["runtime_top_p"] = np.array([[sampling.top_p if sampling.top_p is not None else 1.0]], np.float32)
     if sampling.seed is not None:
         tensors["random_seed"] = np.array([[sampling.seed]], np.uint64)
-    if sampling.repetition_penalty is not None:
-        tensors["repetition_penalty"] = np.array([[sampling.repetition_penalty]], np.float32)
+    for name in ("repetition_penalty", "presence_penalty", "frequency_penalty"):
+        value = getattr(sampling, name)
+        if value is not None:
+            tensors[name] = np.array([[value]], np.float32)
     if sampling.end_id is not None:
         tensors["end_id"] = np.array([[sampling.end_id]], np.int32)
     if sampling.pad_id is not None:

@@ -75,6 +75,8 @@ class GenerateService:
                 top_k=request.top_k,
                 seed=request.seed,
                 repetition_penalty=request.repetition_penalty,
+                presence_penalty=request.presence_penalty,
+                frequency_penalty=request.frequency_penalty,
                 end_id=generation.end_ids[0] if generation.end_ids else None,
                 stop_ids=generation.end_ids[1:],
                 pad_id=contract.pad_id,

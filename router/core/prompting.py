@@ -57,6 +57,8 @@ class Sampling:
     top_k: int | None = None
     seed: int | None = None
     repetition_penalty: float | None = None
+    presence_penalty: float | None = None
+    frequency_penalty: float | None = None
     end_id: int | None = None
     stop_ids: tuple[int, ...] = ()
     """One-token stops besides `end_id` (the model's other end tokens)."""

@@ -46,3 +46,27 @@ def test_generation_tensors_follow_tensorrt_llm():
     sampled = generation_tensors([5], Sampling(max_tokens=4, temperature=0.7, top_p=0.9, seed=11))
     assert np.allclose(sampled["temperature"], [[0.7]]) and sampled["runtime_top_k"].tolist() == [[0]]
     assert np.allclose(sampled["runtime_top_p"], [[0.9]]) and sampled["random_seed"].dtype == np.uint64
+
+
+def test_every_generate_option_a_model_may_declare_is_sent_in_its_tensor():
+    """A model declaring presence_penalty or frequency_penalty (TensorRT-LLM honours both) gets them; none is
+    accepted and then left out. The tensor each option travels in is the one `router check` requires."""
+    from adapters.triton.tensors import generation_tensors
+    from router.core.contract import GENERATE_OPTIONS
+    from router.core.prompting import Sampling
+    from router.core.tensor_contract import OPTION_TENSORS
+
+    sampling = Sampling(
+        max_tokens=4,
+        temperature=0.5,
+        top_p=0.9,
+        top_k=3,
+        seed=1,
+        repetition_penalty=1.1,
+        presence_penalty=0.25,
+        frequency_penalty=0.5,
+    )
+    tensors = generation_tensors([5], sampling)
+    assert set(OPTION_TENSORS) == GENERATE_OPTIONS
+    assert set(OPTION_TENSORS.values()) <= set(tensors)
+    assert np.allclose(tensors["presence_penalty"], [[0.25]]) and tensors["frequency_penalty"].dtype == np.float32
