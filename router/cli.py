@@ -55,7 +55,7 @@ def _client_parsers(sub: argparse._SubParsersAction) -> None:
     ):
         sub.add_parser(name, help=help_text)
     for parser in sub.choices.values():
-        if parser.prog.split()[-1] != "serve":
+        if parser.prog.split()[-1] not in ("serve", "check"):
             parser.add_argument("--target", default=DEFAULT_TARGET, help=f"router address (default {DEFAULT_TARGET})")
             parser.add_argument(
                 "--api-key", default=os.environ.get("MODELROUTER_API_KEY"), help="sent as `authorization: Bearer`"
@@ -63,6 +63,15 @@ def _client_parsers(sub: argparse._SubParsersAction) -> None:
             parser.add_argument("--ca-file", type=Path, help="PEM CA that signed the router's certificate (TLS)")
             parser.add_argument("--cert-file", type=Path, help="client certificate (mutual TLS), with --key-file")
             parser.add_argument("--key-file", type=Path)
+    check = sub.add_parser("check", help="check a Triton model repository for what the router would refuse")
+    check.add_argument("path", type=Path, help="the model repository (a folder of model folders)")
+    check.add_argument("--triton", metavar="HOST:PORT", help="also read this Triton and make one call per model")
+    check.add_argument("--json", action="store_true", help="print JSON instead of text")
+    check.add_argument(
+        "--no-weights",
+        action="store_true",
+        help="do not require the files backends load (model.onnx, model.plan): configs checked before a build",
+    )
     keygen = sub.add_parser("keygen", help="make an API key for a principal and print the settings that declare it")
     keygen.add_argument("principal", help="the principal's name (its tenant unless the settings say otherwise)")
 
@@ -256,6 +265,12 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     if args.command == "keygen":
         return _keygen(args.principal)
+    if args.command == "check":
+        from router import check, logs
+
+        if args.triton:  # the router's core logs what it meets; the report alone goes to standard output
+            logs.configure("warning", "console", stream=sys.stderr)
+        return check.run(args.path, args.triton, args.json, weights=not args.no_weights)
     if args.command != "serve":
         return _client(args)
     from pydantic import ValidationError

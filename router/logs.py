@@ -4,14 +4,16 @@ from __future__ import annotations
 
 import logging
 import sys
+from typing import TextIO
 
 import structlog
 
 
-def configure(level: str = "info", fmt: str = "auto") -> None:
-    """`fmt`: `json`, `console`, or `auto` (JSON unless standard output is a terminal)."""
+def configure(level: str = "info", fmt: str = "auto", stream: TextIO | None = None) -> None:
+    """`fmt`: `json`, `console`, or `auto` (JSON unless the stream is a terminal). `stream`: where lines go
+    (standard output unless given; a tool whose own output is on standard output logs to standard error)."""
     if fmt == "auto":
-        fmt = "console" if sys.stdout.isatty() else "json"
+        fmt = "console" if (stream or sys.stdout).isatty() else "json"
     rendering = (
         [structlog.processors.format_exc_info, structlog.processors.JSONRenderer()]
         if fmt == "json"
@@ -29,5 +31,6 @@ def configure(level: str = "info", fmt: str = "auto") -> None:
     structlog.configure(
         processors=processors,
         wrapper_class=structlog.make_filtering_bound_logger(logging.getLevelName(level.upper())),
+        logger_factory=structlog.PrintLoggerFactory(stream),  # None: standard output as each logger starts
         cache_logger_on_first_use=True,
     )

@@ -299,4 +299,6 @@ def describe(
         parameters=parameters,
         served_by=served_by,
         versions=versions or (version,),
+        optional_inputs=frozenset(e["name"] for e in config.get("input", []) if e.get("optional")),
+        decoupled=bool(config.get("model_transaction_policy", {}).get("decoupled", False)),
     )
