@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import sys
 
-from bench import admission, batching, embed, encodings, generate, overhead, rerank, shards, soak
+from bench import admission, batching, embed, encodings, generate, overhead, rerank, rerankers, shards, soak
 
 BENCHMARKS = {
     "embed": embed.main,
     "rerank": rerank.main,
+    "rerankers": rerankers.main,
     "batching": batching.main,
     "admission": admission.main,
     "overhead": overhead.main,

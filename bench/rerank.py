@@ -59,15 +59,22 @@ async def naive(direct: DirectClient, documents: list[str]) -> PathResult:
     )
 
 
-async def careful(direct: DirectClient, documents: list[str]) -> PathResult:
+async def careful(
+    direct: DirectClient,
+    documents: list[str],
+    name: str = "direct: careful, CHUNK windows, token-budget batches, 2 in flight",
+    query_text: str = QUERY,
+) -> PathResult:
     """The best direct path: the router's own windows (CHUNK), packed by length within the model's
     token budget, two batches in flight; best window per document, as the router does."""
     tokenizer, contract = direct.tokenizer, direct.contract
     say("  careful client: CHUNK windows, length-sorted token-budget batches, 2 in flight ...")
     started = time.perf_counter()
-    query = tokenizer.query(QUERY, contract.max_query_tokens)
+    query = tokenizer.query(query_text, contract.max_query_tokens)
     overlap = RequestLimits().chunk_overlap
-    splits = tokenizer.split_pairs(query, documents, contract.max_sequence_length, Truncation.CHUNK, overlap)
+    splits = tokenizer.split_pairs(
+        query, documents, contract.max_sequence_length, Truncation.CHUNK, overlap, template=contract.pair_template
+    )
     windows = [w for s in splits for w in s.windows]
     budget = max(contract.max_batch_tokens or 0, contract.max_sequence_length)
     batches = pack([w.length for w in windows], BatchLimits(contract.max_batch_size, budget))
@@ -92,7 +99,7 @@ async def careful(direct: DirectClient, documents: list[str]) -> PathResult:
     real = sum(w.length for w in windows)
     padded = sum(len(b) * max(windows[i].length for i in b) for b in batches)
     return PathResult(
-        "direct: careful, CHUNK windows, token-budget batches, 2 in flight",
+        name,
         len(documents),
         wall,
         latencies,
@@ -105,13 +112,15 @@ async def careful(direct: DirectClient, documents: list[str]) -> PathResult:
     )
 
 
-async def through_router(target: str, documents: list[str], truncation: int, name: str) -> PathResult:
+async def through_router(
+    target: str, documents: list[str], truncation: int, name: str, model: str = MODEL, query: str = QUERY
+) -> PathResult:
     async with grpc.aio.insecure_channel(target, options=[("grpc.max_receive_message_length", 1 << 26)]) as channel:
         stub = pb_grpc.ModelRouterServiceStub(channel)
         say(f"  {name} ...")
         started = time.perf_counter()
         reply = await stub.Rerank(
-            pb.RerankRequest(model=MODEL, query=QUERY, documents=documents, truncation=truncation), timeout=3600
+            pb.RerankRequest(model=model, query=query, documents=documents, truncation=truncation), timeout=3600
         )
         wall = time.perf_counter() - started
     usage = reply.usage
