@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import ipaddress
 import socket
 import time
@@ -259,13 +260,15 @@ class TritonFleet:
                 versions.setdefault(name, set()).update(held)
         described = []
         for name, held in sorted(versions.items()):
-            version = max(held, key=_version_order)
-            config = self.configs.get((name, version))
-            if config is None:
-                continue
-            served_by = tuple(s.address for s in answering if s.holds(name, version))
             newest_first = tuple(sorted(held, key=_version_order, reverse=True))
-            described.append(describe(config, version, served_by, newest_first))
+            each = []
+            for version in newest_first:
+                config = self.configs.get((name, version))
+                if config is not None:
+                    served_by = tuple(s.address for s in answering if s.holds(name, version))
+                    each.append(describe(config, version, served_by, newest_first))
+            if each and each[0].version == newest_first[0]:
+                described.append(dataclasses.replace(each[0], older=tuple(each[1:])))
         return described
 
     async def close(self) -> None:

@@ -112,6 +112,8 @@ class ModelDescription:
     """Inputs the config marks `optional: true` (a request may leave them out)."""
     decoupled: bool = False
     """The model may answer a request with any number of responses (a stream)."""
+    older: tuple[ModelDescription, ...] = ()
+    """The older versions some server holds ready, each described as it is configured, newest first."""
 
 
 @dataclass(frozen=True)

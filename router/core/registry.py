@@ -53,6 +53,8 @@ class ServedModel:
     generation: Generation | None = None
     versions: tuple[str, ...] = ()
     """Every version the backend servers hold ready, newest first (the contract's is the first)."""
+    older: dict[str, ModelDescription] = dataclasses.field(default_factory=dict)
+    """The older versions held, by version: served when a request names one (registry.get)."""
 
 
 class ModelRegistry:
@@ -74,6 +76,8 @@ class ModelRegistry:
         self.cache = cache
         """One output cache shared by every model (keys hold the model's name and version)."""
         self._models: dict[str, ServedModel] = {}
+        self._older: dict[tuple[str, str], ServedModel] = {}
+        """Older versions requests have named, (name, version) -> served; each built on first use."""
         self.problems: dict[str, str] = {}
         """Models the backend has but the router cannot serve, with why (logs, metrics, ListModels)."""
         self.loaded = False
@@ -94,19 +98,40 @@ class ModelRegistry:
             return
         models: dict[str, ServedModel] = {}
         problems: dict[str, str] = {}
+        # An older version keeps its scheduler while it is held: whether a request named it before, or it
+        # was the newest until now (its queue then goes on serving the callers that pin it).
+        known = dict(self._older) | {(m.contract.name, m.contract.version): m for m in self._models.values()}
+        older: dict[tuple[str, str], ServedModel] = {}
         for description in descriptions:
             if not is_routed(description):
                 continue
             try:
-                models[description.name] = self._serve(description)
+                served = models[description.name] = self._serve(description)
             except Exception as error:  # a bad model (contract, tokenizer file) must not stop the others
                 problems[description.name] = str(error)
+                continue
+            served.older = {d.version: d for d in description.older}
+            for held in description.older:
+                kept = known.get((held.name, held.version))
+                if kept is not None and kept is not served and self._unchanged(held, kept):
+                    kept.served_by, kept.versions = held.served_by, held.versions
+                    kept.scheduler.shards = len(held.served_by)
+                    older[(held.name, held.version)] = kept
+        self._older = older
         for name, problem in problems.items():
             if self.problems.get(name) != problem:
                 log.error("model.unusable", model=name, problem=problem)
         for name in set(self._models) | set(self.problems) | set(models) | set(problems):
             metrics.MODEL_USABLE.labels(name).set(1 if name in models else 0)
         self._models, self.problems, self.loaded, self.index_ok = models, problems, True, True
+
+    @staticmethod
+    def _unchanged(description: ModelDescription, served: ServedModel) -> bool:
+        try:
+            contract = parse_contract(description)
+        except RouterError:
+            return False
+        return dataclasses.replace(contract, pad_id=served.contract.pad_id) == served.contract
 
     def _serve(self, description: ModelDescription) -> ServedModel:
         contract = parse_contract(description)
@@ -175,14 +200,48 @@ class ModelRegistry:
                 [errors.FieldViolation("model", f"{name!r} does not {task.value}")],
             )
         if version and version != served.contract.version:
+            return self._older_version(served, version)
+        return served
+
+    def _older_version(self, served: ServedModel, version: str) -> ServedModel:
+        """An older version a request names: served while some server holds it, with a scheduler of its own
+        (built on first use; the newest version's queue, drain rate and calibration are not disturbed)."""
+        name = served.contract.name
+        found = self._older.get((name, version))
+        if found is not None:
+            return found
+        description = served.older.get(version)
+        if description is None:
             held = ", ".join(served.versions) or served.contract.version
             raise RouterError(
                 errors.MODEL_VERSION_NOT_FOUND,
-                f"model {name!r} is served in version {served.contract.version}, not {errors.echo(version)} "
-                f"(the model servers hold {held}; the router routes each model's newest)",
+                f"model {name!r} has no version {errors.echo(version)} ready (the model servers hold {held}; "
+                f"{served.contract.version} is served when no version is named)",
                 metadata={"model": name, "served_version": served.contract.version},
             )
-        return served
+        try:
+            contract = parse_contract(description)
+            if contract.task is not served.contract.task:
+                raise ValueError(f"version {version} is a {contract.task.value} model")
+            files = load_model_files(contract, self.repository / name)
+        except (RouterError, ValueError) as error:
+            log.error("model.version_unusable", model=name, version=version, problem=str(error))
+            raise RouterError(
+                errors.MODEL_UNUSABLE,
+                f"model {name!r} version {errors.echo(version)} is held but its configuration is unusable; "
+                "the router's log says why",
+                retry_after_s=5.0,
+                metadata={"model": name},
+            ) from None
+        contract = files.contract
+        scheduler = ModelScheduler(contract, self.backend, self.batching, self.cache, self.admission, self.tenants)
+        scheduler.shards = len(description.served_by)
+        older = ServedModel(
+            contract, files.tokenizer, scheduler, description.served_by, files.digest, None, description.versions
+        )
+        log.info("model.version_ready", model=name, version=version, task=contract.task.value)
+        self._older[(name, version)] = older
+        return older
 
     def lookup(self, name: str, field: str = "model") -> ServedModel:
         """The model served as `name`, whatever its task; `field` names the request field for errors."""

@@ -87,6 +87,8 @@ class ModelScheduler:
         self._padded_tokens = metrics.PADDED_TOKENS.labels(name)
         self._queued_tokens = metrics.QUEUED_TOKENS.labels(name)
         self._inflight = metrics.INFLIGHT_BATCHES.labels(name)
+        self._reported = (0, 0)
+        """The queued tokens and batches in flight this scheduler last added to its model's gauges."""
         self._shed = {reason: metrics.SHED.labels(name, reason) for reason in admission.REASONS}
 
     @property
@@ -175,7 +177,7 @@ class ModelScheduler:
         for item in items:
             if not item.future.done():
                 item.future.cancel()
-        self._queued_tokens.set(self.queue.tokens)
+        self._report()
 
     def _expire(self, now: float) -> None:
         """Fail and drop queued requests whose deadline has passed: they never reach the model."""
@@ -201,8 +203,15 @@ class ModelScheduler:
             task = loop.create_task(self._dispatch(batch, now))
             self._dispatches.add(task)
             task.add_done_callback(self._dispatches.discard)
-        self._queued_tokens.set(self.queue.tokens)
-        self._inflight.set(len(self._dispatches))
+        self._report()
+
+    def _report(self) -> None:
+        """Add this scheduler's change to its model's gauges: a model's are the sum over its schedulers (an
+        older version a caller names has its own, and a rollout runs two for a while)."""
+        queued, inflight = self.queue.tokens, len(self._dispatches)
+        self._queued_tokens.inc(queued - self._reported[0])
+        self._inflight.inc(inflight - self._reported[1])
+        self._reported = (queued, inflight)
 
     def _hold(self, now: float) -> bool:
         """Under load, let a batch that would leave less than full wait a little (max_batch_wait_s)."""

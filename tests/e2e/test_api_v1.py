@@ -156,8 +156,8 @@ def test_the_best_window_is_placed_in_code_points_and_in_utf8_bytes(stub):
 
 
 @pytest.fixture(scope="module")
-def prefixed(tmp_path_factory):
-    """The embedder, declaring E5-style prefixes, with versions 1 and 2 both loaded (2 is served)."""
+def two_versions(tmp_path_factory):
+    """A Triton holding the embedder, declaring E5-style prefixes, in versions 1 and 2 (2 is the newest)."""
     from bench.harness import linked_repository
 
     root = tmp_path_factory.mktemp("prefixed")
@@ -168,9 +168,15 @@ def prefixed(tmp_path_factory):
     config = folder / "config.pbtxt"
     config.write_text(config.read_text() + "version_policy: { all { } }\n")
     with running_triton(repository.resolve(), root / "triton.log", [EMBED_MODEL]) as server:
-        settings = router_settings(server, model_repository=repository)
-        with LocalRouter(settings) as target, grpc.insecure_channel(target) as channel:
-            yield pb_grpc.ModelRouterServiceStub(channel)
+        yield server, repository
+
+
+@pytest.fixture(scope="module")
+def prefixed(two_versions):
+    server, repository = two_versions
+    settings = router_settings(server, model_repository=repository)
+    with LocalRouter(settings) as target, grpc.insecure_channel(target) as channel:
+        yield pb_grpc.ModelRouterServiceStub(channel)
 
 
 def test_an_input_type_puts_the_models_prefix_before_the_text(prefixed):
@@ -190,12 +196,29 @@ def test_an_input_type_puts_the_models_prefix_before_the_text(prefixed):
     assert list(info.input_types) == [pb.INPUT_TYPE_QUERY, pb.INPUT_TYPE_DOCUMENT]
 
 
-def test_every_version_held_is_listed_and_the_newest_answers(prefixed):
+def test_every_version_held_is_listed_the_newest_answers_and_an_older_one_answers_when_named(prefixed, two_versions):
+    import tritonclient.grpc as triton_grpc
+
+    server, _ = two_versions
     info = prefixed.GetModel(pb.GetModelRequest(name=EMBED_MODEL), timeout=30).model
     assert list(info.versions) == ["2", "1"] and info.version == "2"
-    assert embed(prefixed, ["x"]).model_version == "2"
-    assert embed(prefixed, ["x"], model_version="2").model_version == "2"
+    client = triton_grpc.InferenceServerClient(server.grpc_address)
+
+    def executions(version: str) -> int:
+        stats = client.get_inference_statistics(EMBED_MODEL, version, as_json=True)["model_stats"][0]
+        return int(stats.get("execution_count", 0))
+
+    before = {version: executions(version) for version in ("1", "2")}
+    assert embed(prefixed, ["first"]).model_version == "2"  # texts differ: none is answered from the cache
+    assert embed(prefixed, ["second"], model_version="2").model_version == "2"
+    assert {v: executions(v) - before[v] for v in before} == {"1": 0, "2": 2}
+    older = embed(prefixed, ["y"], model_version="1")  # pinned: version 1 computes it, and says so
+    assert older.model_version == "1"
+    assert {v: executions(v) - before[v] for v in before} == {"1": 1, "2": 2}
+    newest = embed(prefixed, ["y"])
+    assert np.allclose([e.values for e in older.embeddings], [e.values for e in newest.embeddings], atol=1e-6)
     with pytest.raises(grpc.RpcError) as caught:
-        embed(prefixed, ["x"], model_version="1")
+        embed(prefixed, ["x"], model_version="3")
     details = details_of(caught.value)
     assert details.info.reason == "MODEL_VERSION_NOT_FOUND" and "hold 2, 1" in caught.value.details()
+    client.close()

@@ -142,3 +142,61 @@ async def test_an_input_prefix_too_long_for_the_windows_makes_the_model_unusable
     registry = ModelRegistry(backend, repository)
     await registry.refresh()
     assert "query prefix has 9 tokens" in registry.problems["good"]
+
+
+async def test_an_older_version_a_request_names_is_served_by_a_scheduler_of_its_own(repository):
+    import dataclasses
+
+    import numpy as np
+
+    from router.core.tokenize import Window
+
+    v1 = description("good", served_by=("shard-a",))
+    backend = IndexBackend([v1])
+    registry = ModelRegistry(backend, repository)
+    await registry.refresh()
+    first = registry.get("good", Task.EMBED)
+    # Version 2 rolls out on shard-b; shard-a still holds version 1.
+    v2 = dataclasses.replace(v1, version="2", served_by=("shard-b",), versions=("2", "1"))
+    backend.descriptions = [dataclasses.replace(v2, older=(dataclasses.replace(v1, versions=("2", "1")),))]
+    await registry.refresh()
+    newest = registry.get("good", Task.EMBED)
+    assert newest.contract.version == "2" and newest is not first
+    pinned = registry.get("good", Task.EMBED, "1")
+    assert pinned is first  # the version's queue and calibration go on serving who names it
+    assert pinned.contract.version == "1" and pinned.served_by == ("shard-a",)
+    assert registry.get("good", Task.EMBED, "2") is newest
+
+    window = Window(np.array([2, 5], dtype=np.int64), None, 0, 2)
+    await pinned.scheduler.run([window], pinned=True)
+    await newest.scheduler.run([window])
+    assert [contract.version for contract, _ in backend.calls] == ["1", "2"]
+
+    with pytest.raises(RouterError) as caught:
+        registry.get("good", Task.EMBED, "3")
+    assert caught.value.reason == "MODEL_VERSION_NOT_FOUND" and "hold 2, 1" in caught.value.message
+
+    backend.descriptions = [v2]  # version 1 unloaded everywhere
+    await registry.refresh()
+    with pytest.raises(RouterError) as caught:
+        registry.get("good", Task.EMBED, "1")
+    assert caught.value.reason == "MODEL_VERSION_NOT_FOUND"
+
+
+async def test_an_older_version_is_built_on_first_use_and_kept_while_held(repository):
+    import dataclasses
+
+    v1 = description("good")
+    v2 = dataclasses.replace(v1, version="2", versions=("2", "1"), older=(v1,))
+    registry = ModelRegistry(IndexBackend([v2]), repository)
+    await registry.refresh()
+    pinned = registry.get("good", Task.EMBED, "1")
+    assert pinned.contract.version == "1" and pinned.scheduler is not registry.get("good", Task.EMBED).scheduler
+    await registry.refresh()
+    assert registry.get("good", Task.EMBED, "1") is pinned
+    broken = dataclasses.replace(description("good", pooling="sideways"), version="0")
+    registry.backend.descriptions = [dataclasses.replace(v2, older=(v1, broken))]
+    await registry.refresh()
+    with pytest.raises(RouterError) as caught:
+        registry.get("good", Task.EMBED, "0")
+    assert caught.value.reason == "MODEL_UNUSABLE"
