@@ -111,3 +111,32 @@ def test_parts_refused_by_admission_wait_their_turn_instead_of_failing_the_strea
             thread.join(timeout=300)
     assert outcomes == [400, 400, 400]
     assert shed._value.get() > before  # admission did refuse parts: they waited and ran again
+
+
+def test_a_hundred_thousand_inputs_in_parts(triton):
+    """100,000 inputs, none of them in a message over 2 MB: 1,000 distinct texts each sent 100 times in a
+    shuffled order, in parts of 1,000, as raw float32 bytes. Every row is its text's embedding, in input
+    order; the output cache (on here) answers the repeats, so Triton computes about a thousand sequences,
+    not a hundred thousand (what is under test is the stream, not the model's speed)."""
+    distinct = texts(1_000, seed=5)
+    rng = np.random.default_rng(6)
+    order = rng.permutation(np.repeat(np.arange(1_000), 100))
+    inputs = [distinct[i] for i in order]
+    settings = router_settings(triton, cache_max_bytes=64 << 20)
+    with LocalRouter(settings) as target, grpc.insecure_channel(target) as channel:
+        stub = pb_grpc.ModelRouterServiceStub(channel)
+        reference = stub.Embed(pb.EmbedRequest(model=EMBED_MODEL, inputs=distinct), timeout=300)
+        expected = np.array([e.values for e in reference.embeddings], dtype=np.float32)
+        parts = parts_of(inputs, 1_000, model=EMBED_MODEL, encoding=pb.ENCODING_FLOAT32_BYTES)
+        rows, offsets, computed, largest = [], [], 0, 0
+        for reply in stub.EmbedStream(parts, timeout=600):
+            offsets.append(reply.offset)
+            largest = max(largest, reply.ByteSize())
+            computed += reply.response.usage.sequences - reply.response.usage.cached_sequences
+            rows += [np.frombuffer(e.data, dtype="<f4") for e in reply.response.embeddings]
+    assert offsets == list(range(0, 100_000, 1_000))
+    streamed = np.stack(rows)
+    assert streamed.shape == (100_000, 384)
+    assert np.allclose(streamed, expected[order], atol=1e-5)
+    assert largest < 2 << 20
+    assert computed <= 3_000  # the repeats came from the cache (parts in flight may compute a few twice)
