@@ -12,14 +12,18 @@ from bench.corpus import mixed_texts
 from router.grpc.gen.modelrouter.v1 import model_router_service_pb2 as pb
 from router.grpc.gen.modelrouter.v1 import model_router_service_pb2_grpc as pb_grpc
 from router.local import LocalRouter
-from tests.helpers import EMBED_MODEL, RERANK_MODEL, router_settings
+from tests.helpers import EMBED_MODEL, RERANK_MODEL, details_of, router_settings
 
 TEXT = "The committee approved the new budget after a long debate."
 QUERY = "What did the committee decide about the budget?"
 
 
 def embed(stub, inputs) -> np.ndarray:
-    reply = stub.Embed(pb.EmbedRequest(model=EMBED_MODEL, inputs=inputs), timeout=120)
+    try:
+        reply = stub.Embed(pb.EmbedRequest(model=EMBED_MODEL, inputs=inputs), timeout=120)
+    except grpc.RpcError as error:  # say what a refusal's estimate rested on (drain rate, queue, correction)
+        details = details_of(error)
+        raise AssertionError(f"{details.code.name} {details.info.reason}: {dict(details.info.metadata)}") from error
     return np.array([e.values for e in reply.embeddings], dtype=np.float32)
 
 

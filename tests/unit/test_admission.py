@@ -291,3 +291,21 @@ def test_the_tenant_map_stays_bounded_when_callers_rotate_tenant_ids():
     limiter.charge("steady", 1)
     with pytest.raises(RouterError):  # a tenant still remembered keeps its (spent) bucket
         limiter.charge("steady", 1)
+
+
+async def test_a_busy_rate_from_small_batches_alone_refuses_nothing_on_a_deadline():
+    """A model seen only with one-text calls has a busy rate that is mostly per-batch overhead (on CI a
+    10,000-token request was then refused as needing 160 s). Until a rate is measured while work waited,
+    deadlines are left to the caller and to expiry in the queue."""
+    scheduler, backend = blocked(AdmissionConfig())
+    scheduler.admission.drain.busy_rate = 10.0  # tokens/s, from tiny batches
+    assert scheduler.admission.drain.saturated_rate is None
+    task = asyncio.create_task(scheduler.run(windows(10), deadline=time.monotonic() + 5.0))  # 100 tokens
+    await settle()
+    assert backend.inflight == 1  # admitted, not refused as needing 10 s
+    backend.gate.set()
+    await task
+    scheduler.admission.drain.saturated_rate = 10.0  # measured while work waited: now it is trusted
+    with pytest.raises(RouterError) as caught:
+        await scheduler.run(windows(10, marker=2000), deadline=time.monotonic() + 5.0)
+    assert caught.value.reason == "DEADLINE_TOO_SHORT"
