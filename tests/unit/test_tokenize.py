@@ -132,3 +132,29 @@ def test_a_pair_template_frames_every_window_and_counts_in_the_tokens(tokenizer)
     [short] = tokenizer.split_pairs(query, ["near the spree"], 128, Truncation.CHUNK, 16, template=TEMPLATE)
     whole = tokenizer.split(["judge query: where is berlin document: near the spree answer:"], 128, Truncation.NONE, 0)
     assert short.windows[0].ids.tolist() == whole[0].windows[0].ids.tolist()
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    query=st.text(max_size=80),
+    document=st.text(max_size=600),
+    template=st.tuples(st.text(max_size=20), st.text(max_size=20), st.text(max_size=20)),
+    truncation=st.sampled_from([Truncation.CHUNK, Truncation.END, Truncation.START, Truncation.NONE]),
+)
+def test_any_text_in_any_pair_template_fits_the_window_framed(tokenizer, query, document, template, truncation):
+    """Whatever the text (any Unicode, empty) and template: every window fits, holds the template's tokens
+    around the capped query and a slice of the document, and its offsets lie within the document."""
+    capped = tokenizer.query(query, 16)
+    frame = tokenizer.frame(template)
+    [split] = tokenizer.split_pairs(capped, [document], 96, truncation, 8, template=template)
+    assert split.tokens == capped.tokens + len(tokenizer.raw.encode(document, add_special_tokens=False).ids) + (
+        frame.tokens + tokenizer.single_specials
+    )
+    if split.too_long:
+        assert truncation is Truncation.NONE and split.tokens > 96
+    for window in split.windows:
+        ids = content(window)
+        assert window.length <= 96
+        assert ids[: len(frame.head.ids)] == frame.head.ids
+        assert ids[len(ids) - len(frame.tail.ids) :] == frame.tail.ids
+        assert 0 <= window.start <= window.end <= len(document)
