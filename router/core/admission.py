@@ -164,12 +164,12 @@ class AdmissionController:
         """Refuse a request before any work is done on it, from what is queued already."""
         if not self.enabled or not self.queue or not self.drain.rate:
             return
-        ahead = self._work_ahead(tenant, 0) / self.drain.rate
-        self._check_delay(ahead, deadline, now)
+        work = self._work_ahead(tenant, 0)
+        self._check_delay(work / self.drain.rate, deadline, now)
         saturated = self.drain.saturated_rate
         if not (self.config.shed_on_deadline and deadline is not None and saturated):
             return
-        estimate = self.calibration.adjust(self._work_ahead(tenant, 0) / saturated)
+        estimate = self.calibration.adjust(work / saturated)
         if now + estimate > deadline:
             raise deadline_too_short(self.model, estimate, deadline - now, self._basis())
 
@@ -198,7 +198,8 @@ class AdmissionController:
 
     def _basis(self) -> dict[str, str]:
         return {
-            "drain_tokens_per_s": f"{self.drain.rate or 0:.0f}",
+            # The rate deadline estimates rest on (rule 3): the one measured while work waited.
+            "drain_tokens_per_s": f"{self.drain.saturated_rate or 0:.0f}",
             "queued_tokens": str(self.queue.tokens),
             "inflight_tokens": str(self.inflight_tokens),
             "correction_ms": f"{self.calibration.offset_s * 1000:.0f}",
