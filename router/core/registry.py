@@ -114,8 +114,7 @@ class ModelRegistry:
             for held in description.older:
                 kept = known.get((held.name, held.version))
                 if kept is not None and kept is not served and self._unchanged(held, kept):
-                    kept.served_by, kept.versions = held.served_by, held.versions
-                    kept.scheduler.shards = len(held.served_by)
+                    self._place(kept, held)
                     older[(held.name, held.version)] = kept
         self._older = older
         for name, problem in problems.items():
@@ -126,28 +125,53 @@ class ModelRegistry:
         self._models, self.problems, self.loaded, self.index_ok = models, problems, True, True
 
     @staticmethod
-    def _unchanged(description: ModelDescription, served: ServedModel) -> bool:
+    def _same_contract(contract: ModelContract, served: ServedModel) -> bool:
+        """Whether `served` already serves `contract` (the pad id comes from the tokenizer, not the config)."""
+        return dataclasses.replace(contract, pad_id=served.contract.pad_id) == served.contract
+
+    @classmethod
+    def _unchanged(cls, description: ModelDescription, served: ServedModel) -> bool:
         try:
-            contract = parse_contract(description)
+            return cls._same_contract(parse_contract(description), served)
         except RouterError:
             return False
-        return dataclasses.replace(contract, pad_id=served.contract.pad_id) == served.contract
+
+    @staticmethod
+    def _place(served: ServedModel, description: ModelDescription) -> None:
+        """Which servers hold `served` now, and which versions they hold (the scheduler stays)."""
+        served.served_by, served.versions = description.served_by, description.versions
+        served.scheduler.shards = len(description.served_by)
+
+    def _new_served(
+        self, files: ModelFiles, description: ModelDescription, generation: Generation | None = None
+    ) -> ServedModel:
+        """A model version served with a scheduler of its own."""
+        scheduler = ModelScheduler(
+            files.contract, self.backend, self.batching, self.cache, self.admission, self.tenants
+        )
+        scheduler.shards = len(description.served_by)
+        return ServedModel(
+            files.contract,
+            files.tokenizer,
+            scheduler,
+            description.served_by,
+            files.digest,
+            generation,
+            description.versions,
+        )
 
     def _serve(self, description: ModelDescription) -> ServedModel:
         contract = parse_contract(description)
         current = self._models.get(contract.name)
-        if current is not None and dataclasses.replace(contract, pad_id=current.contract.pad_id) == current.contract:
-            current.served_by = description.served_by
-            current.versions = description.versions
-            current.scheduler.shards = len(description.served_by)
+        if current is not None and self._same_contract(contract, current):
+            self._place(current, description)
             if current.generation is not None:
                 current.generation.gate.shards = len(description.served_by)
                 current.generation.gate.admit_waiting()
             return current
         files = load_model_files(contract, self.repository / contract.name)
         contract = files.contract
-        scheduler = ModelScheduler(contract, self.backend, self.batching, self.cache, self.admission, self.tenants)
-        scheduler.shards = len(description.served_by)
+        served = self._new_served(files, description, self._generation(files, len(description.served_by)))
         if (
             current is not None
             and current.tokenizer_digest == files.digest
@@ -155,12 +179,9 @@ class ModelRegistry:
         ):
             # A new version with the same tokenizer and tensors: what the old version's scheduler still
             # holds when that version is unloaded runs on this one.
-            current.scheduler.successor = scheduler
-        generation = self._generation(files, len(description.served_by))
+            current.scheduler.successor = served.scheduler
         log.info("model.ready", model=contract.name, version=contract.version, task=contract.task.value)
-        return ServedModel(
-            contract, files.tokenizer, scheduler, description.served_by, files.digest, generation, description.versions
-        )
+        return served
 
     def _generation(self, files: ModelFiles, shards: int) -> Generation | None:
         contract = files.contract
@@ -233,13 +254,8 @@ class ModelRegistry:
                 retry_after_s=5.0,
                 metadata={"model": name},
             ) from None
-        contract = files.contract
-        scheduler = ModelScheduler(contract, self.backend, self.batching, self.cache, self.admission, self.tenants)
-        scheduler.shards = len(description.served_by)
-        older = ServedModel(
-            contract, files.tokenizer, scheduler, description.served_by, files.digest, None, description.versions
-        )
-        log.info("model.version_ready", model=name, version=version, task=contract.task.value)
+        older = self._new_served(files, description)
+        log.info("model.version_ready", model=name, version=version, task=files.contract.task.value)
         self._older[(name, version)] = older
         return older
 
