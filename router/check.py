@@ -21,9 +21,9 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from adapters.triton.repository import ModelFolder, read_repository
-from router.core.contract import KEYS, PREFIX, ModelContract, Task, is_routed, parse_contract
+from router.core.contract import KEYS, PREFIX, Task, is_routed, parse_contract
 from router.core.errors import RouterError
-from router.core.model_files import ModelFileError, load_model_files
+from router.core.model_files import ModelFileError, ModelFiles, load_model_files
 from router.core.tensor_contract import kind_of, tensor_problems
 
 ERROR, WARNING = "error", "warning"
@@ -90,11 +90,11 @@ def check_model(folder: ModelFolder, weights: bool = True) -> ModelReport:
     for problem in tensor_problems(description, contract):
         report.error("tensors", problem)
     try:
-        load_model_files(contract, folder.path)
+        files = load_model_files(contract, folder.path)
     except ModelFileError as error:
         report.error("files", str(error))
     else:
-        _check_tokenizer_limits(folder.path, contract, report)
+        _check_tokenizer_limits(folder.path, files, report)
     if contract.task is not Task.GENERATE:
         _check_queue(config, report)
     return report
@@ -126,15 +126,10 @@ def _check_keys(parameters: dict[str, str], report: ModelReport) -> None:
         report.error("parameters", f"{key} is not a key the router reads, so it would be ignored{hint}")
 
 
-def _check_tokenizer_limits(path: Path, contract: ModelContract, report: ModelReport) -> None:
+def _check_tokenizer_limits(path: Path, files: ModelFiles, report: ModelReport) -> None:
     """The tokenizer's own truncation and padding are turned off by the router; when they disagree with the
     contract, one of the two is likely wrong (the shipped MiniLM tokenizer truncates at 128)."""
-    try:
-        spec = json.loads((path / contract.tokenizer_file).read_text())
-    except ValueError:
-        return
-    truncation = spec.get("truncation") or {}
-    limit = truncation.get("max_length")
+    contract, limit = files.contract, files.tokenizer.shipped_max_length
     if limit is not None and limit != contract.max_sequence_length:
         report.warn(
             "tokenizer",

@@ -85,6 +85,8 @@ class ModelTokenizer:
     def __init__(self, tokenizer: Tokenizer) -> None:
         padding = tokenizer.padding
         self._padding_id: int | None = padding["pad_id"] if padding else None
+        self.shipped_max_length: int | None = (tokenizer.truncation or {}).get("max_length")
+        """The length the tokenizer file itself truncates at (turned off here; `router check` compares it)."""
         tokenizer.no_padding()
         tokenizer.no_truncation()
         self._tokenizer = tokenizer
