@@ -162,10 +162,15 @@ def router_serve(
         process.wait(timeout=60)
 
 
-def cpu_seconds(pid: int) -> float:
-    """User + system CPU time a process has used so far (from /proc)."""
+def cpu_seconds(pid: int, descendants: bool = False) -> float:
+    """User + system CPU time a process has used so far (from /proc); with `descendants`, plus that of
+    the processes it started that are still running (a traced router's span exporter)."""
     fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    used = (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    if descendants:
+        children = Path(f"/proc/{pid}/task/{pid}/children").read_text().split()
+        used += sum(cpu_seconds(int(child), descendants=True) for child in children)
+    return used
 
 
 def _wait_serving(target: str, process: subprocess.Popen, timeout_s: float = 120) -> None:

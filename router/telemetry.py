@@ -7,6 +7,8 @@
   `OTEL_TRACES_SAMPLER_ARG`, `OTEL_BSP_*`: read by the SDK itself.
 - `OTEL_TRACES_EXPORTER=none` turns tracing off.
 
+Spans are recorded in the router and encoded and sent by a child process (router/span_export.py).
+
 The embedded Triton exports its own spans to the same collector: Triton speaks only OTLP over HTTP, so
 with the `grpc` protocol the collector's HTTP address goes in the router's `triton_trace_url` setting.
 """
@@ -36,23 +38,31 @@ def protocol() -> str:
 
 
 def configure_tracing():
-    """Install a tracer provider exporting over OTLP, if the environment asks for one; return it (None: off)."""
+    """Install a tracer provider exporting over OTLP, if the environment asks for one; return it (None: off).
+    Spans are recorded here and exported by a child process (router/span_export.py)."""
     if not tracing_configured():
         return None
     from opentelemetry.sdk.resources import SERVICE_NAME, Resource
     from opentelemetry.sdk.trace import TracerProvider
-    from opentelemetry.sdk.trace.export import BatchSpanProcessor
 
+    from router.span_export import HandOff
+
+    protocol()  # a protocol the router cannot speak is refused here, not in the child
+    defaults = {} if os.environ.get("OTEL_SERVICE_NAME") else {SERVICE_NAME: "model-router"}
+    resource = Resource.create(defaults)
+    provider = TracerProvider(resource=resource)  # the sampler comes from OTEL_TRACES_SAMPLER
+    provider.add_span_processor(HandOff(resource))
+    trace.set_tracer_provider(provider)
+    return provider
+
+
+def otlp_exporter():
+    """The SDK's OTLP span exporter for the configured protocol (it reads its own OTEL_EXPORTER_OTLP_*)."""
     if protocol() == GRPC:
         from opentelemetry.exporter.otlp.proto.grpc.trace_exporter import OTLPSpanExporter
     else:
         from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
-
-    defaults = {} if os.environ.get("OTEL_SERVICE_NAME") else {SERVICE_NAME: "model-router"}
-    provider = TracerProvider(resource=Resource.create(defaults))  # the sampler comes from OTEL_TRACES_SAMPLER
-    provider.add_span_processor(BatchSpanProcessor(OTLPSpanExporter()))
-    trace.set_tracer_provider(provider)
-    return provider
+    return OTLPSpanExporter()
 
 
 def triton_trace_url() -> str | None:
