@@ -3,7 +3,7 @@
 The OpenTelemetry SDK records spans in the router (that part must run where the work runs), but encoding
 them to OTLP protobuf costs more in Python than recording them, and its export thread shares the
 interpreter lock with the event loop that serves every call. So `HandOff`, the router's only span
-processor, only keeps each ended span; a thread turns them into plain tuples every `interval_s` and writes
+processor, only keeps each ended span; a thread turns them into plain tuples every `interval_s` (0.2 s) and writes
 them, marshalled, to this module run as a child process (`python -m router.span_export`), which rebuilds
 each span as the SDK's own `ReadableSpan` and hands it to the SDK's `BatchSpanProcessor` with the OTLP
 exporter (`telemetry.otlp_exporter`): its `OTEL_BSP_*` settings, retries and timeouts apply unchanged.
@@ -46,7 +46,7 @@ def _context(context: SpanContext) -> tuple:
         context.span_id,
         int(context.trace_flags),
         context.is_remote,
-        context.trace_state.to_header(),
+        context.trace_state.to_header() if context.trace_state else "",
     )
 
 
@@ -61,8 +61,8 @@ def _record(span: ReadableSpan) -> tuple:
         span.start_time,
         span.end_time,
         dict(span.attributes or {}),
-        [(event.name, event.timestamp, dict(event.attributes or {})) for event in span.events],
-        [(_context(link.context), dict(link.attributes or {})) for link in span.links],
+        [(event.name, event.timestamp, dict(event.attributes or {})) for event in span.events] if span.events else (),
+        [(_context(link.context), dict(link.attributes or {})) for link in span.links] if span.links else (),
         (span.status.status_code.value, span.status.description),
         (scope.name, scope.version, scope.schema_url) if scope is not None else None,
     )
@@ -70,7 +70,9 @@ def _record(span: ReadableSpan) -> tuple:
 
 def _span_context(values: tuple) -> SpanContext:
     trace_id, span_id, flags, is_remote, state = values
-    return SpanContext(trace_id, span_id, is_remote, TraceFlags(flags), TraceState.from_header([state]))
+    return SpanContext(
+        trace_id, span_id, is_remote, TraceFlags(flags), TraceState.from_header([state]) if state else None
+    )
 
 
 def _span(record: tuple, resource: Resource) -> ReadableSpan:
@@ -109,7 +111,7 @@ def _read(stream):
 class HandOff(SpanProcessor):
     """The router's span processor: keeps ended, sampled spans and hands them to the exporting child."""
 
-    def __init__(self, resource: Resource, interval_s: float = 0.05, max_queue: int | None = None) -> None:
+    def __init__(self, resource: Resource, interval_s: float = 0.2, max_queue: int | None = None) -> None:
         self._max_queue = max_queue or int(os.environ.get("OTEL_BSP_MAX_QUEUE_SIZE", "2048"))
         self._interval_s = interval_s
         self._pending: collections.deque[ReadableSpan] = collections.deque()
