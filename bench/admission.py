@@ -5,6 +5,10 @@ Open loop: calls arrive as a Poisson process (fixed seed) whatever happens to ea
 from many services does. Each call embeds 4 texts of 20-120 tokens and carries a 2 s deadline. The load
 is bounded in count and time and stays on loopback. "Off" is a plain proxy: every call is queued, and
 a call leaves the queue only when its caller gives up.
+
+A refusal's latency is measured twice: by the caller (send to error) and by the router itself, from the `ms`
+of its log line for each call (the router runs with info logs): the time inside the router's handler,
+without the network, gRPC's own queues and the turns of the caller and the router on the shared cores.
 """
 
 from __future__ import annotations
@@ -19,7 +23,7 @@ import grpc
 from google.rpc import error_details_pb2
 
 from bench.corpus import mixed_texts
-from bench.harness import RESULTS, PathResult, router_process, say, triton_server, write_report
+from bench.harness import RESULTS, ROUTER_LOG, PathResult, router_process, say, triton_server, write_report
 from router.grpc.gen.modelrouter.v1 import model_router_service_pb2 as pb
 from router.grpc.gen.modelrouter.v1 import model_router_service_pb2_grpc as pb_grpc
 
@@ -102,7 +106,7 @@ async def run(seconds: float) -> tuple[list[PathResult], float]:
     with triton_server() as triton:
         measured = None
         for label, settings in (("on", {}), ("off", {"admission_enabled": "false"})):
-            with router_process(triton.grpc_address, **settings) as target:
+            with router_process(triton.grpc_address, {"MODELROUTER_LOG_LEVEL": "info"}, **settings) as target:
                 async with grpc.aio.insecure_channel(target) as channel:
                     stub = pb_grpc.ModelRouterServiceStub(channel)
                     await capacity(stub, pool, 2.0)  # warm-up
@@ -112,7 +116,9 @@ async def run(seconds: float) -> tuple[list[PathResult], float]:
                     for load in LOADS:
                         rate = load * measured
                         say(f"  admission {label}, {load}x = {rate:.1f} calls/s for {seconds:.0f} s ...")
+                        logged = ROUTER_LOG.stat().st_size
                         outcomes, offered = await open_loop(stub, pool, rate, seconds, SEED + int(load * 10))
+                        handled = _refusals_handled_ms(logged)
                         total = (
                             len(outcomes.ok) + len(outcomes.shed) + outcomes.timed_out + sum(outcomes.other.values())
                         )
@@ -127,6 +133,7 @@ async def run(seconds: float) -> tuple[list[PathResult], float]:
                                 "shed_rate": len(outcomes.shed) / max(total, 1),
                                 "timeout_rate": outcomes.timed_out / max(total, 1),
                                 "shed_p99_ms": _p99_ms(outcomes.shed),
+                                "shed_router_p99_ms": _p99_ms(handled),
                                 "other_errors": sum(outcomes.other.values()),
                                 **{f"shed_{r.lower()}": n for r, n in sorted(outcomes.reasons.items())},
                             },
@@ -151,6 +158,20 @@ def _reason(error: grpc.aio.AioRpcError) -> str:
         if detail.Unpack(info):
             return info.reason
     return error.code().name
+
+
+def _refusals_handled_ms(offset: int) -> list[float]:
+    """Seconds the router spent on each refusal it logged after `offset` in its log (its `ms` field)."""
+    handled = []
+    with ROUTER_LOG.open("rb") as log:
+        log.seek(offset)
+        for line in log:
+            if not line.startswith(b"{"):
+                continue
+            fields = json.loads(line)
+            if fields.get("event") == "rpc" and fields.get("reason") in ("QUEUE_FULL", "DEADLINE_TOO_SHORT"):
+                handled.append(fields["ms"] / 1000)
+    return handled
 
 
 def _p99_ms(values: list[float]) -> float:
@@ -203,7 +224,9 @@ def main(argv: list[str] | None = None) -> None:
             f"Open-loop Poisson arrivals at 0.5x-4x of it for {args.seconds:.0f} s each; every call has a "
             f"{DEADLINE_S:.0f} s deadline.",
             "items = successful calls; items/s = goodput; p50/p99 = latency of successful calls;",
-            "shed_rate = refused at once by the router (RESOURCE_EXHAUSTED or DEADLINE_TOO_SHORT);",
+            "shed_rate = refused at once by the router (RESOURCE_EXHAUSTED or DEADLINE_TOO_SHORT); shed_p99_ms: "
+            "a refusal's latency as the caller saw it; shed_router_p99_ms: the router's own time on it (the `ms` "
+            "of its log line), without the network, gRPC's queues and the processes' turns on the shared cores;",
             "timeout_rate = the caller's deadline passed while waiting. Ratios are goodput / `admission off, 1.0x`.",
         ],
         results,

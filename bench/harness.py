@@ -25,6 +25,7 @@ from router.settings import PROJECT_ROOT
 RESULTS = PROJECT_ROOT / "bench" / "results"
 REPOSITORY = PROJECT_ROOT / "triton_models" / "repository"
 SCRATCH = PROJECT_ROOT / "bench" / "out"
+ROUTER_LOG = SCRATCH / "router.log"  # every router_serve appends its output here
 
 
 def linked_repository(root: Path, models: dict[str, dict[str, str]]) -> Path:
@@ -151,7 +152,7 @@ def router_serve(
     env.setdefault("MODELROUTER_LOG_LEVEL", "warning")
     command = [sys.executable, "-m", "router", "serve", "--port", str(port), *arguments]
     SCRATCH.mkdir(parents=True, exist_ok=True)
-    with open(SCRATCH / "router.log", "ab") as log:
+    with open(ROUTER_LOG, "ab") as log:
         process = subprocess.Popen(command, cwd=PROJECT_ROOT, env=env, stdout=log, stderr=subprocess.STDOUT)
     target = f"127.0.0.1:{port}"
     try:
@@ -179,7 +180,7 @@ def _wait_serving(target: str, process: subprocess.Popen, timeout_s: float = 120
         stub = health_pb2_grpc.HealthStub(channel)
         while time.monotonic() < deadline:
             if process.poll() is not None:
-                raise RuntimeError(f"the router exited with {process.returncode}; see {SCRATCH / 'router.log'}")
+                raise RuntimeError(f"the router exited with {process.returncode}; see {ROUTER_LOG}")
             with contextlib.suppress(grpc.RpcError):
                 if stub.Check(health_pb2.HealthCheckRequest(), timeout=2).status == 1:
                     return
