@@ -23,6 +23,13 @@ MODEL_USABLE = Gauge(
     ["model"],
 )
 
+SPANS_DROPPED = Counter(
+    "modelrouter_spans_dropped_total",
+    "Sampled spans dropped before export, by reason: queue_full (the hand-off to the exporting process fell "
+    "behind), exporter_gone (that process died).",
+    ["reason"],
+)
+
 SHARD_BATCHES = Counter(
     "modelrouter_shard_batches_total",
     "Batches sent to each model server (shard) by outcome: ok, failed (the shard's fault: ejected), "

@@ -34,6 +34,8 @@ from opentelemetry.sdk.trace import Event, ReadableSpan, SpanProcessor
 from opentelemetry.sdk.util.instrumentation import InstrumentationScope
 from opentelemetry.trace import Link, SpanContext, SpanKind, Status, StatusCode, TraceFlags, TraceState
 
+from router import metrics
+
 log = structlog.get_logger("modelrouter.tracing")
 
 _LENGTH = struct.Struct("<I")
@@ -126,10 +128,14 @@ class HandOff(SpanProcessor):
         self._thread.start()
 
     def on_end(self, span: ReadableSpan) -> None:
-        if not span.context.trace_flags.sampled or self._broken:
+        if not span.context.trace_flags.sampled:
+            return
+        if self._broken:
+            metrics.SPANS_DROPPED.labels("exporter_gone").inc()
             return
         if len(self._pending) >= self._max_queue:
             self._dropped += 1
+            metrics.SPANS_DROPPED.labels("queue_full").inc()
             return
         self._pending.append(span)
 
@@ -177,6 +183,8 @@ class HandOff(SpanProcessor):
                 _write(self._process.stdin, message)
             except (OSError, ValueError) as error:  # the child is gone: tracing stops, serving does not
                 self._broken = True
+                lost = len(self._pending) + (len(message[1]) if message[0] == "spans" else 0)
+                metrics.SPANS_DROPPED.labels("exporter_gone").inc(lost)
                 self._pending.clear()
                 log.error("tracing.export_process_gone", error=str(error), code=self._process.poll())
 

@@ -15,6 +15,7 @@ from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 from opentelemetry.trace import Link, NonRecordingSpan, SpanContext, TraceFlags, TraceState
+from prometheus_client import REGISTRY
 
 from router.span_export import HandOff
 
@@ -129,12 +130,32 @@ def test_a_dead_exporter_drops_spans_and_nothing_else(receiver):
     tracer = provider.get_tracer("modelrouter.test")
     hand_off._process.kill()
     hand_off._process.wait()
+    before = _dropped("exporter_gone")
     for _ in range(20):
         with tracer.start_as_current_span("after the exporter died"):
             time.sleep(0.002)
     assert not hand_off.force_flush()  # the hand-off failed, and said so
     provider.shutdown()  # returns; the router goes on
     assert receiver.requests == []
+    assert _dropped("exporter_gone") - before == 20  # each one counted, whether pending or ended after
+
+
+def test_spans_past_the_bound_are_dropped_and_counted(receiver):
+    resource = Resource.create({"service.name": "span-export-test"})
+    provider = TracerProvider(resource=resource)
+    provider.add_span_processor(HandOff(resource, interval_s=60, max_queue=5))  # no hand-off before shutdown
+    tracer = provider.get_tracer("modelrouter.test")
+    before = _dropped("queue_full")
+    for index in range(8):
+        with tracer.start_as_current_span(f"span {index}"):
+            pass
+    assert _dropped("queue_full") - before == 3
+    provider.shutdown()
+    assert set(receiver.spans()) == {f"span {index}" for index in range(5)}
+
+
+def _dropped(reason: str) -> float:
+    return REGISTRY.get_sample_value("modelrouter_spans_dropped_total", {"reason": reason}) or 0.0
 
 
 def test_unsampled_spans_are_not_handed_off(receiver, monkeypatch):
