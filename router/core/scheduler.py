@@ -13,8 +13,9 @@ This module wires them: whenever a dispatch slot is free it forms one batch and 
 never waits; while all slots are busy, new sequences pile up and the next batch is picked from a larger,
 better-sorted pool, so the wait adapts to load by itself. `max_batch_wait_s` can add a short hold, only
 while other batches are in flight, for a batch that would otherwise leave less than full. Identical
-sequences in one batch are computed once. Each batch's backend timeout is the longest deadline left
-among its requests.
+sequences in one batch are computed once (work.py). Each batch's backend timeout is the longest deadline
+left among its requests. A batch whose model version was unloaded mid-rollout runs on the next version
+(rollout.py).
 """
 
 from __future__ import annotations
@@ -27,7 +28,7 @@ from collections.abc import Sequence
 import numpy as np
 
 from router import metrics
-from router.core import admission, errors, tracing
+from router.core import admission, rollout, tracing
 from router.core.admission import AdmissionController, TenantLimiter
 from router.core.backend import Backend, answered_by
 from router.core.batching import BatchLimits, grow
@@ -37,7 +38,7 @@ from router.core.contract import ModelContract
 from router.core.errors import RouterError
 from router.core.fair_queue import FairQueue
 from router.core.tokenize import Window
-from router.core.work import Item, Ticket
+from router.core.work import Item, Ticket, deduplicate
 
 
 class ModelScheduler:
@@ -80,6 +81,7 @@ class ModelScheduler:
         self._batch_numbers = itertools.count()
         self._dispatches: set[asyncio.Task] = set()
         self._handovers: set[asyncio.Task] = set()
+        """Requests of a batch handed to the successor (rollout.py), running there."""
         name = contract.name
         self._batches = metrics.BATCHES.labels(name)
         self._batch_rows = metrics.BATCH_ROWS.labels(name)
@@ -243,7 +245,7 @@ class ModelScheduler:
                 ticket.first_dispatch = now
                 ticket.first_dispatch_ns = tracing.wall_ns() if ticket.span is not None else None
         # Identical sequences in one batch are computed once: `rows[i]` is item i's row in `unique`.
-        unique, rows = _deduplicate(batch)
+        unique, rows = deduplicate(batch)
         computed = sum(item.length for item in unique)
         self._batches.inc()
         self._batch_rows.observe(len(unique))
@@ -263,7 +265,7 @@ class ModelScheduler:
             for item in batch:
                 item.ticket.shards.add(shard)
         except BaseException as error:
-            if self._hand_over(batch, error):
+            if rollout.hand_over(batch, error, self.successor, self._handovers):
                 return
             for item in batch:
                 if not item.future.done():
@@ -283,42 +285,6 @@ class ModelScheduler:
             self._dispatches.discard(asyncio.current_task())
             self._pump()
 
-    def _hand_over(self, batch: list[Item], error: BaseException) -> bool:
-        """Give a batch whose model version is gone to the next version's scheduler, request by request
-        (its results, cache keys and version are the new version's); False when there is none."""
-        successor = self.successor
-        if successor is None or not (isinstance(error, RouterError) and error.reason == errors.MODEL_VERSION_GONE):
-            return False
-        by_ticket: dict[int, list[Item]] = {}
-        for item in batch:
-            if item.ticket.pinned:  # its caller wants this version's answer or none
-                if not item.future.done():
-                    item.future.set_exception(error)
-                continue
-            by_ticket.setdefault(id(item.ticket), []).append(item)
-
-        async def rerun(items: list[Item]) -> None:
-            ticket = items[0].ticket
-            ticket.handed_to = successor.contract.version
-            try:
-                rows, _ = await successor.run([item.window for item in items], ticket.tenant, ticket.deadline)
-            except BaseException as failure:  # the request fails as the new version failed it
-                for item in items:
-                    if not item.future.done():
-                        item.future.set_exception(failure)
-                if not isinstance(failure, Exception):
-                    raise
-                return
-            for item, row in zip(items, rows, strict=True):
-                if not item.future.done():
-                    item.future.set_result(row)
-
-        for items in by_ticket.values():
-            task = asyncio.get_running_loop().create_task(rerun(items))
-            self._handovers.add(task)
-            task.add_done_callback(self._handovers.discard)
-        return True
-
     def _timeout(self, batch: Sequence[Item], now: float) -> float | None:
         """The backend timeout: the longest deadline left among the batch's requests, within the setting."""
         deadlines = [item.ticket.deadline for item in batch]
@@ -326,18 +292,3 @@ class ModelScheduler:
             return self.config.timeout_s
         left = max(deadlines) - now
         return left if self.config.timeout_s is None else min(left, self.config.timeout_s)
-
-
-def _deduplicate(batch: list[Item]) -> tuple[list[Item], list[int]]:
-    first: dict[bytes, int] = {}
-    unique: list[Item] = []
-    rows: list[int] = []
-    for item in batch:
-        window = item.window
-        key = window.ids.tobytes() + (b"" if window.type_ids is None else b"|" + window.type_ids.tobytes())
-        row = first.get(key)
-        if row is None:
-            row = first[key] = len(unique)
-            unique.append(item)
-        rows.append(row)
-    return unique, rows

@@ -61,3 +61,19 @@ class Item:
     @property
     def length(self) -> int:
         return self.window.length
+
+
+def deduplicate(batch: list[Item]) -> tuple[list[Item], list[int]]:
+    """Identical sequences in a batch are computed once: the distinct items, and each item's row among them."""
+    first: dict[bytes, int] = {}
+    unique: list[Item] = []
+    rows: list[int] = []
+    for item in batch:
+        window = item.window
+        key = window.ids.tobytes() + (b"" if window.type_ids is None else b"|" + window.type_ids.tobytes())
+        row = first.get(key)
+        if row is None:
+            row = first[key] = len(unique)
+            unique.append(item)
+        rows.append(row)
+    return unique, rows
