@@ -10,7 +10,8 @@ from collections.abc import Sequence
 import numpy as np
 
 from adapters.triton.backend import TritonBackend
-from router.core.contract import ModelContract, parse_contract
+from router.core.contract import ModelContract
+from router.core.contract_reader import parse_contract
 from router.core.tokenize import ModelTokenizer, Window
 from router.settings import PROJECT_ROOT
 

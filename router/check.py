@@ -21,7 +21,8 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from adapters.triton.repository import ModelFolder, read_repository
-from router.core.contract import KEYS, PREFIX, Task, is_routed, parse_contract
+from router.core.contract import KEYS, PREFIX, Task
+from router.core.contract_reader import is_routed, parse_contract
 from router.core.errors import RouterError
 from router.core.model_files import ModelFileError, ModelFiles, load_model_files
 from router.core.tensor_contract import kind_of, tensor_problems

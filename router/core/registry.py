@@ -22,7 +22,8 @@ from router.core.admission import TenantLimiter
 from router.core.backend import Backend
 from router.core.cache import OutputCache
 from router.core.config import AdmissionConfig, BatchingConfig
-from router.core.contract import ModelContract, ModelDescription, Task, is_routed, parse_contract
+from router.core.contract import ModelContract, ModelDescription, Task
+from router.core.contract_reader import is_routed, parse_contract
 from router.core.errors import RouterError
 from router.core.model_files import ModelFiles, load_model_files
 from router.core.prompting import ChatTemplate

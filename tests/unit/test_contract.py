@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from router.core.contract import ModelDescription, Task, TensorSpec, Truncation, is_routed, parse_contract
+from router.core.contract import ModelDescription, Task, TensorSpec, Truncation
+from router.core.contract_reader import is_routed, parse_contract
 from router.core.errors import RouterError
 
 
