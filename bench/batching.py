@@ -3,7 +3,13 @@
 pass; and how long small calls wait while a huge request is being served.
 
 The ceiling for this machine: onnxruntime in this process on the same model file, the same texts packed
-by length within the same token budget as the router's (the model's contract), no network at all.
+by length within the same token budget as the router's (the model's contract), no network at all. Beside
+it, Triton's own ceiling: those same batches sent straight to Triton, two in flight, as a careful client
+with every text in hand would. Each row says where the CPU went: `model_cpu_s` is the CPU time spent
+computing the model (this process for onnxruntime in-process; Triton and its Python-backend processes
+otherwise), `router_cpu_s` the router's process, so a gap between the router and the ceilings can be
+told apart: Triton's own costs, padding (`fill`: real tokens over padded, from the router's metrics), or
+the router.
 
 Texts: 1,024 of 6-130 tokens (fixed seed). Callers send their calls one after another.
 """
@@ -16,10 +22,21 @@ import time
 
 import grpc
 
+from adapters.triton.embedded import free_port
 from adapters.triton.tensors import input_tensors
 from bench.corpus import mixed_texts
 from bench.embed import MODEL, Direct
-from bench.harness import REPOSITORY, PathResult, bar_plot, router_process, say, triton_server, write_report
+from bench.harness import (
+    REPOSITORY,
+    PathResult,
+    bar_plot,
+    cpu_seconds,
+    router_process,
+    router_serve,
+    say,
+    triton_server,
+    write_report,
+)
 from router.core.batching import BatchLimits, pack
 from router.grpc.gen.modelrouter.v1 import model_router_service_pb2 as pb
 from router.grpc.gen.modelrouter.v1 import model_router_service_pb2_grpc as pb_grpc
@@ -55,6 +72,35 @@ def split_among(texts: list[str], callers_count: int, per_call: int) -> list[lis
     return [calls[c::callers_count] for c in range(callers_count)]
 
 
+class CpuMeter:
+    """CPU seconds used by processes (and their children) while a block runs: `used` maps `NAME_cpu_s`."""
+
+    def __init__(self, **pids: int) -> None:
+        self.pids = pids
+        self.used: dict[str, float] = {}
+
+    def __enter__(self) -> CpuMeter:
+        self._start = {name: cpu_seconds(pid, descendants=True) for name, pid in self.pids.items()}
+        return self
+
+    def __exit__(self, *exc) -> None:
+        for name, pid in self.pids.items():
+            self.used[f"{name}_cpu_s"] = cpu_seconds(pid, descendants=True) - self._start[name]
+
+
+def scrape_fill(metrics_port: int) -> tuple[float, float, float]:
+    """The router's batches, real and padded tokens for the model so far (its Prometheus metrics)."""
+    import urllib.request
+
+    text = urllib.request.urlopen(f"http://127.0.0.1:{metrics_port}/metrics", timeout=10).read().decode()
+    values = dict.fromkeys(("batches", "real_tokens", "padded_tokens"), 0.0)
+    for line in text.splitlines():
+        for name in values:
+            if line.startswith(f'modelrouter_{name}_total{{model="{MODEL}"}}'):
+                values[name] = float(line.split()[-1])
+    return values["batches"], values["real_tokens"], values["padded_tokens"]
+
+
 def in_process(direct: Direct, texts: list[str]) -> PathResult:
     """onnxruntime in this process: the model file Triton serves, the router's packing and token budget,
     the session options Triton's model.py uses (2 intra-op threads, no spinning)."""
@@ -75,11 +121,38 @@ def in_process(direct: Direct, texts: list[str]) -> PathResult:
             session.run([contract.output_name], input_tensors(contract, [windows[i] for i in batch]))
 
     embed_all()  # warm-up
-    started = time.perf_counter()
+    started, cpu = time.perf_counter(), time.process_time()
     embed_all()
     wall = time.perf_counter() - started
     result = PathResult("in-process onnxruntime: token-budget batches", len(texts), wall, [wall])
+    result.extra["model_cpu_s"] = time.process_time() - cpu
     say(f"  in-process onnxruntime: {result.throughput:.1f} texts/s")
+    return result
+
+
+async def triton_ceiling(direct: Direct, texts: list[str], triton_pid: int) -> PathResult:
+    """The in-process row's batches, sent straight to Triton two at a time: Triton's best on these texts."""
+    contract = direct.contract
+    limits = BatchLimits(contract.max_batch_size, contract.max_batch_tokens or 8192, contract.min_batch_fill or 0.0)
+    windows = direct.windows(texts)
+    batches = pack([w.length for w in windows], limits)
+    pending = iter(batches)
+    name = "direct: the in-process batches, 2 in flight (Triton's ceiling)"
+    say(f"  {name} ...")
+
+    async def sender() -> None:
+        for batch in pending:
+            await direct.infer([windows[i] for i in batch])
+
+    started = time.perf_counter()
+    with CpuMeter(model=triton_pid) as meter:
+        await asyncio.gather(sender(), sender())
+    wall = time.perf_counter() - started
+    real = sum(w.length for w in windows)
+    padded = sum(len(batch) * max(windows[i].length for i in batch) for batch in batches)
+    result = PathResult(name, len(texts), wall, [wall])
+    result.extra.update(meter.used, batches=len(batches), fill=real / padded)
+    say(f"  {name}: {result.throughput:.1f} texts/s")
     return result
 
 
@@ -92,10 +165,15 @@ async def run(count: int) -> list[PathResult]:
         direct = await Direct(triton.grpc_address, MODEL).start()
         results.append(in_process(direct, texts))
         await direct.texts(texts[:32])
+        results.append(await triton_ceiling(direct, texts, triton.pid))
         for label, n, per_call in shapes:
-            results.append(await callers(f"direct: {label}", split_among(texts, n, per_call), direct.texts))
+            with CpuMeter(model=triton.pid) as meter:
+                result = await callers(f"direct: {label}", split_among(texts, n, per_call), direct.texts)
+            result.extra.update(meter.used)
+            results.append(result)
 
-        with router_process(triton.grpc_address) as target:
+        metrics_port = free_port()
+        with router_serve(["--triton", triton.grpc_address], metrics_port=str(metrics_port)) as (target, router):
             async with grpc.aio.insecure_channel(target) as channel:
                 stub = pb_grpc.ModelRouterServiceStub(channel)
 
@@ -104,7 +182,12 @@ async def run(count: int) -> list[PathResult]:
 
                 await via_router(texts[:32])
                 for label, n, per_call in shapes:
-                    results.append(await callers(f"router: {label}", split_among(texts, n, per_call), via_router))
+                    before = scrape_fill(metrics_port)
+                    with CpuMeter(model=triton.pid, router=router.pid) as meter:
+                        result = await callers(f"router: {label}", split_among(texts, n, per_call), via_router)
+                    batches, real, padded = (b - a for a, b in zip(before, scrape_fill(metrics_port), strict=True))
+                    result.extra.update(meter.used, batches=batches, fill=real / padded if padded else 0.0)
+                    results.append(result)
 
                 # Small calls alone, then the same small calls while one 1,000-text request is served.
                 small = split_among(texts[:128], 8, 1)
@@ -138,9 +221,10 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     say(f"batching: {args.count} texts of 6-130 tokens, seed {SEED}")
     results = asyncio.run(run(args.count))
-    ceiling = results[0].throughput
+    ceiling, triton = results[0].throughput, results[1].throughput
     for result in results:
         result.extra["vs_in_process"] = result.throughput / ceiling
+        result.extra["vs_triton_ceiling"] = result.throughput / triton
     write_report(
         "batching",
         "Many small callers: router vs direct to Triton (all-MiniLM-L6-v2, CPU)",
@@ -152,7 +236,11 @@ def main(argv: list[str] | None = None) -> None:
             "served (fair share across requests: the small call anchors the next batch).",
             "`router+cache`: output cache on (64 MiB); the second pass sends the same texts again.",
             "`in-process onnxruntime`: the ceiling, no network; the router's aim for `16 callers x 1 text` is "
-            "at least 0.9 of it (`vs_in_process`).",
+            "at least 0.9 of it (`vs_in_process`). `Triton's ceiling`: the same batches straight to Triton, two "
+            "in flight (`vs_triton_ceiling`).",
+            "model_cpu_s: CPU seconds spent computing the model (this process in-process; Triton's processes "
+            "otherwise); router_cpu_s: the router's process; batches and fill (real / padded tokens): the "
+            "router's own metrics, or the packed batches for the ceilings.",
         ],
         results,
         baseline="direct: 64 callers x 1 text",
