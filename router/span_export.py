@@ -3,13 +3,15 @@
 The OpenTelemetry SDK records spans in the router (that part must run where the work runs), but encoding
 them to OTLP protobuf costs more in Python than recording them, and its export thread shares the
 interpreter lock with the event loop that serves every call. So `HandOff`, the router's only span
-processor, only keeps each ended span; a thread turns them into plain tuples every `interval_s` (0.2 s) and writes
-them, marshalled, to this module run as a child process (`python -m router.span_export`), which rebuilds
-each span as the SDK's own `ReadableSpan` and hands it to the SDK's `BatchSpanProcessor` with the OTLP
-exporter (`telemetry.otlp_exporter`): its `OTEL_BSP_*` settings, retries and timeouts apply unchanged.
+processor, only keeps each ended span; a thread turns them into plain tuples every `interval_s` (0.2 s)
+and writes them, marshalled, to this module run as a child process (`python -m router.span_export`),
+which rebuilds each span as the SDK's own `ReadableSpan` and hands it to the SDK's `BatchSpanProcessor`
+with the OTLP exporter (`telemetry.otlp_exporter`): its `OTEL_BSP_*` settings, retries and timeouts apply
+unchanged.
 
-Bounded like the SDK's own processor: at most `OTEL_BSP_MAX_QUEUE_SIZE` spans (2,048) wait for the hand-off,
-further ones are dropped and counted in the log. If the child dies, spans are dropped, never the router.
+Bounded like the SDK's own processor: at most `OTEL_BSP_MAX_QUEUE_SIZE` spans (2,048) wait for the
+hand-off; further ones are dropped, logged and counted (`modelrouter_spans_dropped_total`). If the child
+dies, spans are dropped and counted, never the router.
 On shutdown the spans still waiting are handed off and the child exports them before it exits; it also
 exits when the router is killed (its input closes). The pipe carries marshal data (plain values only:
 nothing in it can run code) between two processes of the same program.
