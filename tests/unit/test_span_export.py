@@ -154,6 +154,42 @@ def test_spans_past_the_bound_are_dropped_and_counted(receiver):
     assert set(receiver.spans()) == {f"span {index}" for index in range(5)}
 
 
+def test_the_grpc_protocol_exports_through_the_child_too(monkeypatch):
+    """OTEL_EXPORTER_OTLP_PROTOCOL=grpc: the child uses the SDK's OTLP/gRPC exporter (a receiver on loopback)."""
+    from concurrent import futures
+
+    import grpc
+    from opentelemetry.proto.collector.trace.v1 import trace_service_pb2_grpc
+
+    received: list[trace_service_pb2.ExportTraceServiceRequest] = []
+
+    class Collector(trace_service_pb2_grpc.TraceServiceServicer):
+        def Export(self, request, context):  # noqa: N802 - the service's name
+            received.append(request)
+            return trace_service_pb2.ExportTraceServiceResponse()
+
+    server = grpc.server(futures.ThreadPoolExecutor(max_workers=2))
+    trace_service_pb2_grpc.add_TraceServiceServicer_to_server(Collector(), server)
+    port = server.add_insecure_port("127.0.0.1:0")
+    server.start()
+    try:
+        monkeypatch.setenv("OTEL_EXPORTER_OTLP_ENDPOINT", f"http://127.0.0.1:{port}")
+        monkeypatch.setenv("OTEL_EXPORTER_OTLP_PROTOCOL", "grpc")
+        monkeypatch.delenv("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT", raising=False)
+        monkeypatch.delenv("OTEL_EXPORTER_OTLP_TRACES_PROTOCOL", raising=False)
+        monkeypatch.setenv("OTEL_BSP_SCHEDULE_DELAY", "50")
+        resource = Resource.create({"service.name": "span-export-test"})
+        provider = TracerProvider(resource=resource)
+        provider.add_span_processor(HandOff(resource))
+        with provider.get_tracer("modelrouter.test").start_as_current_span("over grpc") as span:
+            span.set_attribute("modelrouter.rows", 3)
+        provider.shutdown()
+    finally:
+        server.stop(None)
+    spans = [s for r in received for rs in r.resource_spans for ss in rs.scope_spans for s in ss.spans]
+    assert [(s.name, _attributes(s.attributes)) for s in spans] == [("over grpc", {"modelrouter.rows": 3})]
+
+
 def _dropped(reason: str) -> float:
     return REGISTRY.get_sample_value("modelrouter_spans_dropped_total", {"reason": reason}) or 0.0
 
