@@ -6,9 +6,12 @@ from many services does. Each call embeds 4 texts of 20-120 tokens and carries a
 is bounded in count and time and stays on loopback. "Off" is a plain proxy: every call is queued, and
 a call leaves the queue only when its caller gives up.
 
-A refusal's latency is measured twice: by the caller (send to error) and by the router itself, from the `ms`
-of its log line for each call (the router runs with info logs): the time inside the router's handler,
-without the network, gRPC's own queues and the turns of the caller and the router on the shared cores.
+A refusal's latency is measured three ways: by the load generator (send to error), by a light caller in a
+process of its own (bench/probe.py: one short call every 0.25 s, with nothing else to do, so its figure
+leaves out the generator's own turns; its calls are not counted in goodput, and add 2-8% to the calls
+the router handles at 1x-4x), and by the router itself,
+from the `ms` of its log line for each call (the router runs with info logs): the time inside the
+router's handler, without the network, gRPC's own queues and the processes' turns on the shared cores.
 """
 
 from __future__ import annotations
@@ -17,13 +20,24 @@ import argparse
 import asyncio
 import json
 import random
+import subprocess
+import sys
 import time
 
 import grpc
 from google.rpc import error_details_pb2
 
 from bench.corpus import mixed_texts
-from bench.harness import RESULTS, ROUTER_LOG, PathResult, router_process, say, triton_server, write_report
+from bench.harness import (
+    PROJECT_ROOT,
+    RESULTS,
+    ROUTER_LOG,
+    PathResult,
+    router_process,
+    say,
+    triton_server,
+    write_report,
+)
 from router.grpc.gen.modelrouter.v1 import model_router_service_pb2 as pb
 from router.grpc.gen.modelrouter.v1 import model_router_service_pb2_grpc as pb_grpc
 
@@ -33,6 +47,7 @@ DEADLINE_S = 2.0
 TEXTS_PER_CALL = 4
 LOADS = (0.5, 1.0, 2.0, 4.0)
 MAX_OPEN_CALLS = 1000
+PROBE_INTERVAL_S = 0.25
 
 
 class Outcomes:
@@ -51,10 +66,7 @@ async def one_call(stub, texts: list[str], outcomes: Outcomes) -> None:
         outcomes.ok.append(time.perf_counter() - started)
     except grpc.aio.AioRpcError as error:
         code = error.code()
-        refused = code is grpc.StatusCode.RESOURCE_EXHAUSTED or (
-            code is grpc.StatusCode.DEADLINE_EXCEEDED and time.perf_counter() - started < DEADLINE_S * 0.9
-        )
-        if refused:
+        if _refused(code.name, time.perf_counter() - started):
             outcomes.shed.append(time.perf_counter() - started)
             reason = _reason(error)
             outcomes.reasons[reason] = outcomes.reasons.get(reason, 0) + 1
@@ -117,8 +129,10 @@ async def run(seconds: float) -> tuple[list[PathResult], float]:
                         rate = load * measured
                         say(f"  admission {label}, {load}x = {rate:.1f} calls/s for {seconds:.0f} s ...")
                         logged = ROUTER_LOG.stat().st_size
+                        probe = _start_probe(target, seconds)
                         outcomes, offered = await open_loop(stub, pool, rate, seconds, SEED + int(load * 10))
                         handled = _refusals_handled_ms(logged)
+                        probed = _probe_refusals(probe)
                         total = (
                             len(outcomes.ok) + len(outcomes.shed) + outcomes.timed_out + sum(outcomes.other.values())
                         )
@@ -134,6 +148,8 @@ async def run(seconds: float) -> tuple[list[PathResult], float]:
                                 "timeout_rate": outcomes.timed_out / max(total, 1),
                                 "shed_p99_ms": _p99_ms(outcomes.shed),
                                 "shed_router_p99_ms": _p99_ms(handled),
+                                "shed_probe_p99_ms": _p99_ms(probed),
+                                "probe_refusals": len(probed),
                                 "other_errors": sum(outcomes.other.values()),
                                 **{f"shed_{r.lower()}": n for r, n in sorted(outcomes.reasons.items())},
                             },
@@ -158,6 +174,24 @@ def _reason(error: grpc.aio.AioRpcError) -> str:
         if detail.Unpack(info):
             return info.reason
     return error.code().name
+
+
+def _start_probe(target: str, seconds: float) -> subprocess.Popen:
+    command = [sys.executable, "-m", "bench.probe", "--target", target, "--model", MODEL, "--seconds", str(seconds)]
+    command += ["--interval", str(PROBE_INTERVAL_S)]
+    return subprocess.Popen(command, cwd=PROJECT_ROOT, stdout=subprocess.PIPE)
+
+
+def _probe_refusals(probe: subprocess.Popen) -> list[float]:
+    """The probe's refused calls' latencies (seconds), as _refused counts them."""
+    output, _ = probe.communicate(timeout=120)
+    return [latency for latency, code in json.loads(output) if _refused(code, latency)]
+
+
+def _refused(code: str, latency_s: float) -> bool:
+    """Refused at once by the router: RESOURCE_EXHAUSTED, or DEADLINE_EXCEEDED well before the deadline
+    (DEADLINE_TOO_SHORT: the router said it could not make it)."""
+    return code == "RESOURCE_EXHAUSTED" or (code == "DEADLINE_EXCEEDED" and latency_s < DEADLINE_S * 0.9)
 
 
 def _refusals_handled_ms(offset: int) -> list[float]:
@@ -225,8 +259,10 @@ def main(argv: list[str] | None = None) -> None:
             f"{DEADLINE_S:.0f} s deadline.",
             "items = successful calls; items/s = goodput; p50/p99 = latency of successful calls;",
             "shed_rate = refused at once by the router (RESOURCE_EXHAUSTED or DEADLINE_TOO_SHORT); shed_p99_ms: "
-            "a refusal's latency as the caller saw it; shed_router_p99_ms: the router's own time on it (the `ms` "
-            "of its log line), without the network, gRPC's queues and the processes' turns on the shared cores;",
+            "a refusal's latency as the load generator saw it; shed_probe_p99_ms: as a light caller in its own "
+            "process saw it (bench/probe.py, one short call every 0.25 s, not counted in goodput; probe_refusals: "
+            "how many it got); shed_router_p99_ms: the router's own time on it (the `ms` of its log line), "
+            "without the network, gRPC's queues and the processes' turns on the shared cores;",
             "timeout_rate = the caller's deadline passed while waiting. Ratios are goodput / `admission off, 1.0x`.",
         ],
         results,
