@@ -131,7 +131,7 @@ async def run(seconds: float) -> tuple[list[PathResult], float]:
                         logged = ROUTER_LOG.stat().st_size
                         probe = _start_probe(target, seconds)
                         outcomes, offered = await open_loop(stub, pool, rate, seconds, SEED + int(load * 10))
-                        handled = _refusals_handled_ms(logged)
+                        handled = _refusals_handled_s(logged)
                         probed = _probe_refusals(probe)
                         total = (
                             len(outcomes.ok) + len(outcomes.shed) + outcomes.timed_out + sum(outcomes.other.values())
@@ -194,7 +194,7 @@ def _refused(code: str, latency_s: float) -> bool:
     return code == "RESOURCE_EXHAUSTED" or (code == "DEADLINE_EXCEEDED" and latency_s < DEADLINE_S * 0.9)
 
 
-def _refusals_handled_ms(offset: int) -> list[float]:
+def _refusals_handled_s(offset: int) -> list[float]:
     """Seconds the router spent on each refusal it logged after `offset` in its log (its `ms` field)."""
     handled = []
     with ROUTER_LOG.open("rb") as log:

@@ -25,7 +25,7 @@ import grpc
 from adapters.triton.embedded import free_port
 from adapters.triton.tensors import input_tensors
 from bench.corpus import mixed_texts
-from bench.embed import MODEL, Direct
+from bench.embed import MODEL, Direct, efficiency
 from bench.harness import (
     REPOSITORY,
     PathResult,
@@ -92,13 +92,22 @@ def scrape_fill(metrics_port: int) -> tuple[float, float, float]:
     """The router's batches, real and padded tokens for the model so far (its Prometheus metrics)."""
     import urllib.request
 
+    from prometheus_client.parser import text_string_to_metric_families
+
     text = urllib.request.urlopen(f"http://127.0.0.1:{metrics_port}/metrics", timeout=10).read().decode()
     values = dict.fromkeys(("batches", "real_tokens", "padded_tokens"), 0.0)
-    for line in text.splitlines():
-        for name in values:
-            if line.startswith(f'modelrouter_{name}_total{{model="{MODEL}"}}'):
-                values[name] = float(line.split()[-1])
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            name = sample.name.removeprefix("modelrouter_").removesuffix("_total")
+            if name in values and sample.name.endswith("_total") and sample.labels.get("model") == MODEL:
+                values[name] = sample.value
     return values["batches"], values["real_tokens"], values["padded_tokens"]
+
+
+def token_budget(direct: Direct) -> BatchLimits:
+    """The router's batch limits for the model, from its contract: both ceilings pack with them."""
+    contract = direct.contract
+    return BatchLimits(contract.max_batch_size, contract.max_batch_tokens or 8192, contract.min_batch_fill or 0.0)
 
 
 def in_process(direct: Direct, texts: list[str]) -> PathResult:
@@ -112,7 +121,7 @@ def in_process(direct: Direct, texts: list[str]) -> PathResult:
     options.inter_op_num_threads = 1
     options.add_session_config_entry("session.intra_op.allow_spinning", "0")
     session = ort.InferenceSession(str(REPOSITORY / MODEL / "1" / "model.onnx"), options)
-    limits = BatchLimits(contract.max_batch_size, contract.max_batch_tokens or 8192, contract.min_batch_fill or 0.0)
+    limits = token_budget(direct)
     say(f"  in-process onnxruntime, length-sorted batches of at most {limits.max_tokens} padded tokens ...")
 
     def embed_all() -> None:
@@ -132,10 +141,9 @@ def in_process(direct: Direct, texts: list[str]) -> PathResult:
 
 async def triton_ceiling(direct: Direct, texts: list[str], triton_pid: int) -> PathResult:
     """The in-process row's batches, sent straight to Triton two at a time: Triton's best on these texts."""
-    contract = direct.contract
-    limits = BatchLimits(contract.max_batch_size, contract.max_batch_tokens or 8192, contract.min_batch_fill or 0.0)
     windows = direct.windows(texts)
-    batches = pack([w.length for w in windows], limits)
+    lengths = [w.length for w in windows]
+    batches = pack(lengths, token_budget(direct))
     pending = iter(batches)
     name = "direct: the in-process batches, 2 in flight (Triton's ceiling)"
     say(f"  {name} ...")
@@ -148,10 +156,8 @@ async def triton_ceiling(direct: Direct, texts: list[str], triton_pid: int) -> P
     with CpuMeter(model=triton_pid) as meter:
         await asyncio.gather(sender(), sender())
     wall = time.perf_counter() - started
-    real = sum(w.length for w in windows)
-    padded = sum(len(batch) * max(windows[i].length for i in batch) for batch in batches)
     result = PathResult(name, len(texts), wall, [wall])
-    result.extra.update(meter.used, batches=len(batches), fill=real / padded)
+    result.extra.update(meter.used, batches=len(batches), fill=efficiency(lengths, batches))
     say(f"  {name}: {result.throughput:.1f} texts/s")
     return result
 
