@@ -178,7 +178,7 @@ def _reason(error: grpc.aio.AioRpcError) -> str:
 
 def _start_probe(target: str, seconds: float) -> subprocess.Popen:
     command = [sys.executable, "-m", "bench.probe", "--target", target, "--model", MODEL, "--seconds", str(seconds)]
-    command += ["--interval", str(PROBE_INTERVAL_S)]
+    command += ["--interval", str(PROBE_INTERVAL_S), "--deadline", str(DEADLINE_S)]  # _refused reads DEADLINE_S
     return subprocess.Popen(command, cwd=PROJECT_ROOT, stdout=subprocess.PIPE)
 
 
