@@ -9,13 +9,14 @@ await their rows. The parts, each with one job:
 - the batch former (batching.py) grows the next batch around that turn's sequence by length;
 - the backend (backend.py; adapters/triton) turns the batch's token rows into tensors and runs them.
 
-This module wires them: whenever a dispatch slot is free it forms one batch and sends it. An idle model
-never waits; while all slots are busy, new sequences pile up and the next batch is picked from a larger,
-better-sorted pool, so the wait adapts to load by itself. `max_batch_wait_s` can add a short hold, only
-while other batches are in flight, for a batch that would otherwise leave less than full. Identical
-sequences in one batch are computed once (work.py). Each batch's backend timeout is the longest deadline
-left among its requests. A batch whose model version was unloaded mid-rollout runs on the next version
-(rollout.py).
+This module wires them: whenever a dispatch slot is free it forms one batch and sends it, in a task of
+its own; a request that finds nothing else waiting and fits one batch runs its batch in its own task
+(no task to start, no hop back: what a lone small call costs). An idle model never waits; while all slots
+are busy, new sequences pile up and the next batch is picked from a larger, better-sorted pool, so the
+wait adapts to load by itself. `max_batch_wait_s` can add a short hold, only while other batches are in
+flight, for a batch that would otherwise leave less than full. Identical sequences in one batch are
+computed once and each batch's backend timeout is the longest deadline left among its requests
+(work.py). A batch whose model version was unloaded mid-rollout runs on the next version (rollout.py).
 """
 
 from __future__ import annotations
@@ -38,7 +39,7 @@ from router.core.contract import ModelContract
 from router.core.errors import RouterError
 from router.core.fair_queue import FairQueue
 from router.core.tokenize import Window
-from router.core.work import Item, Ticket, deduplicate
+from router.core.work import Item, Ticket, backend_timeout, charge, deduplicate
 
 
 class ModelScheduler:
@@ -149,19 +150,27 @@ class ModelScheduler:
                 ticket.cache_hits += 1
             else:
                 items.append(Item(next(self._seq_numbers), window, ticket, future, key))
+        alone: list[Item] | None = None
         if items:
             try:
                 self.admission.admit(ticket, sum(item.length for item in items), now)
             except RouterError as error:
                 raise self._count(error) from None
             self.queue.push(ticket, items)
-            self._pump()
+            alone = self._alone()
+            if alone is None:
+                self._pump()
         try:
+            if alone is not None:
+                await self._dispatch(alone, time.monotonic())
             # One sequence (the common small call) skips gather's extra future and callbacks.
             rows = [await futures[0]] if len(futures) == 1 else await asyncio.gather(*futures)
         except BaseException:
             # Cancelled, or a batch failed: the request is over, so its queued work is dropped.
             self._withdraw(items)
+            for future in futures:  # a failure set on a future it no longer awaits is read here, not lost
+                if future.done() and not future.cancelled():
+                    future.exception()
             raise
         ticket.finished = time.monotonic()
         self.admission.finished(ticket)
@@ -192,20 +201,42 @@ class ModelScheduler:
             self._withdraw(items)
 
     def _pump(self) -> None:
-        loop = asyncio.get_running_loop()
+        """Start a batch in a task of its own for every free dispatch slot (or until the queue is empty)."""
         while self.queue and len(self._dispatches) < self.slots:
             now = time.monotonic()
             self._expire(now)
             if not self.queue or self._hold(now):
                 break
-            anchor = self.queue.anchor()
-            low, high = grow(self.queue.lengths, self.queue.by_length.index(anchor), self.limits)
-            batch = self.queue.take(low, high)
-            self.admission.dispatched(now)
-            task = loop.create_task(self._dispatch(batch, now))
-            self._dispatches.add(task)
-            task.add_done_callback(self._dispatches.discard)
+            self._start(self._take(now), now)
         self._report()
+
+    def _start(self, batch: list[Item], now: float) -> None:
+        task = asyncio.get_running_loop().create_task(self._dispatch(batch, now))
+        self._dispatches.add(task)
+        task.add_done_callback(self._dispatches.discard)
+
+    def _take(self, now: float) -> list[Item]:
+        """The next batch out of the queue: the fair queue's turn, grown by length (batching.py)."""
+        anchor = self.queue.anchor()
+        low, high = grow(self.queue.lengths, self.queue.by_length.index(anchor), self.limits)
+        self.admission.dispatched(now)
+        return self.queue.take(low, high)
+
+    def _alone(self) -> list[Item] | None:
+        """The calling request's whole work as one batch, its task holding a dispatch slot for it, when
+        nothing else waits, a slot is free and the work fits one batch; None otherwise (`_pump` then)."""
+        if self.queue.requests != 1 or len(self._dispatches) >= self.slots:
+            return None
+        now = time.monotonic()
+        if self._hold(now):
+            return None
+        batch = self._take(now)
+        if self.queue:  # more than one batch's worth: this one and the rest go the usual way
+            self._start(batch, now)
+            return None
+        self._dispatches.add(asyncio.current_task())
+        self._report()
+        return batch
 
     def _report(self) -> None:
         """Add this scheduler's change to its model's gauges: a model's are the sum over its schedulers (an
@@ -234,16 +265,7 @@ class ModelScheduler:
         self._pump()
 
     async def _dispatch(self, batch: list[Item], now: float) -> None:
-        number = next(self._batch_numbers)
-        longest = max(item.length for item in batch)
-        for item in batch:
-            ticket = item.ticket
-            ticket.batches.add(number)
-            ticket.padded_tokens += longest
-            ticket.computed_tokens += item.length
-            if ticket.first_dispatch is None:
-                ticket.first_dispatch = now
-                ticket.first_dispatch_ns = tracing.wall_ns() if ticket.span is not None else None
+        longest = charge(batch, next(self._batch_numbers), now)
         # Identical sequences in one batch are computed once: `rows[i]` is item i's row in `unique`.
         unique, rows = deduplicate(batch)
         computed = sum(item.length for item in unique)
@@ -257,9 +279,8 @@ class ModelScheduler:
             served = [item.ticket.span for item in batch]
             padded = len(unique) * longest
             with tracing.batch_span(self.contract.name, self.contract.version, served, len(unique), computed, padded):
-                output = await self.backend.infer(
-                    self.contract, [item.window for item in unique], self._timeout(batch, now)
-                )
+                timeout = backend_timeout(batch, now, self.config.timeout_s)
+                output = await self.backend.infer(self.contract, [item.window for item in unique], timeout)
             done = computed
             shard = answered_by.get()
             for item in batch:
@@ -284,11 +305,3 @@ class ModelScheduler:
             self.admission.drain.finished(done, time.monotonic(), len(self._dispatches) - 1, waiting=bool(self.queue))
             self._dispatches.discard(asyncio.current_task())
             self._pump()
-
-    def _timeout(self, batch: Sequence[Item], now: float) -> float | None:
-        """The backend timeout: the longest deadline left among the batch's requests, within the setting."""
-        deadlines = [item.ticket.deadline for item in batch]
-        if any(d is None for d in deadlines):
-            return self.config.timeout_s
-        left = max(deadlines) - now
-        return left if self.config.timeout_s is None else min(left, self.config.timeout_s)

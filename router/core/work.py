@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 from opentelemetry.trace import SpanContext
 
+from router.core import tracing
 from router.core.tokenize import Window
 
 
@@ -77,3 +79,27 @@ def deduplicate(batch: list[Item]) -> tuple[list[Item], list[int]]:
             unique.append(item)
         rows.append(row)
     return unique, rows
+
+
+def charge(batch: Sequence[Item], number: int, now: float) -> int:
+    """Count batch `number`, dispatched at `now`, against each request it serves (its batches, padded and
+    computed tokens, first dispatch); returns the batch's longest sequence, the length every row pads to."""
+    longest = max(item.length for item in batch)
+    for item in batch:
+        ticket = item.ticket
+        ticket.batches.add(number)
+        ticket.padded_tokens += longest
+        ticket.computed_tokens += item.length
+        if ticket.first_dispatch is None:
+            ticket.first_dispatch = now
+            ticket.first_dispatch_ns = tracing.wall_ns() if ticket.span is not None else None
+    return longest
+
+
+def backend_timeout(batch: Sequence[Item], now: float, limit: float | None) -> float | None:
+    """The batch's backend timeout: the longest deadline left among its requests, within `limit`."""
+    deadlines = [item.ticket.deadline for item in batch]
+    if any(d is None for d in deadlines):
+        return limit
+    left = max(deadlines) - now
+    return left if limit is None else min(left, limit)

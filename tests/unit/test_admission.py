@@ -12,6 +12,7 @@ from router.core.config import AdmissionConfig, BatchingConfig
 from router.core.drain import ArrivalRate, Calibration, DrainRate
 from router.core.errors import ErrorKind, RouterError
 from router.core.scheduler import ModelScheduler
+from router.core.work import backend_timeout
 from tests.unit.test_scheduler import FakeBackend, contract, settle, window
 
 
@@ -130,11 +131,15 @@ async def test_a_deadline_the_drain_rate_cannot_meet_is_refused_at_once():
     assert backend.batches == [] and backend.inflight == 0
 
 
-async def test_the_backend_timeout_is_the_longest_deadline_left():
-    scheduler, _ = blocked(AdmissionConfig())
+def test_the_backend_timeout_is_the_longest_deadline_left_within_the_setting():
     now = time.monotonic()
-    items = [type("I", (), {"ticket": type("T", (), {"deadline": now + d})()})() for d in (0.2, 1.5)]
-    assert scheduler._timeout(items, now) == pytest.approx(1.5)
+
+    def batch(*deadlines):
+        return [type("I", (), {"ticket": type("T", (), {"deadline": d})()})() for d in deadlines]
+
+    assert backend_timeout(batch(now + 0.2, now + 1.5), now, None) == pytest.approx(1.5)
+    assert backend_timeout(batch(now + 0.2, now + 1.5), now, 1.0) == pytest.approx(1.0)
+    assert backend_timeout(batch(now + 0.2, None), now, 30.0) == 30.0  # one request waits without a deadline
 
 
 async def test_tenant_rates():

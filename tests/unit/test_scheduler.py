@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import gc
 
 import numpy as np
 import pytest
@@ -230,3 +231,63 @@ async def test_cancelled_request_leaves_no_queued_work():
     backend.gate.set()
     rows, _ = await scheduler.run([window(4, 3)])
     assert rows[0, 0] == 3
+
+
+class TaskRecordingBackend(FakeBackend):
+    """Also records which task ran each batch."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.tasks: list[asyncio.Task] = []
+
+    async def infer(self, contract, rows, timeout_s):
+        self.tasks.append(asyncio.current_task())
+        return await super().infer(contract, rows, timeout_s)
+
+
+async def test_a_lone_request_runs_its_batch_in_its_own_task_and_holds_a_slot():
+    backend = TaskRecordingBackend()
+    backend.gate.clear()
+    scheduler = ModelScheduler(contract(max_batch_size=8), backend, BatchingConfig(max_inflight_batches=1))
+    lone = asyncio.create_task(scheduler.run([window(4, 1), window(6, 2)]))
+    await settle()
+    assert backend.tasks == [lone] and scheduler.inflight == 1
+    queued = asyncio.create_task(scheduler.run([window(4, 3)]))
+    await settle()
+    assert scheduler.pending_sequences == 1  # the one slot is the lone request's
+    backend.gate.set()
+    (first, _), (second, _) = await asyncio.gather(lone, queued)
+    assert first[:, 0].tolist() == [1, 2] and second[:, 0].tolist() == [3]
+    # The queued request's batch went the usual way: a dispatch task of its own.
+    assert backend.tasks[1] is not queued and scheduler.inflight == 0
+    # More than one batch's worth is not alone: every batch is a dispatch task.
+    await scheduler.run([window(4, i) for i in range(20)])
+    assert all(task is not None and task not in (lone, queued) for task in backend.tasks[2:])
+    assert len(backend.batches) == 2 + 3
+
+
+async def test_a_lone_request_that_is_cancelled_or_fails_frees_its_slot_and_loses_no_error():
+    loop = asyncio.get_running_loop()
+    reported: list[dict] = []
+    loop.set_exception_handler(lambda _, context: reported.append(context))
+    backend = FakeBackend()
+    backend.gate.clear()
+    scheduler = ModelScheduler(contract(), backend, BatchingConfig(max_inflight_batches=1))
+    lone = asyncio.create_task(scheduler.run([window(4, 1)]))
+    await settle()
+    assert backend.inflight == 1
+    lone.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await lone
+    assert backend.inflight == 0 and scheduler.inflight == 0  # the model call was cancelled with it
+    backend.gate.set()
+    backend.fail_with = RouterError("BACKEND_UNAVAILABLE", "down")
+    with pytest.raises(RouterError) as caught:
+        await scheduler.run([window(4, 2)])
+    assert caught.value.kind is ErrorKind.BACKEND_UNAVAILABLE and scheduler.inflight == 0
+    backend.fail_with = None
+    rows, _ = await scheduler.run([window(4, 3)])
+    assert rows[0, 0] == 3
+    del lone, caught
+    gc.collect()
+    assert reported == []  # no future's exception went unread
