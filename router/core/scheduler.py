@@ -10,8 +10,8 @@ await their rows. The parts, each with one job:
 - the backend (backend.py; adapters/triton) turns the batch's token rows into tensors and runs them.
 
 This module wires them: whenever a dispatch slot is free it forms one batch and sends it, in a task of
-its own; a request that finds nothing else waiting and fits one batch runs its batch in its own task
-(no task to start, no hop back: what a lone small call costs). An idle model never waits; while all slots
+its own; a request that finds nothing else waiting and fits one batch runs that batch in its own task,
+so a lone small call starts no task and waits for no hop back. An idle model never waits; while all slots
 are busy, new sequences pile up and the next batch is picked from a larger, better-sorted pool, so the
 wait adapts to load by itself. `max_batch_wait_s` can add a short hold, only while other batches are in
 flight, for a batch that would otherwise leave less than full. Identical sequences in one batch are
