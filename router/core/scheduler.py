@@ -157,12 +157,12 @@ class ModelScheduler:
             except RouterError as error:
                 raise self._count(error) from None
             self.queue.push(ticket, items)
-            alone = self._alone()
+            alone = self._alone(now)
             if alone is None:
                 self._pump()
         try:
             if alone is not None:
-                await self._dispatch(alone, time.monotonic())
+                await self._dispatch(alone, now)
             # One sequence (the common small call) skips gather's extra future and callbacks.
             rows = [await futures[0]] if len(futures) == 1 else await asyncio.gather(*futures)
         except BaseException:
@@ -222,12 +222,12 @@ class ModelScheduler:
         self.admission.dispatched(now)
         return self.queue.take(low, high)
 
-    def _alone(self) -> list[Item] | None:
+    def _alone(self, now: float) -> list[Item] | None:
         """The calling request's whole work as one batch, its task holding a dispatch slot for it, when
-        nothing else waits, a slot is free and the work fits one batch; None otherwise (`_pump` then)."""
+        nothing else waits, a slot is free and the work fits one batch; None otherwise (`_pump` then).
+        `now`: when the request arrived, which is also when such a batch leaves (it never waits)."""
         if self.queue.requests != 1 or len(self._dispatches) >= self.slots:
             return None
-        now = time.monotonic()
         if self._hold(now):
             return None
         batch = self._take(now)
