@@ -275,7 +275,7 @@ def main(argv: list[str] | None = None) -> int:
         return _client(args)
     from pydantic import ValidationError
 
-    from router import logs
+    from router import event_loop, logs
 
     try:
         settings = _settings(args)
@@ -285,7 +285,7 @@ def main(argv: list[str] | None = None) -> int:
             print(f"router: invalid setting {name}: {problem['msg']}", file=sys.stderr)
         return 2
     logs.configure(settings.log_level, settings.log_format)
-    asyncio.run(_serve(settings))
+    event_loop.run(_serve(settings), settings.event_loop)
     return 0
 
 

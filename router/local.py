@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import threading
 
-from router import logs
+from router import event_loop, logs
 from router.app import Router
 from router.grpc.server import RouterServer
 from router.settings import Settings
@@ -44,7 +44,7 @@ class LocalRouter:
         self._thread.join(timeout=60)
 
     def _run(self) -> None:
-        asyncio.run(self._main())
+        event_loop.run(self._main(), self.settings.event_loop)
 
     async def _main(self) -> None:
         self._loop = asyncio.get_running_loop()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import os
 import subprocess
 import sys
@@ -9,6 +10,7 @@ import sys
 import pytest
 from pydantic import ValidationError
 
+from router import event_loop
 from router.core.config import BatchingConfig
 from router.settings import PROJECT_ROOT, Settings
 
@@ -22,6 +24,7 @@ from router.settings import PROJECT_ROOT, Settings
         ("min_batch_fill", 1.5),
         ("backend_timeout_s", 0),
         ("port", 70000),
+        ("event_loop", "trio"),
     ],
 )
 def test_a_bad_value_is_refused_naming_the_setting(name, value):
@@ -74,3 +77,24 @@ def test_security_settings_that_cannot_work_are_refused(tmp_path, settings, name
     with pytest.raises(ValidationError) as caught:
         Settings(**settings)
     assert named in str(caught.value)
+
+
+async def _loop_module() -> str:
+    return type(asyncio.get_running_loop()).__module__
+
+
+def test_the_router_runs_on_uvloop_by_default_and_on_asyncio_when_asked():
+    assert Settings().event_loop == "auto"
+    assert event_loop.run(_loop_module(), "auto").startswith("uvloop")
+    assert event_loop.run(_loop_module(), "uvloop").startswith("uvloop")
+    assert event_loop.run(_loop_module(), "asyncio").startswith("asyncio")
+
+
+def test_without_uvloop_auto_falls_back_and_uvloop_is_refused(monkeypatch):
+    monkeypatch.setitem(sys.modules, "uvloop", None)  # import uvloop now raises ImportError
+    assert event_loop.run(_loop_module(), "auto").startswith("asyncio")
+    with pytest.raises(ImportError):
+        event_loop.run(_loop_module(), "uvloop")
+    with pytest.raises(ValidationError) as caught:  # `router serve` stops with exit code 2, naming it
+        Settings(event_loop="uvloop")
+    assert caught.value.errors()[0]["loc"] == ("event_loop",)
