@@ -3,18 +3,19 @@
 with the model's tokenizer, sends the rows to Triton with the adapter's tensors, and encodes the reply.
 
 What it adds over a direct call is the cost of one Python gRPC hop on this machine, which no router logic
-can remove; the overhead bench runs it beside the router. Run as `python -m bench.passthrough --triton
-ADDRESS --port PORT`.
+can remove; the overhead bench runs it beside the router. It runs on the router's default event loop
+(router/event_loop.py: uvloop where installed), so the two differ only in what the router does. Run as
+`python -m bench.passthrough --triton ADDRESS --port PORT`.
 """
 
 from __future__ import annotations
 
 import argparse
-import asyncio
 
 import grpc
 
 from bench.direct import DirectClient
+from router import event_loop
 from router.core.contract import Truncation
 from router.grpc.gen.modelrouter.v1 import model_router_service_pb2 as pb
 from router.grpc.gen.modelrouter.v1 import model_router_service_pb2_grpc as pb_grpc
@@ -45,7 +46,7 @@ def main() -> None:
     parser.add_argument("--model", default="all-minilm-l6-v2")
     parser.add_argument("--port", type=int, required=True)
     args = parser.parse_args()
-    asyncio.run(serve(args.triton, args.model, args.port))
+    event_loop.run(serve(args.triton, args.model, args.port), "auto")
 
 
 if __name__ == "__main__":

@@ -15,9 +15,10 @@ from pydantic_settings import (
 )
 
 from adapters.triton.fleet import Target
-from router import event_loop
 from router.core.admission import TenantLimits
 from router.core.config import AdmissionConfig, BatchingConfig, RequestLimits, default
+from router.event_loop import Choice as EventLoop
+from router.event_loop import loop_factory
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
 CONFIG_ENV = "MODELROUTER_CONFIG"
@@ -199,7 +200,7 @@ class Settings(BaseSettings):
 
     metrics_port: int | None = Field(default=None, ge=0, le=65535)
     """Serve Prometheus metrics on host:metrics_port (unset: no metrics endpoint)."""
-    event_loop: Literal["auto", "asyncio", "uvloop"] = "auto"
+    event_loop: EventLoop = "auto"
     """`auto`: uvloop where it is installed (less CPU per call; router/event_loop.py), else asyncio's loop."""
     log_level: Literal["debug", "info", "warning", "error"] = "info"
     log_format: Literal["auto", "console", "json"] = "auto"
@@ -209,7 +210,7 @@ class Settings(BaseSettings):
     @classmethod
     def _loop_installed(cls, choice: str) -> str:
         try:
-            event_loop.loop_factory(choice)
+            loop_factory(choice)
         except ImportError:
             raise ValueError("uvloop is not installed (`auto` falls back to asyncio's loop)") from None
         return choice
