@@ -108,6 +108,7 @@ def _settings(args: argparse.Namespace):
 
 
 async def _serve(settings) -> None:
+    from router import heap
     from router.app import Router
     from router.grpc.server import RouterServer
 
@@ -124,6 +125,7 @@ async def _serve(settings) -> None:
         nonlocal announced
         if ready and not announced:
             announced = True
+            heap.freeze()  # start-up is over: what lives now lives as long as the process
             _print_banner(settings, server.port, router)
 
     router.on_readiness(announce)
