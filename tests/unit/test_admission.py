@@ -249,6 +249,31 @@ async def test_under_overload_only_work_that_can_start_soon_is_admitted():
     await asyncio.gather(*tasks, patient, no_deadline)
 
 
+async def test_under_overload_half_a_batch_may_wait_beyond_what_is_in_flight():
+    # Batches of 200 tokens at 1,000 tokens/s; 160 tokens in flight and 80 waiting: 0.24 s ahead, past
+    # the 0.2 s a 2 s deadline allows. The queue beyond the batch in flight holds less than half a
+    # batch, so the batch former would next have little to choose from by length: admitted.
+    config = AdmissionConfig(queue_delay_target_s=0.1, queue_delay_deadline_share=0.1)
+    scheduler, backend = blocked(config, max_batch_tokens=200)
+    scheduler.admission.drain.rate = 1000.0
+    tasks = [asyncio.create_task(scheduler.run(windows(4, length=40)))]  # 160 tokens, in flight
+    tasks.append(asyncio.create_task(scheduler.run(windows(2, length=40, marker=2000))))  # 80 wait
+    await settle()
+    scheduler.admission.mean_tokens = 150.0
+    now = time.monotonic()
+    for _ in range(30):
+        scheduler.admission.arrivals.arrived(now)
+    assert scheduler.admission.overloaded(now)
+    tasks.append(asyncio.create_task(scheduler.run(windows(1, length=30, marker=3000), deadline=now + 2.0)))
+    await settle()
+    assert scheduler.queue.requests == 2  # admitted: 110 tokens now wait
+    with pytest.raises(RouterError) as caught:  # 0.27 s ahead: past in flight + half a batch (0.26 s)
+        await scheduler.run(windows(1, marker=4000), deadline=time.monotonic() + 2.0)
+    assert caught.value.reason == "QUEUE_FULL" and "overloaded" in caught.value.message
+    backend.gate.set()
+    await asyncio.gather(*tasks)
+
+
 async def test_a_long_queue_that_keeps_up_is_left_to_the_deadline_rule():
     scheduler, backend, tasks = await overloaded_scheduler()
     now = time.monotonic()
