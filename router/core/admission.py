@@ -19,13 +19,12 @@ queue does not lock later ones out. The rules, in the order they are applied:
    kept 16.4 and 14.6 calls/s at 2x and 4x, its batches 278-295 real tokens; this floor 17.4 and 15.9,
    its batches 302-334 tokens, admitted calls' p50 at most 2.5x their p50 at 0.5x; a whole batch
    waiting kept about as much, 17.3 and 16.3 in three runs, but put that p50 at 3.4-4.3x.) So under
-   overload admitted calls are answered
-   fast, the rest are refused at once with a retry delay, and the model never idles. A queue that is
-   long but keeps up (load near capacity, a burst) is left to the deadline rule: its calls make it, and
-   refusing them would only lose goodput. (Tried first and measured worse: CoDel's standing-queue
-   signal, which cannot tell a long stable queue at 1x from a growing one at 2x, so bounding both cost
-   7-14% of goodput at 1x; and requests arrived per request served, too noisy and too late at a few
-   requests a second, which shed 10% at 0.5x.)
+   overload admitted calls are answered fast, the rest are refused at once with a retry delay, and the
+   model never idles. A queue that is long but keeps up (load near capacity, a burst) is left to the
+   deadline rule: its calls make it, and refusing them would only lose goodput. (Tried first and
+   measured worse: CoDel's standing-queue signal, which cannot tell a long stable queue at 1x from a
+   growing one at 2x, so bounding both cost 7-14% of goodput at 1x; and requests arrived per request
+   served, too noisy and too late at a few requests a second, which shed 10% at 0.5x.)
 3. **Deadlines.** A request the measured drain rate says cannot finish before its deadline is refused
    at once (DEADLINE_TOO_SHORT); estimates are corrected by how much longer admitted requests took. Only
    the rate measured while work waited (the model saturated) is trusted for this: a lightly loaded
@@ -223,8 +222,9 @@ class AdmissionController:
         config = self.config
         if deadline is None or not self.overloaded(now):
             return
-        full_batch = (self.inflight_tokens + self.batch_tokens / 2) / self.drain.rate if self.drain.rate else 0.0
-        target = max(config.queue_delay_target_s, config.queue_delay_deadline_share * (deadline - now), full_batch)
+        # Never less than what is in flight and half a batch more: the batch former keeps a pool to pick from.
+        floor = (self.inflight_tokens + self.batch_tokens / 2) / self.drain.rate if self.drain.rate else 0.0
+        target = max(config.queue_delay_target_s, config.queue_delay_deadline_share * (deadline - now), floor)
         if wait_ahead_s > target:
             raise queue_full(
                 self.model,
