@@ -143,7 +143,8 @@ def _metric(triton, name: str, **labels: str) -> float:
 def test_a_caller_that_cancels_mid_stream_stops_the_generation_in_triton(llm, triton):
     cancelled_before = _metric(triton, "llm_streams_total", model=GENERATE_MODEL, outcome="cancelled")
     tokens_before = _metric(triton, "llm_generated_tokens_total", model=GENERATE_MODEL)
-    call = llm.Generate(pb.GenerateRequest(model=GENERATE_MODEL, prompt="Count: one, two, three,", max_tokens=4000))
+    request = pb.GenerateRequest(model=GENERATE_MODEL, prompt="Count: one, two, three,", max_tokens=4000)
+    call = llm.Generate(request, timeout=120)  # a deadline far past the cancel: a stuck server fails, never hangs
     for _, _ in zip(range(5), call, strict=False):
         pass
     call.cancel()
