@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import http.client
 import importlib.util
 import os
 import shutil
@@ -19,6 +20,7 @@ import subprocess
 import sys
 import sysconfig
 import time
+import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -220,7 +222,15 @@ class EmbeddedTriton:
 class Supervisor:
     """Keeps an embedded server running: a server that exits on its own is cleaned up (its whole process
     group) and started again on the same ports, after a backoff that doubles while it keeps failing (a
-    server that stayed up `stable_s` starts again from the first backoff)."""
+    server that stayed up `stable_s` starts again from the first backoff).
+
+    A server that is still running but has stopped answering is treated the same way: one whose
+    liveness endpoint (`/v2/health/live`) has not answered for `unresponsive_s` is killed and started
+    again. tritonserver can abort in a way that leaves its process alive and its ports closed (seen on
+    CI: "double free or corruption", then "Signal (6) received." and a process that stayed up, serving
+    nothing), and waiting for it to exit would leave its models down for good. The probe runs every
+    `live_check_s` with a timeout of `live_timeout_s`, well above what a busy server takes to answer it
+    (its HTTP threads answer it, not the model instances)."""
 
     def __init__(
         self,
@@ -229,26 +239,39 @@ class Supervisor:
         backoff_s: float = 0.5,
         max_backoff_s: float = 30.0,
         stable_s: float = 30.0,
+        live_check_s: float = 2.0,
+        live_timeout_s: float = 5.0,
+        unresponsive_s: float = 20.0,
     ) -> None:
         self.server = server
         self.check_s = check_s
         self.backoff_s = backoff_s
         self.max_backoff_s = max_backoff_s
         self.stable_s = stable_s
+        self.live_check_s = live_check_s
+        self.live_timeout_s = live_timeout_s
+        self.unresponsive_s = unresponsive_s
         self.restarts = 0
+        self._answered = time.monotonic()
+        self._probed = 0.0
 
     async def run(self) -> None:
         backoff = self.backoff_s
-        up_since = time.monotonic()
+        up_since = self._answered = time.monotonic()
         while True:
             await asyncio.sleep(self.check_s)
             status = self.server.exited()
-            if status is None:
+            if status is None and not await self._unresponsive():
                 continue
             if time.monotonic() - up_since >= self.stable_s:
                 backoff = self.backoff_s
-            log.error("triton.exited", grpc=self.server.grpc_address, status=status, restart_in_s=backoff)
-            await asyncio.to_thread(self.server.stop)
+            address, grace_s = self.server.grpc_address, 15.0
+            if status is None:
+                log.error("triton.unresponsive", grpc=address, pid=self.server.pid, restart_in_s=backoff)
+                grace_s = 0.0  # it answers nothing, a SIGTERM included: killed at once
+            else:
+                log.error("triton.exited", grpc=address, status=status, restart_in_s=backoff)
+            await asyncio.to_thread(self.server.stop, grace_s)
             await asyncio.sleep(backoff)
             backoff = min(self.max_backoff_s, backoff * 2)
             try:
@@ -258,5 +281,22 @@ class Supervisor:
                 log.error("triton.restart_failed", grpc=self.server.grpc_address, error=str(error))
                 continue
             self.restarts += 1
-            up_since = time.monotonic()
+            up_since = self._answered = time.monotonic()
             log.info("triton.restarted", grpc=self.server.grpc_address, pid=self.server.pid, restarts=self.restarts)
+
+    async def _unresponsive(self) -> bool:
+        """Probe liveness (at most every `live_check_s`); True once it has not answered for `unresponsive_s`."""
+        now = time.monotonic()
+        if now - self._probed >= self.live_check_s:
+            self._probed = now
+            if await asyncio.to_thread(self._live):
+                self._answered = time.monotonic()
+        return time.monotonic() - self._answered > self.unresponsive_s
+
+    def _live(self) -> bool:
+        url = f"http://{self.server.host}:{self.server.http_port}/v2/health/live"
+        try:
+            with urllib.request.urlopen(url, timeout=self.live_timeout_s) as reply:
+                return reply.status == 200
+        except (OSError, http.client.HTTPException):  # refused, reset, timed out, an error status, garbage
+            return False
