@@ -20,7 +20,6 @@ import subprocess
 import sys
 import sysconfig
 import time
-import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -294,9 +293,12 @@ class Supervisor:
         return time.monotonic() - self._answered > self.unresponsive_s
 
     def _live(self) -> bool:
-        url = f"http://{self.server.host}:{self.server.http_port}/v2/health/live"
+        # http.client straight to loopback: urllib would route it through any HTTP_PROXY of the host.
+        connection = http.client.HTTPConnection(self.server.host, self.server.http_port, timeout=self.live_timeout_s)
         try:
-            with urllib.request.urlopen(url, timeout=self.live_timeout_s) as reply:
-                return reply.status == 200
-        except (OSError, http.client.HTTPException):  # refused, reset, timed out, an error status, garbage
+            connection.request("GET", "/v2/health/live")
+            return connection.getresponse().status == 200
+        except (OSError, http.client.HTTPException):  # refused, reset, timed out, garbage
             return False
+        finally:
+            connection.close()
