@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import http.client
 import importlib.util
 import os
 import shutil
@@ -24,6 +23,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import structlog
+import tritonclient.grpc.aio as triton_grpc
+from tritonclient.utils import InferenceServerException
 
 log = structlog.get_logger(__name__)
 
@@ -223,13 +224,13 @@ class Supervisor:
     group) and started again on the same ports, after a backoff that doubles while it keeps failing (a
     server that stayed up `stable_s` starts again from the first backoff).
 
-    A server that is still running but has stopped answering is treated the same way: one whose
-    liveness endpoint (`/v2/health/live`) has not answered for `unresponsive_s` is killed and started
-    again. tritonserver can abort in a way that leaves its process alive and its ports closed (seen on
-    CI: "double free or corruption", then "Signal (6) received." and a process that stayed up, serving
-    nothing), and waiting for it to exit would leave its models down for good. The probe runs every
-    `live_check_s` with a timeout of `live_timeout_s`, well above what a busy server takes to answer it
-    (its HTTP threads answer it, not the model instances)."""
+    A server that is still running but has stopped answering is treated the same way: one that has not
+    answered Triton's liveness check (ServerLive, asked with the gRPC client the fleet polls readiness
+    with) for `unresponsive_s` is killed and started again. tritonserver can abort in a way that leaves
+    its process alive and its ports closed (seen on CI: "double free or corruption", then "Signal (6)
+    received." and a process that stayed up, serving nothing), and waiting for it to exit would leave its
+    models down for good. The check runs every `live_check_s` with a timeout of `live_timeout_s`, well
+    above what a busy server takes to answer it (its front end answers it, not the model instances)."""
 
     def __init__(
         self,
@@ -255,12 +256,20 @@ class Supervisor:
         self._probed = 0.0
 
     async def run(self) -> None:
+        # The ports stay the same across restarts, so one client serves every probe.
+        client = triton_grpc.InferenceServerClient(self.server.grpc_address)
+        try:
+            await self._supervise(client)
+        finally:
+            await client.close()
+
+    async def _supervise(self, client: triton_grpc.InferenceServerClient) -> None:
         backoff = self.backoff_s
         up_since = self._answered = time.monotonic()
         while True:
             await asyncio.sleep(self.check_s)
             status = self.server.exited()
-            if status is None and not await self._unresponsive():
+            if status is None and not await self._unresponsive(client):
                 continue
             if time.monotonic() - up_since >= self.stable_s:
                 backoff = self.backoff_s
@@ -283,22 +292,12 @@ class Supervisor:
             up_since = self._answered = time.monotonic()
             log.info("triton.restarted", grpc=self.server.grpc_address, pid=self.server.pid, restarts=self.restarts)
 
-    async def _unresponsive(self) -> bool:
+    async def _unresponsive(self, client: triton_grpc.InferenceServerClient) -> bool:
         """Probe liveness (at most every `live_check_s`); True once it has not answered for `unresponsive_s`."""
         now = time.monotonic()
         if now - self._probed >= self.live_check_s:
             self._probed = now
-            if await asyncio.to_thread(self._live):
-                self._answered = time.monotonic()
+            with contextlib.suppress(InferenceServerException):  # refused, timed out: not live
+                if await client.is_server_live(client_timeout=self.live_timeout_s):
+                    self._answered = time.monotonic()
         return time.monotonic() - self._answered > self.unresponsive_s
-
-    def _live(self) -> bool:
-        # http.client straight to loopback: urllib would route it through any HTTP_PROXY of the host.
-        connection = http.client.HTTPConnection(self.server.host, self.server.http_port, timeout=self.live_timeout_s)
-        try:
-            connection.request("GET", "/v2/health/live")
-            return connection.getresponse().status == 200
-        except (OSError, http.client.HTTPException):  # refused, reset, timed out, garbage
-            return False
-        finally:
-            connection.close()
