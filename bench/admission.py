@@ -12,6 +12,12 @@ leaves out the generator's own turns; its calls are not counted in goodput, and 
 the router handles at 1x-4x), and by the router itself,
 from the `ms` of its log line for each call (the router runs with info logs): the time inside the
 router's handler, without the network, gRPC's own queues and the processes' turns on the shared cores.
+
+With admission on, 2x and 4x run `--rounds` times (3), alternating with the same load from callers whose
+channel carries the client-side adaptive throttle (router/grpc/client_throttle.py): they refuse calls
+themselves, before sending them, once the router accepts fewer than half, so the router spends less of
+the shared cores on refusals. Each row holds all its runs: one 15 s run strays by 10-20% of capacity on
+this machine. The light caller stays unthrottled.
 """
 
 from __future__ import annotations
@@ -23,6 +29,7 @@ import random
 import subprocess
 import sys
 import time
+from dataclasses import dataclass, field
 
 import grpc
 from google.rpc import error_details_pb2
@@ -38,6 +45,8 @@ from bench.harness import (
     triton_server,
     write_report,
 )
+from router.grpc.client_throttle import REASON as CLIENT_THROTTLED
+from router.grpc.client_throttle import ThrottlingInterceptor
 from router.grpc.gen.modelrouter.v1 import model_router_service_pb2 as pb
 from router.grpc.gen.modelrouter.v1 import model_router_service_pb2_grpc as pb_grpc
 
@@ -46,6 +55,7 @@ SEED = 99
 DEADLINE_S = 2.0
 TEXTS_PER_CALL = 4
 LOADS = (0.5, 1.0, 2.0, 4.0)
+THROTTLED_LOADS = (2.0, 4.0)  # admission on, callers with router.grpc.client_throttle (k = 2)
 MAX_OPEN_CALLS = 1000
 PROBE_INTERVAL_S = 0.25
 
@@ -55,8 +65,18 @@ class Outcomes:
         self.ok: list[float] = []
         self.shed: list[float] = []  # refused by the router: RESOURCE_EXHAUSTED, or its DEADLINE_TOO_SHORT
         self.timed_out = 0  # the caller's deadline passed while it waited
+        self.throttled = 0  # refused by the caller's own adaptive throttle, never sent
         self.other: dict[str, int] = {}
         self.reasons: dict[str, int] = {}  # refusals by ErrorInfo.reason
+
+    def merge(self, other: Outcomes) -> None:
+        self.ok += other.ok
+        self.shed += other.shed
+        self.timed_out += other.timed_out
+        self.throttled += other.throttled
+        for mine, theirs in ((self.other, other.other), (self.reasons, other.reasons)):
+            for key, count in theirs.items():
+                mine[key] = mine.get(key, 0) + count
 
 
 async def one_call(stub, texts: list[str], outcomes: Outcomes) -> None:
@@ -67,8 +87,12 @@ async def one_call(stub, texts: list[str], outcomes: Outcomes) -> None:
     except grpc.aio.AioRpcError as error:
         code = error.code()
         if _refused(code.name, time.perf_counter() - started):
-            outcomes.shed.append(time.perf_counter() - started)
+            latency = time.perf_counter() - started
             reason = _reason(error)
+            if reason == CLIENT_THROTTLED:
+                outcomes.throttled += 1
+                return
+            outcomes.shed.append(latency)
             outcomes.reasons[reason] = outcomes.reasons.get(reason, 0) + 1
         elif code is grpc.StatusCode.DEADLINE_EXCEEDED:
             outcomes.timed_out += 1
@@ -93,9 +117,10 @@ async def capacity(stub, pool: list[list[str]], seconds: float) -> float:
     return done / (time.perf_counter() - started)
 
 
-async def open_loop(stub, pool: list[list[str]], rate: float, seconds: float, seed: int) -> tuple[Outcomes, float]:
+async def open_loop(stub, pool: list[list[str]], rate: float, seconds: float, seed: int, outcomes: Outcomes) -> int:
+    """Calls arriving at `rate` per second for `seconds`, their outcomes added to `outcomes`; how many
+    arrived."""
     rng = random.Random(seed)
-    outcomes = Outcomes()
     tasks: list[asyncio.Task] = []
     started = time.perf_counter()
     next_at = 0.0
@@ -109,12 +134,49 @@ async def open_loop(stub, pool: list[list[str]], rate: float, seconds: float, se
         index += 1
         next_at += rng.expovariate(rate)
     await asyncio.gather(*tasks)
-    return outcomes, index / seconds
+    return index
 
 
-async def run(seconds: float) -> tuple[list[PathResult], float]:
+@dataclass
+class Level:
+    """One path at one load, over one or more runs."""
+
+    name: str
+    load: float
+    outcomes: Outcomes = field(default_factory=Outcomes)
+    handled: list[float] = field(default_factory=list)  # the router's own time on each refusal
+    probed: list[float] = field(default_factory=list)  # the light caller's refusals
+    arrived: int = 0
+    seconds: float = 0.0
+
+    def result(self) -> PathResult:
+        outcomes = self.outcomes
+        total = max(1, len(outcomes.ok) + len(outcomes.shed) + outcomes.throttled + outcomes.timed_out)
+        total += sum(outcomes.other.values())
+        return PathResult(
+            f"{self.name}, {self.load}x load",
+            len(outcomes.ok),
+            self.seconds,
+            outcomes.ok,
+            {
+                "offered_per_s": self.arrived / self.seconds,
+                "load": self.load,
+                "shed_rate": len(outcomes.shed) / total,
+                "throttled_rate": outcomes.throttled / total,
+                "timeout_rate": outcomes.timed_out / total,
+                "shed_p99_ms": _p99_ms(outcomes.shed),
+                "shed_router_p99_ms": _p99_ms(self.handled),
+                "shed_probe_p99_ms": _p99_ms(self.probed),
+                "probe_refusals": len(self.probed),
+                "other_errors": sum(outcomes.other.values()),
+                **{f"shed_{r.lower()}": n for r, n in sorted(outcomes.reasons.items())},
+            },
+        )
+
+
+async def run(seconds: float, rounds: int) -> tuple[list[PathResult], float]:
     pool = [mixed_texts(TEXTS_PER_CALL, 18, 118, SEED + i) for i in range(2000)]
-    results: list[PathResult] = []
+    levels: list[Level] = []
     with triton_server() as triton:
         measured = None
         for label, settings in (("on", {}), ("off", {"admission_enabled": "false"})):
@@ -125,44 +187,58 @@ async def run(seconds: float) -> tuple[list[PathResult], float]:
                     if measured is None:
                         measured = await capacity(stub, pool, seconds)
                         say(f"capacity: {measured:.1f} calls/s ({measured * TEXTS_PER_CALL:.0f} texts/s)")
-                    for load in LOADS:
-                        rate = load * measured
-                        say(f"  admission {label}, {load}x = {rate:.1f} calls/s for {seconds:.0f} s ...")
-                        logged = ROUTER_LOG.stat().st_size
-                        probe = _start_probe(target, seconds)
-                        outcomes, offered = await open_loop(stub, pool, rate, seconds, SEED + int(load * 10))
-                        handled = _refusals_handled_s(logged)
-                        probed = _probe_refusals(probe)
-                        total = (
-                            len(outcomes.ok) + len(outcomes.shed) + outcomes.timed_out + sum(outcomes.other.values())
-                        )
-                        result = PathResult(
-                            f"admission {label}, {load}x load",
-                            len(outcomes.ok),
-                            seconds,
-                            outcomes.ok,
-                            {
-                                "offered_per_s": offered,
-                                "load": load,
-                                "shed_rate": len(outcomes.shed) / max(total, 1),
-                                "timeout_rate": outcomes.timed_out / max(total, 1),
-                                "shed_p99_ms": _p99_ms(outcomes.shed),
-                                "shed_router_p99_ms": _p99_ms(handled),
-                                "shed_probe_p99_ms": _p99_ms(probed),
-                                "probe_refusals": len(probed),
-                                "other_errors": sum(outcomes.other.values()),
-                                **{f"shed_{r.lower()}": n for r, n in sorted(outcomes.reasons.items())},
-                            },
-                        )
-                        say(
-                            f"    goodput {result.throughput:.1f}/s, p50 {result.percentile_ms(50):.0f} ms, "
-                            f"p99 {result.percentile_ms(99):.0f} ms, shed {result.extra['shed_rate']:.0%}, "
-                            f"timed out {result.extra['timeout_rate']:.0%}, other {outcomes.other}, "
-                            f"refused by reason {outcomes.reasons}"
-                        )
-                        results.append(result)
-                        await asyncio.sleep(DEADLINE_S + 1)  # let the queue drain between levels
-    return results, measured
+                    for load in LOADS if label == "off" else [x for x in LOADS if x not in THROTTLED_LOADS]:
+                        levels.append(Level(f"admission {label}", load))
+                        await run_level(stub, target, pool, levels[-1], measured, seconds, 0)
+                    if label == "on":
+                        levels += await throttled_rounds(stub, target, pool, measured, seconds, rounds)
+    order = {"admission on": 0, "admission on + caller throttle": 1, "admission off": 2}
+    return [level.result() for level in sorted(levels, key=lambda x: (order[x.name], x.load))], measured
+
+
+async def throttled_rounds(stub, target: str, pool, measured: float, seconds: float, rounds: int) -> list[Level]:
+    """At each of THROTTLED_LOADS, callers without and with the adaptive throttle, alternating `rounds`
+    times (the first to go swaps each round): one 15 s run strays by 10-20% of capacity on this machine."""
+    levels = []
+    for load in THROTTLED_LOADS:
+        plain, throttled = Level("admission on", load), Level("admission on + caller throttle", load)
+        levels += [plain, throttled]
+        for round_ in range(rounds):
+            for level in (plain, throttled) if round_ % 2 == 0 else (throttled, plain):
+                if level is plain:
+                    await run_level(stub, target, pool, level, measured, seconds, round_)
+                    continue
+                # A fresh throttle per run, so that each run shows the steady state of its own load.
+                async with grpc.aio.insecure_channel(target, interceptors=[ThrottlingInterceptor()]) as channel:
+                    throttled_stub = pb_grpc.ModelRouterServiceStub(channel)
+                    await run_level(throttled_stub, target, pool, level, measured, seconds, round_)
+    return levels
+
+
+async def run_level(stub, target: str, pool, level: Level, measured: float, seconds: float, round_: int) -> None:
+    """One run of `seconds` at `level.load` x capacity, open loop, with the light caller beside it; the
+    same arrivals for every path in a round."""
+    rate = level.load * measured
+    say(f"  {level.name}, {level.load}x = {rate:.1f} calls/s for {seconds:.0f} s ...")
+    logged = ROUTER_LOG.stat().st_size
+    probe = _start_probe(target, seconds)
+    outcomes = Outcomes()
+    arrived = await open_loop(stub, pool, rate, seconds, SEED + int(level.load * 10) + 1000 * round_, outcomes)
+    handled = _refusals_handled_s(logged)
+    probed = _probe_refusals(probe)
+    level.outcomes.merge(outcomes)
+    level.handled += handled
+    level.probed += probed
+    level.arrived += arrived
+    level.seconds += seconds
+    ok = len(outcomes.ok)
+    say(
+        f"    goodput {ok / seconds:.1f}/s, p50 {_percentile_ms(outcomes.ok, 50):.0f} ms, "
+        f"p99 {_percentile_ms(outcomes.ok, 99):.0f} ms, shed {len(outcomes.shed)}, "
+        f"throttled by the caller {outcomes.throttled}, timed out {outcomes.timed_out}, other {outcomes.other}, "
+        f"refused by reason {outcomes.reasons}"
+    )
+    await asyncio.sleep(DEADLINE_S + 1)  # let the queue drain between levels
 
 
 def _reason(error: grpc.aio.AioRpcError) -> str:
@@ -209,10 +285,14 @@ def _refusals_handled_s(offset: int) -> list[float]:
 
 
 def _p99_ms(values: list[float]) -> float:
+    return _percentile_ms(values, 99)
+
+
+def _percentile_ms(values: list[float], percent: float) -> float:
     if not values:
         return 0.0
     ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, int(0.99 * len(ordered)))] * 1000
+    return ordered[min(len(ordered) - 1, int(percent / 100 * len(ordered)))] * 1000
 
 
 def plot(rows: list[dict]) -> None:
@@ -229,6 +309,13 @@ def plot(rows: list[dict]) -> None:
         latency.plot(loads, [r["p50_ms"] for r in mine], "o--", color=color, label=f"{label}: p50")
         latency.plot(loads, [r["p99_ms"] for r in mine], "o-", color=color, label=f"{label}: p99")
         goodput.plot(loads, [r["items_per_s"] for r in mine], "o-", color=color, label=f"admission {label}")
+    throttled = [r for r in rows if r["name"].startswith("admission on + caller throttle,")]
+    if throttled:
+        loads = [r["load"] for r in throttled]
+        latency.plot(loads, [r["p50_ms"] for r in throttled], "s--", color="tab:green", label="on + throttle: p50")
+        goodput.plot(
+            loads, [r["items_per_s"] for r in throttled], "s-", color="tab:green", label="on + caller throttle"
+        )
     latency.axhline(DEADLINE_S * 1000, color="gray", lw=0.8, ls=":")
     latency.text(0.5, DEADLINE_S * 1000, " caller deadline", va="bottom", color="gray")
     latency.set(ylabel="latency of successful calls (ms)", title="Latency vs offered load")
@@ -247,16 +334,21 @@ def plot(rows: list[dict]) -> None:
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--seconds", type=float, default=15.0, help="seconds per load level (default 15)")
+    parser.add_argument(
+        "--rounds", type=int, default=3, help="runs at 2x and 4x, with and without the caller throttle (default 3)"
+    )
     args = parser.parse_args(argv)
     say(f"admission: {TEXTS_PER_CALL} texts per call, {DEADLINE_S:.0f} s deadline, loads {LOADS}")
-    results, measured = asyncio.run(run(args.seconds))
+    results, measured = asyncio.run(run(args.seconds, args.rounds))
     write_report(
         "admission",
         "Admission control under overload: on vs off (all-MiniLM-L6-v2, CPU)",
         [
             f"Capacity measured first (16 closed-loop callers): {measured:.1f} calls/s of {TEXTS_PER_CALL} texts.",
             f"Open-loop Poisson arrivals at 0.5x-4x of it for {args.seconds:.0f} s each; every call has a "
-            f"{DEADLINE_S:.0f} s deadline.",
+            f"{DEADLINE_S:.0f} s deadline. With admission on, 2x and 4x ran {args.rounds} times each, "
+            "alternating with the caller-throttle runs (one round's runs get the same arrivals); their rows "
+            "hold all the runs together.",
             "items = successful calls; items/s = goodput; p50/p99 = latency of successful calls;",
             "shed_rate = refused at once by the router (RESOURCE_EXHAUSTED or DEADLINE_TOO_SHORT); shed_p99_ms: "
             "a refusal's latency as the load generator saw it; shed_probe_p99_ms: as a light caller in its own "
@@ -264,6 +356,9 @@ def main(argv: list[str] | None = None) -> None:
             "how many it got); shed_router_p99_ms: the router's own time on it (the `ms` of its log line), "
             "without the network, gRPC's queues and the processes' turns on the shared cores;",
             "timeout_rate = the caller's deadline passed while waiting. Ratios are goodput / `admission off, 1.0x`.",
+            "`admission on + caller throttle`: the same load from callers whose channel carries "
+            "router.grpc.client_throttle.ThrottlingInterceptor (k = 2, a fresh throttle per run); "
+            "throttled_rate = refused by that throttle before being sent.",
         ],
         results,
         baseline="admission off, 1.0x load",
