@@ -15,12 +15,12 @@ requests, so once the router accepts again, accepts catch up and the throttle op
 
 A call counts once its outcome is known: when the router answers, or at once when refused here. Calls
 still in flight do not count (the book counts a request when it is made): counted at the start, a
-caller's first burst would be refused for want of answers (the first 8 calls at once, none answered yet,
-give a probability of 8/9).
+caller's first burst would be refused for want of answers (after 8 calls sent at once, none answered
+yet, the next would be refused with probability 8/9).
 
-The outcomes of an overloaded server count as not accepted, as in Envoy's admission control filter:
-RESOURCE_EXHAUSTED, UNAVAILABLE and DEADLINE_EXCEEDED. Any other outcome, errors included, means the
-router took the call. A call refused here fails with RESOURCE_EXHAUSTED and a google.rpc `ErrorInfo`
+The outcomes of an overloaded or unreachable server count as not accepted: RESOURCE_EXHAUSTED,
+UNAVAILABLE and DEADLINE_EXCEEDED. Any other outcome, errors included, means the router took the
+call. A call refused here fails with RESOURCE_EXHAUSTED and a google.rpc `ErrorInfo`
 (reason `CLIENT_THROTTLED`, domain `modelrouter.v1`), so a caller's handling of the router's own
 refusals applies unchanged; it carries no RetryInfo, since no server said when to come back.
 
