@@ -86,8 +86,8 @@ async def one_call(stub, texts: list[str], outcomes: Outcomes) -> None:
         outcomes.ok.append(time.perf_counter() - started)
     except grpc.aio.AioRpcError as error:
         code = error.code()
-        if _refused(code.name, time.perf_counter() - started):
-            latency = time.perf_counter() - started
+        latency = time.perf_counter() - started
+        if _refused(code.name, latency):
             reason = _reason(error)
             if reason == CLIENT_THROTTLED:
                 outcomes.throttled += 1
@@ -149,10 +149,17 @@ class Level:
     arrived: int = 0
     seconds: float = 0.0
 
+    def merge(self, other: Level) -> None:
+        self.outcomes.merge(other.outcomes)
+        self.handled += other.handled
+        self.probed += other.probed
+        self.arrived += other.arrived
+        self.seconds += other.seconds
+
     def result(self) -> PathResult:
         outcomes = self.outcomes
-        total = max(1, len(outcomes.ok) + len(outcomes.shed) + outcomes.throttled + outcomes.timed_out)
-        total += sum(outcomes.other.values())
+        total = len(outcomes.ok) + len(outcomes.shed) + outcomes.throttled + outcomes.timed_out
+        total = max(1, total + sum(outcomes.other.values()))
         return PathResult(
             f"{self.name}, {self.load}x load",
             len(outcomes.ok),
@@ -222,21 +229,19 @@ async def run_level(stub, target: str, pool, level: Level, measured: float, seco
     say(f"  {level.name}, {level.load}x = {rate:.1f} calls/s for {seconds:.0f} s ...")
     logged = ROUTER_LOG.stat().st_size
     probe = _start_probe(target, seconds)
-    outcomes = Outcomes()
-    arrived = await open_loop(stub, pool, rate, seconds, SEED + int(level.load * 10) + 1000 * round_, outcomes)
-    handled = _refusals_handled_s(logged)
-    probed = _probe_refusals(probe)
-    level.outcomes.merge(outcomes)
-    level.handled += handled
-    level.probed += probed
-    level.arrived += arrived
-    level.seconds += seconds
-    ok = len(outcomes.ok)
+    this = Level(level.name, level.load, seconds=seconds)
+    seed = SEED + int(level.load * 10) + 1000 * round_
+    this.arrived = await open_loop(stub, pool, rate, seconds, seed, this.outcomes)
+    this.handled = _refusals_handled_s(logged)
+    this.probed = _probe_refusals(probe)
+    level.merge(this)
+    result = this.result()
     say(
-        f"    goodput {ok / seconds:.1f}/s, p50 {_percentile_ms(outcomes.ok, 50):.0f} ms, "
-        f"p99 {_percentile_ms(outcomes.ok, 99):.0f} ms, shed {len(outcomes.shed)}, "
-        f"throttled by the caller {outcomes.throttled}, timed out {outcomes.timed_out}, other {outcomes.other}, "
-        f"refused by reason {outcomes.reasons}"
+        f"    goodput {result.throughput:.1f}/s, p50 {result.percentile_ms(50):.0f} ms, "
+        f"p99 {result.percentile_ms(99):.0f} ms, shed {result.extra['shed_rate']:.0%}, "
+        f"throttled by the caller {result.extra['throttled_rate']:.0%}, "
+        f"timed out {result.extra['timeout_rate']:.0%}, other {this.outcomes.other}, "
+        f"refused by reason {this.outcomes.reasons}"
     )
     await asyncio.sleep(DEADLINE_S + 1)  # let the queue drain between levels
 
@@ -285,14 +290,10 @@ def _refusals_handled_s(offset: int) -> list[float]:
 
 
 def _p99_ms(values: list[float]) -> float:
-    return _percentile_ms(values, 99)
-
-
-def _percentile_ms(values: list[float], percent: float) -> float:
     if not values:
         return 0.0
     ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, int(percent / 100 * len(ordered)))] * 1000
+    return ordered[min(len(ordered) - 1, int(0.99 * len(ordered)))] * 1000
 
 
 def plot(rows: list[dict]) -> None:

@@ -37,8 +37,8 @@ import time
 from collections.abc import Callable
 
 import grpc
-from google.protobuf import any_pb2
 from google.rpc import code_pb2, error_details_pb2, status_pb2
+from grpc_status import rpc_status
 
 from router.grpc.status import DOMAIN
 
@@ -133,10 +133,9 @@ class AdaptiveThrottle:
 def throttled_error(requests: int, accepts: int) -> grpc.aio.AioRpcError:
     """The error of a call refused by the caller's throttle, shaped like a router refusal."""
     message = f"refused by the caller's adaptive throttle: the router accepted {accepts} of the last {requests} calls"
-    detail = any_pb2.Any()
-    detail.Pack(error_details_pb2.ErrorInfo(reason=REASON, domain=DOMAIN))
-    status = status_pb2.Status(code=code_pb2.RESOURCE_EXHAUSTED, message=message, details=[detail])
-    trailing = grpc.aio.Metadata(("grpc-status-details-bin", status.SerializeToString()))
+    status = status_pb2.Status(code=code_pb2.RESOURCE_EXHAUSTED, message=message)
+    status.details.add().Pack(error_details_pb2.ErrorInfo(reason=REASON, domain=DOMAIN))
+    trailing = grpc.aio.Metadata(*rpc_status.to_status(status).trailing_metadata)
     return grpc.aio.AioRpcError(grpc.StatusCode.RESOURCE_EXHAUSTED, grpc.aio.Metadata(), trailing, details=message)
 
 
