@@ -158,8 +158,8 @@ class Level:
 
     def result(self) -> PathResult:
         outcomes = self.outcomes
-        total = len(outcomes.ok) + len(outcomes.shed) + outcomes.throttled + outcomes.timed_out
-        total = max(1, total + sum(outcomes.other.values()))
+        other = sum(outcomes.other.values())
+        total = max(1, len(outcomes.ok) + len(outcomes.shed) + outcomes.throttled + outcomes.timed_out + other)
         return PathResult(
             f"{self.name}, {self.load}x load",
             len(outcomes.ok),
@@ -175,7 +175,7 @@ class Level:
                 "shed_router_p99_ms": _p99_ms(self.handled),
                 "shed_probe_p99_ms": _p99_ms(self.probed),
                 "probe_refusals": len(self.probed),
-                "other_errors": sum(outcomes.other.values()),
+                "other_errors": other,
                 **{f"shed_{r.lower()}": n for r, n in sorted(outcomes.reasons.items())},
             },
         )
