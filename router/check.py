@@ -157,19 +157,19 @@ def _check_queue(config: dict, report: ModelReport) -> None:
     if batching is None:
         report.warn(
             "queue",
-            "no dynamic_batching: Triton neither bounds this model's queue nor drops requests whose deadline "
-            "passed; add dynamic_batching { default_queue_policy { max_queue_size: N, timeout_action: REJECT, "
-            "allow_timeout_override: true } }",
+            "no dynamic_batching: Triton does not bound this model's queue; add "
+            "dynamic_batching { default_queue_policy { max_queue_size: N } }",
         )
         return
     policy = batching.get("default_queue_policy", {})
     if not int(policy.get("max_queue_size", 0) or 0):
         report.warn("queue", "default_queue_policy has no max_queue_size: Triton's queue for this model is unbounded")
-    if not policy.get("allow_timeout_override"):
+    if int(policy.get("default_timeout_microseconds", 0) or 0):
         report.warn(
             "queue",
-            "default_queue_policy does not allow_timeout_override: Triton ignores the per-request timeout the "
-            "router sets from its caller's deadline, and runs requests nobody waits for",
+            "default_queue_policy sets default_timeout_microseconds: with a timeout in its queue policy, Triton "
+            "2.51's dynamic batcher holds requests for up to 500 ms; the router cancels work whose deadline has "
+            "passed, in Triton too, so leave it out",
         )
 
 

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import functools
 import time
 from collections.abc import AsyncIterator, Sequence
 
@@ -29,7 +30,7 @@ from tritonclient.grpc._utils import get_error_grpc
 from tritonclient.utils import InferenceServerException, np_to_triton_dtype
 
 from adapters.triton.fleet import TritonFleet, TritonTls
-from adapters.triton.tensors import generation_tensors, input_tensors
+from adapters.triton.tensors import generation_tensors, infer_request, output_array
 from router import metrics
 from router.core import errors
 from router.core.backend import answered_by
@@ -121,6 +122,54 @@ def infer_inputs(arrays: dict[str, np.ndarray]) -> list[triton_grpc.InferInput]:
     return inputs
 
 
+@functools.lru_cache(maxsize=1024)
+def _call_seconds(shard: str, outcome: str):
+    """A call's duration series (a label lookup costs more than the update; shards and outcomes are few)."""
+    return metrics.TRITON_CALL_SECONDS.labels(shard, outcome)
+
+
+@functools.lru_cache(maxsize=1024)
+def _shard_batches(shard: str, outcome: str):
+    return metrics.SHARD_BATCHES.labels(shard, outcome)
+
+
+def _deadline_passed() -> InferenceServerException:
+    return InferenceServerException(
+        "the caller's deadline passed before the model server answered", status="StatusCode.DEADLINE_EXCEEDED"
+    )
+
+
+async def model_infer(stub, request, timeout_s: float | None, metadata) -> object:
+    """One ModelInfer call that is cancelled (in the router and, through gRPC, in Triton) once `timeout_s`
+    has passed. The time limit stays on this side on purpose: a request that carries one to Triton (its
+    `timeout` parameter, or a gRPC deadline, which Triton turns into the same) is sometimes held in
+    Triton's dynamic batcher until the batcher's 500 ms wake-up, seen with nvidia-pytriton 0.7.0's
+    tritonserver whenever a few such requests are in flight together (bench/FINDINGS.md, "Triton holds
+    requests that carry a timeout"). Triton's errors come back as InferenceServerException."""
+    call = stub.ModelInfer(request, metadata=metadata)
+    timer = None
+    if timeout_s is not None:
+        expired = []
+
+        def expire() -> None:
+            expired.append(True)
+            call.cancel()
+
+        timer = asyncio.get_running_loop().call_later(timeout_s, expire)
+    try:
+        return await call
+    except asyncio.CancelledError:
+        if timer is not None and expired:
+            raise _deadline_passed() from None
+        call.cancel()  # the caller went away: so does the request in Triton
+        raise
+    except grpc.RpcError as rpc_error:
+        raise get_error_grpc(rpc_error) from None
+    finally:
+        if timer is not None:
+            timer.cancel()
+
+
 class CallSpan:
     """One Triton call: its span (a child of the batch's or the stream's), the gRPC metadata that carries its
     W3C `traceparent` to Triton (so Triton's own spans join the trace), and its duration metric by outcome
@@ -155,7 +204,7 @@ class CallSpan:
             self.span.set_status(trace.Status(trace.StatusCode.ERROR, status))
 
     def end(self, **counts: int) -> None:
-        metrics.TRITON_CALL_SECONDS.labels(self.shard, self.outcome).observe(time.monotonic() - self.started)
+        _call_seconds(self.shard, self.outcome).observe(time.monotonic() - self.started)
         if self.span is not None:
             self.span.set_attribute("modelrouter.outcome", self.outcome)
             for key, value in counts.items():
@@ -208,8 +257,7 @@ class TritonBackend:
 
     async def infer(self, contract: ModelContract, rows: Sequence[Window], timeout_s: float | None) -> np.ndarray:
         model, output = contract.name, contract.output_name
-        tensors = infer_inputs(input_tensors(contract, rows))
-        wanted = [triton_grpc.InferRequestedOutput(output)]
+        request = infer_request(contract, rows)
         tokens = sum(len(row.ids) for row in rows)
         deadline = None if timeout_s is None else time.monotonic() + timeout_s
         tried: list[str] = []
@@ -229,24 +277,19 @@ class TritonBackend:
             verdict = False
             call = CallSpan("triton.infer", contract, shard.address, len(tried), rows=len(rows), tokens=tokens)
             try:
-                result = await self.fleet.client(shard).infer(
-                    model,
-                    tensors,
-                    model_version=contract.version,
-                    outputs=wanted,
-                    # Triton drops the request from its queue once the caller's deadline has passed
-                    # (the model's queue policy allows the override); the client stops waiting too.
-                    timeout=None if left is None else max(1, int(left * 1_000_000)),
-                    client_timeout=left,
-                    headers=call.headers,
-                )
+                metadata = tuple(call.headers.items()) if call.headers else None
+                response = await model_infer(self.fleet.stub(shard), request, left, metadata)
                 verdict = True
                 call.succeeded()
                 self.shards.succeeded(shard, tokens, time.monotonic() - now, time.monotonic())
                 self._down_since.pop(model, None)
-                metrics.SHARD_BATCHES.labels(shard.address, "ok").inc()
+                _shard_batches(shard.address, "ok").inc()
                 answered_by.set(shard.address)
-                return result.as_numpy(output)
+                try:
+                    return output_array(response, output)
+                except ValueError as error:
+                    log.warning("triton.bad_response", shard=shard.address, model=model, detail=str(error))
+                    raise RouterError(errors.BACKEND_FAILED, "the model server's answer lacks the model's output")
             except InferenceServerException as error:
                 failure = Failure(error)
                 verdict = True
@@ -260,7 +303,7 @@ class TritonBackend:
                 in_time = deadline is None or time.monotonic() + backoff < deadline
                 outcome = "failed" if failure.shard_down else "error"
                 if failure.retryable and len(tried) < self.retries and in_time and self.budget.try_retry():
-                    metrics.SHARD_BATCHES.labels(shard.address, "retried").inc()
+                    _shard_batches(shard.address, "retried").inc()
                     tried.append(shard.address)
                     log.info(
                         "triton.retry", shard=shard.address, model=model, attempt=len(tried), status=failure.status
@@ -268,7 +311,7 @@ class TritonBackend:
                     if backoff:
                         await asyncio.sleep(backoff)
                     continue
-                metrics.SHARD_BATCHES.labels(shard.address, outcome).inc()
+                _shard_batches(shard.address, outcome).inc()
                 if failure.model_gone and contract.version:
                     raise _version_gone(model, contract.version) from error
                 raise _as_router_error(

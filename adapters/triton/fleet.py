@@ -21,8 +21,10 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+import grpc
 import structlog
 import tritonclient.grpc.aio as triton_grpc
+from tritonclient.grpc import service_pb2_grpc
 from tritonclient.utils import InferenceServerException
 
 from router import metrics
@@ -87,6 +89,14 @@ class TritonTls:
     """The name the shards' certificate carries, when the router reaches them by IP address (a
     headless Service's endpoints): TLS checks this name instead of the address."""
 
+    def channel_credentials(self) -> grpc.ChannelCredentials:
+        """The same TLS as `client_options`, for a gRPC channel of the router's own."""
+        return grpc.ssl_channel_credentials(
+            root_certificates=self.ca_file.read_bytes(),
+            private_key=None if self.key_file is None else self.key_file.read_bytes(),
+            certificate_chain=None if self.cert_file is None else self.cert_file.read_bytes(),
+        )
+
     def client_options(self) -> dict:
         """tritonclient's keywords for a TLS channel."""
         return {
@@ -116,12 +126,16 @@ class TritonFleet:
         self.timeout_s = timeout_s
         self.tls = tls
         self.clients: dict[str, triton_grpc.InferenceServerClient] = {}
+        """tritonclient's client per shard: discovery, and generation streams."""
+        self.channels: dict[str, grpc.aio.Channel] = {}
+        self.stubs: dict[str, service_pb2_grpc.GRPCInferenceServiceStub] = {}
+        """Triton's generated gRPC stub per shard, on a channel of its own: encoder batches (tensors.py)."""
         self.configs: dict[tuple[str, str], dict] = {}
         self.reachable: set[str] = set()
         """Shards that answered the last poll."""
         self._resolved: dict[Target, list[str]] = {}
         self._resolved_at = float("-inf")
-        self._retiring: list[tuple[Shard, triton_grpc.InferenceServerClient]] = []
+        self._retiring: list[tuple[Shard, triton_grpc.InferenceServerClient, grpc.aio.Channel]] = []
         self._listeners: list[Callable[[], None]] = []
         self._poke = asyncio.Event()
         self._view: object = None
@@ -133,13 +147,29 @@ class TritonFleet:
     def client(self, shard: Shard) -> triton_grpc.InferenceServerClient:
         return self.clients[shard.address]
 
+    def stub(self, shard: Shard) -> service_pb2_grpc.GRPCInferenceServiceStub:
+        return self.stubs[shard.address]
+
+    def _options(self) -> list[tuple[str, object]]:
+        options = list(CHANNEL_ARGS)
+        if self.tls is not None and self.tls.server_name:
+            options.append(("grpc.ssl_target_name_override", self.tls.server_name))
+        return options
+
     def _new_client(self, address: str) -> triton_grpc.InferenceServerClient:
         if self.tls is None:
-            return triton_grpc.InferenceServerClient(address, channel_args=CHANNEL_ARGS)
-        options = list(CHANNEL_ARGS)
-        if self.tls.server_name:
-            options.append(("grpc.ssl_target_name_override", self.tls.server_name))
-        return triton_grpc.InferenceServerClient(address, channel_args=options, **self.tls.client_options())
+            return triton_grpc.InferenceServerClient(address, channel_args=self._options())
+        return triton_grpc.InferenceServerClient(address, channel_args=self._options(), **self.tls.client_options())
+
+    def _new_channel(self, address: str) -> grpc.aio.Channel:
+        if self.tls is None:
+            return grpc.aio.insecure_channel(address, options=self._options())
+        return grpc.aio.secure_channel(address, self.tls.channel_credentials(), options=self._options())
+
+    def _add(self, address: str) -> None:
+        self.clients[address] = self._new_client(address)
+        self.channels[address] = self._new_channel(address)
+        self.stubs[address] = service_pb2_grpc.GRPCInferenceServiceStub(self.channels[address])
 
     async def start(self) -> None:
         """Resolve and poll once (so the first view is known), then keep polling in the background."""
@@ -192,12 +222,13 @@ class TritonFleet:
             addresses.extend(found)
         added, removed = self.shards.update(addresses)
         for shard in added:
-            self.clients[shard.address] = self._new_client(shard.address)
+            self._add(shard.address)
             log.info("triton.shard_added", shard=shard.address)
         for shard in removed:
             log.info("triton.shard_removed", shard=shard.address, inflight=shard.inflight)
             self.reachable.discard(shard.address)
-            self._retiring.append((shard, self.clients.pop(shard.address)))
+            self.stubs.pop(shard.address)
+            self._retiring.append((shard, self.clients.pop(shard.address), self.channels.pop(shard.address)))
             for metric in (metrics.SHARD_READY, metrics.SHARD_OUTSTANDING_TOKENS):
                 with contextlib.suppress(KeyError):  # never reported
                     metric.remove(shard.address)
@@ -205,11 +236,12 @@ class TritonFleet:
     async def _close_retired(self) -> None:
         """Close the clients of removed shards once their batches in flight have finished."""
         keep = []
-        for shard, client in self._retiring:
+        for shard, client, channel in self._retiring:
             if shard.inflight:
-                keep.append((shard, client))
+                keep.append((shard, client, channel))
             else:
                 await client.close()
+                await channel.close()
         self._retiring = keep
 
     async def _poll(self, shard: Shard) -> None:
@@ -276,8 +308,10 @@ class TritonFleet:
             self._task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._task
-        for client in [*self.clients.values(), *(client for _, client in self._retiring)]:
+        for client in [*self.clients.values(), *(client for _, client, _ in self._retiring)]:
             await client.close()
+        for channel in [*self.channels.values(), *(channel for _, _, channel in self._retiring)]:
+            await channel.close()
 
 
 def _version_order(version: str) -> tuple[int, str]:

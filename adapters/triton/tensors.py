@@ -1,5 +1,10 @@
-"""Token rows -> the input tensors a model declares. The one place tensors are built (the backend and
-the benchmarks' direct clients both use it).
+"""Token rows -> the input tensors a model declares, and the request that carries them. The one place
+tensors are built (the backend and the benchmarks' direct clients both use it).
+
+An encoder batch travels as KServe's `ModelInferRequest` with its tensors in `raw_input_contents` (each
+one buffer, little-endian), the same message tritonclient sends, built here straight from the padded
+arrays: tritonclient's `InferInput`/`InferResult` wrap every tensor in Python objects of their own, which
+cost more CPU than the call itself once the model is fast.
 
 Generation models take TensorRT-LLM's tensors (triton_models/CONTRACTS.md): `input_ids` and `input_lengths`,
 `request_output_len`, the sampling values, `end_id`, `pad_id`, one-token `stop_words_list`, `streaming`."""
@@ -9,6 +14,8 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 import numpy as np
+from tritonclient.grpc import service_pb2
+from tritonclient.utils import np_to_triton_dtype, triton_to_np_dtype
 
 from router.core.contract import ModelContract
 from router.core.prompting import Sampling
@@ -16,14 +23,13 @@ from router.core.tokenize import Window
 
 
 def pad_rows(rows: Sequence[np.ndarray], pad_id: int = 0) -> tuple[np.ndarray, np.ndarray]:
-    """Right-pad int64 rows into one matrix; return it with its attention mask."""
-    longest = max(len(r) for r in rows)
-    ids = np.full((len(rows), longest), pad_id, dtype=np.int64)
-    mask = np.zeros((len(rows), longest), dtype=np.int64)
-    for i, row in enumerate(rows):
-        ids[i, : len(row)] = row
-        mask[i, : len(row)] = 1
-    return ids, mask
+    """Right-pad int64 rows into one matrix; return it with its attention mask. (One scatter for the whole
+    batch: the real tokens are where the mask is set, in row order.)"""
+    lengths = np.fromiter(map(len, rows), np.int64, len(rows))
+    kept = np.arange(lengths.max(initial=0)) < lengths[:, None]
+    ids = np.full(kept.shape, pad_id, dtype=np.int64)
+    ids[kept] = np.concatenate(rows) if len(rows) else ()
+    return ids, kept.astype(np.int64)
 
 
 def input_tensors(contract: ModelContract, rows: Sequence[Window]) -> dict[str, np.ndarray]:
@@ -38,6 +44,35 @@ def input_tensors(contract: ModelContract, rows: Sequence[Window]) -> dict[str, 
         type_ids = [row.type_ids if row.type_ids is not None else np.zeros(row.length, np.int64) for row in rows]
         tensors["token_type_ids"], _ = pad_rows(type_ids, 0)
     return tensors
+
+
+def infer_request(
+    contract: ModelContract, rows: Sequence[Window], parameters: dict[str, int] | None = None
+) -> service_pb2.ModelInferRequest:
+    """The batch as Triton's `ModelInferRequest` for the contract's output; `parameters`: Triton's
+    integer request parameters (`priority`, say)."""
+    request = service_pb2.ModelInferRequest(
+        model_name=contract.name,
+        model_version=contract.version,
+        outputs=[service_pb2.ModelInferRequest.InferRequestedOutputTensor(name=contract.output_name)],
+    )
+    for name, array in input_tensors(contract, rows).items():
+        request.inputs.add(name=name, datatype=np_to_triton_dtype(array.dtype), shape=array.shape)
+        request.raw_input_contents.append(array.tobytes())
+    for key, value in (parameters or {}).items():
+        request.parameters[key].int64_param = value
+    return request
+
+
+def output_array(response: service_pb2.ModelInferResponse, name: str) -> np.ndarray:
+    """The named output of a response, as a numpy array over its raw bytes (read-only, no copy)."""
+    for index, output in enumerate(response.outputs):
+        if output.name == name:
+            dtype = triton_to_np_dtype(output.datatype)
+            if dtype is None or dtype == np.object_:
+                raise ValueError(f"output {name!r} is {output.datatype}, not a numeric tensor")
+            return np.frombuffer(response.raw_output_contents[index], dtype=dtype).reshape(tuple(output.shape))
+    raise ValueError(f"the response has no output {name!r}")
 
 
 def stop_words(token_ids: Sequence[int]) -> np.ndarray:

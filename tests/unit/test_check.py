@@ -21,7 +21,7 @@ input [
 ]
 output [ { name: "embedding", data_type: TYPE_FP32, dims: [ 384 ] } ]
 dynamic_batching {
-  default_queue_policy { max_queue_size: 16, timeout_action: REJECT, allow_timeout_override: true }
+  default_queue_policy { max_queue_size: 16 }
 }
 parameters { key: "modelrouter.task", value: { string_value: "embed" } }
 parameters { key: "modelrouter.tokenizer", value: { string_value: "tokenizer.json" } }
@@ -191,13 +191,15 @@ def test_a_missing_or_unbounded_queue_policy(tmp_path):
     end = EMBED.index("parameters")
     add_model(tmp_path, "none", EMBED[:start] + EMBED[end:])
     add_model(
-        tmp_path, "unbounded", EMBED.replace("max_queue_size: 16, ", "").replace(", allow_timeout_override: true", "")
+        tmp_path,
+        "unbounded",
+        EMBED.replace("max_queue_size: 16", "timeout_action: REJECT, default_timeout_microseconds: 60000000"),
     )
     found = findings(tmp_path)
     assert [(s, c) for s, c, _ in found["none"]] == [("warning", "queue")]
     assert sorted(m.split(":")[0] for _, _, m in found["unbounded"]) == [
-        "default_queue_policy does not allow_timeout_override",
         "default_queue_policy has no max_queue_size",
+        "default_queue_policy sets default_timeout_microseconds",
     ]
 
 
