@@ -49,10 +49,12 @@ class _Sink(BaseHTTPRequestHandler):
 
 
 @contextlib.contextmanager
-def passthrough(triton_address: str):
-    """bench/passthrough.py in its own process; yields its target and its process."""
+def passthrough(triton_address: str, constant: int | None = None):
+    """bench/passthrough.py in its own process (with `constant`, answering a constant vector of that many
+    floats); yields its target and its process."""
     port = free_port()
     command = [sys.executable, "-m", "bench.passthrough", "--triton", triton_address, "--port", str(port)]
+    command += ["--constant", str(constant)] if constant else []
     process = subprocess.Popen(command, cwd=PROJECT_ROOT)
     target = f"127.0.0.1:{port}"
     try:
