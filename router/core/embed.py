@@ -76,6 +76,7 @@ class _EmbedJob:
             self.truncation,
             limits.chunk_overlap,
             prefix=self.prefix,
+            offsets=False,  # an embedding does not say where its windows lie
         )
 
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
 import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
@@ -87,6 +88,10 @@ class Scheduled:
 
 class RequestPipeline:
     def __init__(self, registry: ModelRegistry, limits: RequestLimits) -> None:
+        # The pipeline spreads tokenizing over its own worker threads (`tokenizing_threads`): the
+        # `tokenizers` library's thread pool on top would oversubscribe the cores, and its idle workers
+        # spin. (Read by the library at each batch call; a deployer's own setting is kept.)
+        os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
         self.registry = registry
         self.limits = limits
         self.active = 0

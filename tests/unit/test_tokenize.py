@@ -158,3 +158,30 @@ def test_any_text_in_any_pair_template_fits_the_window_framed(tokenizer, query, 
         assert ids[: len(frame.head.ids)] == frame.head.ids
         assert ids[len(ids) - len(frame.tail.ids) :] == frame.tail.ids
         assert 0 <= window.start <= window.end <= len(document)
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.lists(st.text(min_size=0, max_size=80), min_size=1, max_size=6))
+def test_a_text_that_fits_is_the_window_its_content_makes_with_the_special_tokens(tokenizer, texts):
+    """The one-pass path (encoded with special tokens) gives what cutting the bare content would: the same
+    ids, type ids (absent when all 0), token count and offsets into the text."""
+    raw = tokenizer.raw
+    for text, split in zip(texts, tokenizer.split(texts, 256, Truncation.CHUNK, overlap=0), strict=True):
+        bare = raw.encode(text, add_special_tokens=False)
+        processed = raw.post_process(bare)
+        [window] = split.windows
+        assert window.ids.tolist() == processed.ids and split.tokens == len(processed.ids)
+        assert window.type_ids is None or window.type_ids.tolist() == processed.type_ids
+        assert not any(processed.type_ids) or window.type_ids is not None
+        offsets = bare.offsets
+        assert (window.start, window.end) == ((offsets[0][0], offsets[-1][1]) if offsets else (0, 0))
+
+
+@settings(max_examples=40, deadline=None)
+@given(st.lists(st.text(min_size=0, max_size=80), min_size=1, max_size=6))
+def test_without_offsets_the_windows_hold_the_same_tokens(tokenizer, texts):
+    with_offsets = tokenizer.split(texts, 256, Truncation.CHUNK, overlap=0)
+    without = tokenizer.split(texts, 256, Truncation.CHUNK, overlap=0, offsets=False)
+    for a, b in zip(with_offsets, without, strict=True):
+        assert a.tokens == b.tokens and len(a.windows) == len(b.windows)
+        assert [w.ids.tolist() for w in a.windows] == [w.ids.tolist() for w in b.windows]
