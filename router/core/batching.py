@@ -45,16 +45,21 @@ def grow(lengths: Sequence[int], anchor: int, limits: BatchLimits) -> tuple[int,
     low, high = anchor, anchor + 1
     base = lengths[anchor]
     longest = real = base
+    end = len(lengths)
     while high - low < limits.max_rows:
         below = lengths[low - 1] if low > 0 else None
-        above = lengths[high] if high < len(lengths) else None
-        # The closer neighbour first; on a tie the shorter (it never raises the padding).
-        choices = sorted(
-            (c for c in ((below, -1), (above, +1)) if c[0] is not None), key=lambda c: (abs(c[0] - base), c[1])
-        )
+        above = lengths[high] if high < end else None
+        # The closer neighbour first (sorted: below <= base <= above); on a tie the shorter, which never
+        # raises the padding.
+        if above is None or (below is not None and base - below <= above - base):
+            choices = ((below, -1), (above, +1))
+        else:
+            choices = ((above, +1), (below, -1))
+        rows = high - low + 1
         for length, side in choices:
-            grown = max(longest, length)
-            rows = high - low + 1
+            if length is None:
+                continue
+            grown = longest if length <= longest else length
             if fits(rows, grown, limits) and real + length >= limits.min_fill * grown * rows:
                 longest, real = grown, real + length
                 if side < 0:

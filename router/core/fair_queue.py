@@ -19,6 +19,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
+from operator import attrgetter
 
 from sortedcontainers import SortedKeyList
 
@@ -39,19 +40,6 @@ class _Tenant:
     """Its requests with sequences waiting."""
 
 
-class _Lengths(Sequence):
-    """A read-only view of the sorted items' lengths, for the batch former."""
-
-    def __init__(self, items: SortedKeyList) -> None:
-        self._items = items
-
-    def __len__(self) -> int:
-        return len(self._items)
-
-    def __getitem__(self, index):  # the former reads single positions only
-        return self._items[index].length
-
-
 class FairQueue:
     def __init__(self, quantum: int) -> None:
         self.quantum = quantum
@@ -60,8 +48,7 @@ class FairQueue:
         self._requests: dict[Ticket, dict[int, Item]] = {}
         self._tenants: dict[str, _Tenant] = {}
         self._clock = 0.0
-        self.by_length: SortedKeyList = SortedKeyList(key=lambda item: (item.length, item.seq_no))
-        self.lengths = _Lengths(self.by_length)
+        self.by_length: SortedKeyList = SortedKeyList(key=attrgetter("length", "seq_no"))
 
     def __len__(self) -> int:
         """Sequences waiting."""

@@ -31,8 +31,7 @@ def hand_over(
     by_ticket: dict[int, list[Item]] = {}
     for item in batch:
         if item.ticket.pinned:
-            if not item.future.done():
-                item.future.set_exception(error)
+            item.ticket.fail(error)
             continue
         by_ticket.setdefault(id(item.ticket), []).append(item)
     for items in by_ticket.values():
@@ -48,12 +47,9 @@ async def _rerun(items: list[Item], successor: ModelScheduler) -> None:
     try:
         rows, _ = await successor.run([item.window for item in items], ticket.tenant, ticket.deadline)
     except BaseException as failure:  # the request fails as the new version failed it
-        for item in items:
-            if not item.future.done():
-                item.future.set_exception(failure)
+        ticket.fail(failure)
         if not isinstance(failure, Exception):
             raise
         return
     for item, row in zip(items, rows, strict=True):
-        if not item.future.done():
-            item.future.set_result(row)
+        ticket.deliver(item.index, row)

@@ -130,7 +130,6 @@ class ModelScheduler:
         Raises RouterError OVERLOADED (queue full, overloaded, tenant over its rate) or DEADLINE_EXCEEDED
         (the deadline cannot be met, or passed while waiting) without sending anything to the model.
         """
-        loop = asyncio.get_running_loop()
         now = time.monotonic()
         self.admission.arrivals.arrived(now)
         if deadline is not None and deadline <= now:
@@ -138,43 +137,42 @@ class ModelScheduler:
         ticket = Ticket(submitted=now, tenant=tenant, deadline=deadline, span=tracing.current(), pinned=pinned)
         if ticket.span is not None:
             ticket.arrived_ns = tracing.wall_ns()
-        futures: list[asyncio.Future] = []
+        ticket.outputs = [None] * len(windows)
         items: list[Item] = []
-        for window in windows:
-            future = loop.create_future()
-            futures.append(future)
-            key = self.cache.key(self.contract, window) if self.cache is not None else None
-            cached = self.cache.get(key, self.contract.name) if key is not None else None
+        cache = self.cache
+        for index, window in enumerate(windows):
+            key = cache.key(self.contract, window) if cache is not None else None
+            cached = cache.get(key, self.contract.name) if key is not None else None
             if cached is not None:
-                future.set_result(cached)
+                ticket.outputs[index] = cached
                 ticket.cache_hits += 1
             else:
-                items.append(Item(next(self._seq_numbers), window, ticket, future, key))
-        alone: list[Item] | None = None
+                items.append(Item(next(self._seq_numbers), window, ticket, index, key))
         if items:
             try:
                 self.admission.admit(ticket, sum(item.length for item in items), now)
             except RouterError as error:
                 raise self._count(error) from None
+            ticket.pending = len(items)
+            ticket.done = asyncio.get_running_loop().create_future()
             self.queue.push(ticket, items)
-            alone = self._alone(now)
-            if alone is None:
-                self._pump()
-        try:
-            if alone is not None:
-                await self._dispatch(alone, now)
-            # One sequence (the common small call) skips gather's extra future and callbacks.
-            rows = [await futures[0]] if len(futures) == 1 else await asyncio.gather(*futures)
-        except BaseException:
-            # Cancelled, or a batch failed: the request is over, so its queued work is dropped.
-            self._withdraw(items)
-            for future in futures:  # a failure set on a future it no longer awaits is read here, not lost
-                if future.done() and not future.cancelled():
-                    future.exception()
-            raise
+            try:
+                alone = self._alone(now)
+                if alone is None:
+                    self._pump()
+                else:
+                    await self._dispatch(alone, now)
+                await ticket.done
+            except BaseException:
+                # Cancelled, or a batch failed: the request is over, so its queued work is dropped.
+                self._withdraw(self.queue.items_of(ticket))
+                if ticket.done.done() and not ticket.done.cancelled():
+                    ticket.done.exception()  # a failure it no longer awaits is read here, not lost
+                raise
         ticket.finished = time.monotonic()
         self.admission.finished(ticket)
         tracing.queue_span(ticket.span, ticket.arrived_ns, ticket.first_dispatch_ns, self.contract.name)
+        rows = ticket.outputs
         return (rows[0][None] if len(rows) == 1 else np.stack(rows)), ticket
 
     def _count(self, error: RouterError) -> RouterError:
@@ -185,20 +183,13 @@ class ModelScheduler:
 
     def _withdraw(self, items: Sequence[Item]) -> None:
         self.queue.withdraw(items)
-        for item in items:
-            if not item.future.done():
-                item.future.cancel()
         self._report()
 
     def _expire(self, now: float) -> None:
         """Fail and drop queued requests whose deadline has passed: they never reach the model."""
         for ticket in self.admission.expired(now):
-            error = self._count(admission.deadline_expired(self.contract.name))
-            items = self.queue.items_of(ticket)
-            for item in items:
-                if not item.future.done():
-                    item.future.set_exception(error)
-            self._withdraw(items)
+            ticket.fail(self._count(admission.deadline_expired(self.contract.name)))
+            self._withdraw(self.queue.items_of(ticket))
 
     def _pump(self) -> None:
         """Start a batch in a task of its own for every free dispatch slot (or until the queue is empty)."""
@@ -216,11 +207,16 @@ class ModelScheduler:
         task.add_done_callback(self._dispatches.discard)
 
     def _take(self, now: float) -> list[Item]:
-        """The next batch out of the queue: the fair queue's turn, grown by length (batching.py)."""
-        anchor = self.queue.anchor()
-        low, high = grow(self.queue.lengths, self.queue.by_length.index(anchor), self.limits)
+        """The next batch out of the queue: the fair queue's turn, grown by length (batching.py) among
+        its neighbours in length (a batch can reach no further than its size on either side)."""
+        queued = self.queue.by_length
+        position = queued.index(self.queue.anchor())
+        reach = self.limits.max_rows
+        first = max(0, position - reach)
+        lengths = [item.length for item in queued.islice(first, position + reach)]
+        low, high = grow(lengths, position - first, self.limits)
         self.admission.dispatched(now)
-        return self.queue.take(low, high)
+        return self.queue.take(first + low, first + high)
 
     def _alone(self, now: float) -> list[Item] | None:
         """The calling request's whole work as one batch, its task holding a dispatch slot for it, when
@@ -288,15 +284,13 @@ class ModelScheduler:
         except BaseException as error:
             if rollout.hand_over(batch, error, self.successor, self._handovers):
                 return
-            for item in batch:
-                if not item.future.done():
-                    item.future.set_exception(error)
+            for ticket in dict.fromkeys(item.ticket for item in batch):
+                ticket.fail(error)
             if not isinstance(error, Exception):
                 raise
         else:
             for row, item in zip(rows, batch, strict=True):
-                if not item.future.done():
-                    item.future.set_result(output[row])
+                item.ticket.deliver(item.index, output[row])
             if self.cache is not None:
                 for row, item in enumerate(unique):
                     self.cache.put(item.cache_key, output[row])

@@ -1,4 +1,8 @@
-"""What a model's scheduler holds: a ticket per request, an item per sequence of it."""
+"""What a model's scheduler holds: a ticket per request, an item per sequence of it.
+
+A request's rows are delivered into its ticket (`outputs`, by the sequence's place in the request) and the
+ticket's one future resolves when the last arrives, or fails with the first error: one future per request,
+whatever its number of sequences."""
 
 from __future__ import annotations
 
@@ -48,21 +52,38 @@ class Ticket:
     """The caller named the model version: its work is never handed to the next version."""
     handed_to: str | None = None
     """The version that finished some of its work when its own was unloaded mid-request."""
+    outputs: list = field(default_factory=list)
+    """The request's output rows by the place of their sequence (None until delivered)."""
+    pending: int = 0
+    """Rows still to be delivered."""
+    done: asyncio.Future | None = None
+    """Resolves when the last row is delivered, or fails with the first error."""
+
+    def deliver(self, index: int, row: object) -> None:
+        self.outputs[index] = row
+        self.pending -= 1
+        if not self.pending and self.done is not None and not self.done.done():
+            self.done.set_result(None)
+
+    def fail(self, error: BaseException) -> None:
+        if self.done is not None and not self.done.done():
+            self.done.set_exception(error)
 
 
-@dataclass(eq=False)
 class Item:
-    """One sequence waiting for the model, and the future its row is delivered to."""
+    """One sequence waiting for the model: its window, its request's ticket and its place in the request."""
 
-    seq_no: int
-    window: Window
-    ticket: Ticket
-    future: asyncio.Future
-    cache_key: bytes | None = None
+    __slots__ = ("seq_no", "window", "ticket", "index", "cache_key", "length")
 
-    @property
-    def length(self) -> int:
-        return self.window.length
+    def __init__(
+        self, seq_no: int, window: Window, ticket: Ticket, index: int = 0, cache_key: bytes | None = None
+    ) -> None:
+        self.seq_no = seq_no
+        self.window = window
+        self.ticket = ticket
+        self.index = index
+        self.cache_key = cache_key
+        self.length = len(window.ids)
 
 
 def deduplicate(batch: list[Item]) -> tuple[list[Item], list[int]]:

@@ -14,7 +14,7 @@ from tests.unit.test_scheduler import FakeBackend, contract, window
 
 
 def items(ticket: Ticket, lengths: list[int], start: int) -> list[Item]:
-    return [Item(start + i, window(n, start + i), ticket, None) for i, n in enumerate(lengths)]
+    return [Item(start + i, window(n, start + i), ticket, i) for i, n in enumerate(lengths)]
 
 
 def serve_one(queue: FairQueue) -> Item:
