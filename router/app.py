@@ -54,6 +54,7 @@ def core_configs(s: Settings) -> tuple[BatchingConfig, AdmissionConfig, RequestL
             max_tokens=s.max_tokens_per_request,
             max_characters=s.max_characters_per_request,
             tokenizing_threads=s.tokenizing_threads,
+            inline_tokenize_characters=s.inline_tokenize_characters,
             max_tokenizing_characters=s.max_tokenizing_characters,
             chunk_overlap=s.chunk_overlap_tokens,
         ),

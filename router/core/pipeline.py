@@ -32,9 +32,6 @@ from router.core.tokenize import Split, Window
 from router.core.types import CallContext, InputUsage, Timing, Usage
 from router.core.validation import check_characters, check_sizes
 
-# Requests with fewer characters than this are tokenized on the event loop: a thread hop costs more
-# than tokenizing a few short texts (about 50 us per 1,000 characters here).
-INLINE_TOKENIZE_CHARS = 4096
 # Bigger ones are tokenized in parts of this many texts: about 50 ms each here at a few hundred tokens a text.
 TOKENIZE_PART_TEXTS = 256
 
@@ -156,7 +153,7 @@ class RequestPipeline:
         that, a big request is refused at once, RESOURCE_EXHAUSTED QUEUE_FULL with a retry delay; one
         request alone is always let in."""
         count = job.count()
-        if size < INLINE_TOKENIZE_CHARS:
+        if size <= self.limits.inline_tokenize_characters:
             return job.tokenize(served, self.limits, slice(0, count))
         backlog = self.limits.max_tokenizing_characters
         if self.tokenizing_characters and self.tokenizing_characters + size > backlog:

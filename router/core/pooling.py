@@ -27,5 +27,6 @@ def combine_windows(vectors: np.ndarray, weights: Sequence[int], pooling: str = 
 
 
 def l2_normalize(matrix: np.ndarray) -> np.ndarray:
-    norms = np.linalg.norm(matrix, axis=-1, keepdims=True)
-    return matrix / np.maximum(norms, 1e-12)
+    """Rows scaled to unit length (a zero row stays zero)."""
+    norms = np.sqrt(np.einsum("ij,ij->i", matrix, matrix))
+    return matrix / np.maximum(norms, 1e-12)[:, None]

@@ -13,6 +13,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import NamedTuple
 
 import numpy as np
 from tokenizers import Encoding, Tokenizer
@@ -23,9 +24,9 @@ from router.core.contract import Truncation
 _PAD_TOKENS = ("[PAD]", "<pad>", "<|pad|>", "<|padding|>")
 
 
-@dataclass(frozen=True)
-class Window:
-    """One sequence for the model: token ids with special tokens, and where it lies in the text."""
+class Window(NamedTuple):
+    """One sequence for the model: token ids with special tokens, and where it lies in the text. (A named
+    tuple, as `Split`: one of each is made per text, and a tuple is the cheapest immutable record.)"""
 
     ids: np.ndarray
     type_ids: np.ndarray | None
@@ -63,8 +64,7 @@ class Frame:
         return len(self.head.ids) + len(self.middle.ids) + len(self.tail.ids)
 
 
-@dataclass(frozen=True)
-class Split:
+class Split(NamedTuple):
     """A text cut to fit: `tokens` is its full length with special tokens, before any cut."""
 
     tokens: int
@@ -94,6 +94,9 @@ class ModelTokenizer:
         self._tokenizer = tokenizer
         self.single_specials = tokenizer.num_special_tokens_to_add(is_pair=False)
         self.pair_specials = tokenizer.num_special_tokens_to_add(is_pair=True)
+        self._single_type_ids = any(tokenizer.encode("a").type_ids)
+        """Whether the post-processor gives a single text non-zero type ids (a template's `$A:1`): if not,
+        a single text's window carries none (the adapter pads them with 0)."""
         self._frames: dict[tuple[str, ...], Frame] = {}
 
     @classmethod
@@ -167,25 +170,25 @@ class ModelTokenizer:
         for text, whole in zip(texts, self._encode(texts, special_tokens=True, offsets=offsets), strict=True):
             ids = whole.ids
             if len(ids) <= max_length:
-                splits.append(Split(len(ids), (self._whole_window(whole, ids, offsets),)))
+                splits.append(Split(len(ids), (self._whole_window(whole, ids, offsets, self._single_type_ids),)))
             else:
                 [content] = self._encode([text])
                 splits.append(self._cut(content, room, truncation, overlap, max_windows))
         return splits
 
     @staticmethod
-    def _whole_window(whole: Encoding, ids: list[int], offsets: bool = True) -> Window:
+    def _whole_window(whole: Encoding, ids: list[int], offsets: bool, type_ids: bool) -> Window:
         """A text that fits, as the one window it is (its special tokens included). Type ids are left out
-        when all are 0 (the padding the adapter would give them)."""
+        when all are 0 (the padding the adapter would give them); without `type_ids` they are not read."""
         start = end = 0
         if offsets:
             mask, spans = whole.special_tokens_mask, whole.offsets
             if 0 in mask:  # else no content token: an empty text
                 first, last = mask.index(0), len(mask) - 1 - mask[::-1].index(0)
                 start, end = spans[first][0], spans[last][1]
-        type_ids = whole.type_ids
+        types = whole.type_ids if type_ids else None
         return Window(
-            np.array(ids, dtype=np.int64), np.array(type_ids, dtype=np.int64) if any(type_ids) else None, start, end
+            np.array(ids, dtype=np.int64), np.array(types, dtype=np.int64) if types and any(types) else None, start, end
         )
 
     def _cut(

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import NamedTuple
 
 import numpy as np
 
@@ -45,9 +46,9 @@ class Timing:
     total: float = 0.0
 
 
-@dataclass(frozen=True)
-class InputUsage:
-    """What became of one input: its tokens before any cut, whether it was cut, its windows."""
+class InputUsage(NamedTuple):
+    """What became of one input: its tokens before any cut, whether it was cut, its windows. (A named
+    tuple: one is made per input.)"""
 
     tokens: int
     truncated: bool

@@ -41,7 +41,7 @@ def test_key_covers_model_version_output_and_tokens():
     assert key != OutputCache.key(dataclasses.replace(base, version="2"), w)
     assert key != OutputCache.key(dataclasses.replace(base, output_name="other"), w)
     assert key != OutputCache.key(base, window(5, 2))
-    typed = dataclasses.replace(w, type_ids=np.ones(5, dtype=np.int64))
+    typed = w._replace(type_ids=np.ones(5, dtype=np.int64))
     assert key != OutputCache.key(base, typed)
 
 

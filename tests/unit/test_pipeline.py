@@ -135,7 +135,8 @@ async def test_big_requests_are_tokenized_in_parts_whole_and_in_order(services, 
 
     _, embed, _, _ = services
     monkeypatch.setattr(pipeline_module, "TOKENIZE_PART_TEXTS", 7)
-    texts = [f"alpha {'beta ' * (i % 5)}gamma " * 40 for i in range(30)]
+    texts = [f"alpha {'beta ' * (i % 5)}gamma " * 120 for i in range(30)]
+    assert sum(map(len, texts)) > RequestLimits().inline_tokenize_characters  # tokenized in threads, in parts
     parted = await embed.embed(EmbedRequest("embedder", texts))
     monkeypatch.setattr(pipeline_module, "TOKENIZE_PART_TEXTS", 1000)
     whole = await embed.embed(EmbedRequest("embedder", texts))
