@@ -32,7 +32,7 @@ from tritonclient.utils import InferenceServerException, np_to_triton_dtype
 from adapters.triton.fleet import TritonFleet, TritonTls
 from adapters.triton.tensors import generation_tensors, infer_request, output_array
 from router import metrics
-from router.core import errors
+from router.core import errors, tracing
 from router.core.backend import answered_by
 from router.core.contract import ModelContract, ModelDescription
 from router.core.errors import RouterError
@@ -171,7 +171,8 @@ async def model_infer(stub, request, timeout_s: float | None, metadata) -> objec
 
 
 class CallSpan:
-    """One Triton call: its span (a child of the batch's or the stream's), the gRPC metadata that carries its
+    """One Triton call: its span (a child of the batch's anchor request, linked to every request the batch
+    serves, or of the stream's request; router/core/tracing.py), the gRPC metadata that carries its
     W3C `traceparent` to Triton (so Triton's own spans join the trace), and its duration metric by outcome
     (`ok`, Triton's status on failure, `cancelled` when the caller left first)."""
 
@@ -184,14 +185,16 @@ class CallSpan:
         parent = trace.get_current_span().get_span_context()
         if not (parent.is_valid and parent.trace_flags.sampled):
             return
+        links, batch = tracing.call_links()  # a batch's: every request it serves
         attributes = {
+            **batch,
             "modelrouter.model": contract.name,
             "modelrouter.model_version": contract.version,
             "modelrouter.shard": shard,
             "modelrouter.attempt": attempt,
             **{f"modelrouter.{key}": value for key, value in counts.items()},
         }
-        self.span = _tracer.start_span(name, kind=trace.SpanKind.CLIENT, attributes=attributes)
+        self.span = _tracer.start_span(name, kind=trace.SpanKind.CLIENT, attributes=attributes, links=links)
         self.headers = {}
         inject(self.headers, context=trace.set_span_in_context(self.span))
 
@@ -289,7 +292,9 @@ class TritonBackend:
                     return output_array(response, output)
                 except ValueError as error:
                     log.warning("triton.bad_response", shard=shard.address, model=model, detail=str(error))
-                    raise RouterError(errors.BACKEND_FAILED, "the model server's answer lacks the model's output")
+                    raise RouterError(
+                        errors.BACKEND_FAILED, "the model server's answer lacks the model's output"
+                    ) from error
             except InferenceServerException as error:
                 failure = Failure(error)
                 verdict = True

@@ -127,12 +127,11 @@ class RequestPipeline:
         size = job.size()
         check_characters(job.field, size, self.limits)
         served.scheduler.precheck(call.tenant, call.deadline)
-        with tracing.child("modelrouter.tokenize") as span:
-            splits = await self._tokenize(served, job, size)
-            span.set_attribute("modelrouter.sequences", sum(len(split.windows) for split in splits))
+        splits = await self._tokenize(served, job, size)
         tokens = check_sizes(job.field, splits, self.limits, contract.max_sequence_length, contract.name)
         tokenized = time.monotonic()
         windows = [w for s in splits for w in s.windows]
+        tracing.event("tokenized", sequences=len(windows), tokens=tokens)
         rows, ticket = await served.scheduler.run(windows, call.tenant, call.deadline, pinned=bool(version))
         log_shards(ticket.shards)
         return Scheduled(

@@ -1,4 +1,5 @@
-"""Tracing: configured only by OTEL_* variables; a batch span is its anchor request's child, linked to all."""
+"""Tracing: configured only by OTEL_* variables; a Triton call is its batch's anchor request's child, linked
+to all; tokenizing and queueing are events of the request's span."""
 
 from __future__ import annotations
 
@@ -39,41 +40,75 @@ def test_tracing_is_off_unless_an_endpoint_is_set(otel_env):
     assert not telemetry.tracing_configured()
 
 
-def test_a_batch_span_is_its_anchors_child_and_links_every_request(monkeypatch):
+@pytest.fixture
+def recorded(monkeypatch):
+    """A tracer whose spans land in memory, standing in for the router's and the adapter's."""
+    from adapters.triton import backend
+
     exporter = InMemorySpanExporter()
     provider = TracerProvider()
     provider.add_span_processor(SimpleSpanProcessor(exporter))
     tracer = provider.get_tracer("test")
     monkeypatch.setattr(tracing, "tracer", tracer)
+    monkeypatch.setattr(backend, "_tracer", tracer)
+    return tracer, exporter
+
+
+def test_a_triton_call_is_its_batchs_anchor_requests_child_and_links_every_request(recorded):
+    from adapters.triton.backend import CallSpan
+    from tests.unit.test_scheduler import contract
+
+    tracer, exporter = recorded
     with tracer.start_as_current_span("request a"):
         a = tracing.current()
     with tracer.start_as_current_span("request b"):
         b = tracing.current()
-    with tracing.batch_span("m", "1", [a, a, None, b], rows=4, real=40, padded=48) as span:
-        assert trace.get_current_span() is span
-    [batch] = [s for s in exporter.get_finished_spans() if s.name == "modelrouter.batch"]
-    assert batch.parent.span_id == a.span_id and batch.context.trace_id == a.trace_id
-    assert {link.context.span_id: link.attributes["modelrouter.sequences"] for link in batch.links} == {
+    with tracing.batch("m", "1", [a, a, None, b], rows=4, real=40, padded=48):
+        call = CallSpan("triton.infer", contract(), "shard-1", 0, rows=4, tokens=40)
+        call.succeeded()
+        call.end()
+    assert trace.get_current_span() is trace.INVALID_SPAN  # the batch's context is gone with it
+    [span] = [s for s in exporter.get_finished_spans() if s.name == "triton.infer"]
+    assert span.parent.span_id == a.span_id and span.context.trace_id == a.trace_id
+    assert span.kind is trace.SpanKind.CLIENT
+    assert {link.context.span_id: link.attributes["modelrouter.sequences"] for link in span.links} == {
         a.span_id: 2,
         b.span_id: 1,
     }
-    assert batch.attributes["modelrouter.requests"] == 2 and batch.attributes["modelrouter.padded_tokens"] == 48
+    assert span.attributes["modelrouter.requests"] == 2 and span.attributes["modelrouter.padded_tokens"] == 48
+    assert span.attributes["modelrouter.shard"] == "shard-1" and span.attributes["modelrouter.outcome"] == "ok"
+    assert len(exporter.get_finished_spans()) == 3  # two requests and the call: no batch span of its own
 
 
-def test_nothing_is_recorded_for_untraced_requests():
-    assert tracing.current() is None
-    with tracing.batch_span("m", "1", [None, None], rows=2, real=2, padded=2) as span:
-        assert not span.get_span_context().is_valid
-    with tracing.child("x") as span:
-        assert not span.get_span_context().is_valid
+def test_an_untraced_batch_makes_no_span(recorded):
+    from adapters.triton.backend import CallSpan
+    from tests.unit.test_scheduler import contract
+
+    _, exporter = recorded
+    with tracing.batch("m", "1", [None, None], rows=2, real=10, padded=10):
+        call = CallSpan("triton.infer", contract(), "shard-1", 0, rows=2, tokens=10)
+        assert call.span is None and call.headers is None
+        call.end()
+    assert not exporter.get_finished_spans()
 
 
-def test_an_unsampled_request_makes_no_span():
-    from opentelemetry.trace import NonRecordingSpan, SpanContext, TraceFlags
+async def test_tokenizing_and_queueing_are_events_of_the_requests_own_span(recorded, tmp_path):
+    from router.core.config import RequestLimits
+    from router.core.embed import EmbedService
+    from router.core.pipeline import RequestPipeline
+    from router.core.registry import ModelRegistry
+    from router.core.types import EmbedRequest
+    from tests.unit.fakes import IndexBackend, description, write_tokenizer
 
-    unsampled = SpanContext(trace_id=1, span_id=2, is_remote=True, trace_flags=TraceFlags(0))
-    with trace.use_span(NonRecordingSpan(unsampled)):
-        assert tracing.current() is None
-    sampled = SpanContext(trace_id=1, span_id=2, is_remote=True, trace_flags=TraceFlags(TraceFlags.SAMPLED))
-    with trace.use_span(NonRecordingSpan(sampled)):
-        assert tracing.current() == sampled
+    tracer, exporter = recorded
+    write_tokenizer(tmp_path / "embedder" / "tokenizer.json")
+    registry = ModelRegistry(IndexBackend([description("embedder")]), tmp_path)
+    await registry.refresh()
+    with tracer.start_as_current_span("request"):
+        await EmbedService(RequestPipeline(registry, RequestLimits())).embed(
+            EmbedRequest("embedder", ["alpha beta", "gamma"])
+        )
+    [span] = exporter.get_finished_spans()
+    events = {event.name: event for event in span.events}
+    assert events["modelrouter.tokenized"].attributes["modelrouter.sequences"] == 2
+    assert events["modelrouter.dispatched"].attributes["modelrouter.queue_ms"] >= 0
