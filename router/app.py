@@ -115,7 +115,7 @@ class Router:
             metrics.ASYNCIO_TASKS.set_function(lambda: len(asyncio.all_tasks(loop)))
             prometheus_client.start_http_server(s.metrics_port, addr=s.host)
             log.info("router.metrics", address=f"{s.host}:{s.metrics_port}")
-        targets = list(s.triton) or await self._start_embedded()
+        targets = list(s.triton) or await self.start_embedded()
         self.backend = TritonBackend(
             targets,
             retries=s.backend_retries,
@@ -151,7 +151,7 @@ class Router:
         self.catalog = Catalog(self.registry)
         self._watch_task = asyncio.create_task(self._watch())
 
-    async def _start_embedded(self) -> list[str]:
+    async def start_embedded(self) -> list[str]:
         """Start `embedded_shards` tritonservers over the repository, each kept running by a supervisor."""
         s = self.settings
         for index in range(s.embedded_shards):

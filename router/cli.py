@@ -35,6 +35,8 @@ def _serve_parser(sub: argparse._SubParsersAction) -> None:
         help="without --triton: start N tritonservers here over the same repository (default 1)",
     )
     p.add_argument("--model-repository", type=Path, help="the Triton model repository (tokenizers are read here)")
+    p.add_argument("--workers", type=int, metavar="N", help="router processes serving the port together (default 1)")
+    p.add_argument("--worker-index", type=int, help=argparse.SUPPRESS)  # set by the parent of `workers`
     p.add_argument("--log-format", choices=["auto", "console", "json"])
     p.add_argument("--log-level", choices=["debug", "info", "warning", "error"])
 
@@ -98,6 +100,7 @@ def _settings(args: argparse.Namespace):
             "port": args.port,
             "triton": args.triton,
             "embedded_shards": args.embedded_shards,
+            "workers": args.workers,
             "model_repository": args.model_repository,
             "log_format": args.log_format,
             "log_level": args.log_level,
@@ -107,7 +110,7 @@ def _settings(args: argparse.Namespace):
     return Settings(**overrides)
 
 
-async def _serve(settings) -> None:
+async def _serve(settings, worker_index: int | None = None) -> None:
     from router import heap
     from router.app import Router
     from router.grpc.server import RouterServer
@@ -117,6 +120,13 @@ async def _serve(settings) -> None:
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
 
+    if settings.workers > 1 and worker_index is None:
+        from router.workers import WorkerPool
+
+        pool = WorkerPool(settings)
+        await pool.run(stop, lambda port: _print_banner(settings, port, None))
+        print("stopped the workers and Triton.", file=sys.stderr, flush=True)
+        return
     router = Router(settings)
     server = RouterServer(router, settings)
     announced = False
@@ -126,7 +136,8 @@ async def _serve(settings) -> None:
         if ready and not announced:
             announced = True
             heap.freeze()  # start-up is over: what lives now lives as long as the process
-            _print_banner(settings, server.port, router)
+            if worker_index is None:  # a worker's parent announces the workers once
+                _print_banner(settings, server.port, router)
 
     router.on_readiness(announce)
     try:
@@ -146,12 +157,17 @@ async def _serve(settings) -> None:
 
 
 def _print_banner(settings, port: int | None, router) -> None:
+    """`router`: the one serving; None when `workers` processes serve (the parent knows no models)."""
     target = f"{settings.host}:{port}"
-    triton = ", ".join(router.backend.addresses)
-    models = ", ".join(m.contract.name for m in router.registry.models())
+    if router is None:
+        about = f"{settings.workers} worker processes"
+    else:
+        triton = ", ".join(router.backend.addresses)
+        models = ", ".join(m.contract.name for m in router.registry.models())
+        about = f"Triton: {triton}; models: {models}"
     print(
         f"""
-model-router is ready on {target}  (Triton: {triton}; models: {models})
+model-router is ready on {target}  ({about})
 
   Try it from another shell:
     .venv/bin/router embed --target {target} "A man is eating food." "A man eats a meal." "Stock markets fell."
@@ -286,8 +302,9 @@ def main(argv: list[str] | None = None) -> int:
             name = ".".join(str(part) for part in problem["loc"]) or "settings"
             print(f"router: invalid setting {name}: {problem['msg']}", file=sys.stderr)
         return 2
-    logs.configure(settings.log_level, settings.log_format)
-    event_loop.run(_serve(settings), settings.event_loop)
+    fields = {} if args.worker_index is None else {"worker": args.worker_index}
+    logs.configure(settings.log_level, settings.log_format, fields=fields)
+    event_loop.run(_serve(settings, args.worker_index), settings.event_loop)
     return 0
 
 

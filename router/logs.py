@@ -9,9 +9,10 @@ from typing import TextIO
 import structlog
 
 
-def configure(level: str = "info", fmt: str = "auto", stream: TextIO | None = None) -> None:
+def configure(level: str = "info", fmt: str = "auto", stream: TextIO | None = None, fields: dict | None = None) -> None:
     """`fmt`: `json`, `console`, or `auto` (JSON unless the stream is a terminal). `stream`: where lines go
-    (standard output unless given; a tool whose own output is on standard output logs to standard error)."""
+    (standard output unless given; a tool whose own output is on standard output logs to standard error).
+    `fields`: added to every line (a worker process's index)."""
     if fmt == "auto":
         fmt = "console" if (stream or sys.stdout).isatty() else "json"
     rendering = (
@@ -24,6 +25,7 @@ def configure(level: str = "info", fmt: str = "auto", stream: TextIO | None = No
     processors = structlog.get_config()["processors"]
     processors[:] = [
         structlog.contextvars.merge_contextvars,
+        *([_adding(fields)] if fields else []),
         structlog.processors.add_log_level,
         structlog.processors.TimeStamper(fmt="iso", utc=True),
         *rendering,
@@ -34,3 +36,11 @@ def configure(level: str = "info", fmt: str = "auto", stream: TextIO | None = No
         logger_factory=structlog.PrintLoggerFactory(stream),  # None: standard output as each logger starts
         cache_logger_on_first_use=True,
     )
+
+
+def _adding(fields: dict):
+    def add(logger, method: str, event: dict) -> dict:
+        event.update(fields)
+        return event
+
+    return add

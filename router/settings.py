@@ -81,6 +81,10 @@ class Settings(BaseSettings):
     principals: dict[str, PrincipalSettings] = Field(default_factory=dict)
     """Who may call (authentication is off while this is empty: the embedded default on loopback). In TOML
     `[principals.search] key_sha256 = "..."`, `models = ["all-minilm-l6-v2"]`; see router/core/auth.py."""
+    workers: int = Field(default=1, ge=1, le=64)
+    """Router processes serving `port` together (SO_REUSEPORT), each on a core of its own with its own
+    queues and limits; the embedded Triton is started once, for all (router/workers.py). One gRPC
+    connection reaches one worker, so workers spread many clients, not one channel's calls."""
     max_message_bytes: int = Field(default=64 * 1024 * 1024, gt=0)
     """Largest request or response message, both ways. 64 MiB holds 5,000 documents of 2,000 tokens
     (about 10 KiB of text each) or 40,000 embeddings of 384 floats."""
