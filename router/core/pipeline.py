@@ -131,7 +131,7 @@ class RequestPipeline:
         tokens = check_sizes(job.field, splits, self.limits, contract.max_sequence_length, contract.name)
         tokenized = time.monotonic()
         windows = [w for s in splits for w in s.windows]
-        tracing.event("tokenized", sequences=len(windows), tokens=tokens)
+        tracing.note(sequences=len(windows), tokens=tokens, tokenize_ms=round((tokenized - started) * 1000, 3))
         rows, ticket = await served.scheduler.run(windows, call.tenant, call.deadline, pinned=bool(version))
         log_shards(ticket.shards)
         return Scheduled(

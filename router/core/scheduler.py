@@ -172,8 +172,7 @@ class ModelScheduler:
         ticket.finished = time.monotonic()
         self.admission.finished(ticket)
         if ticket.first_dispatch_ns is not None:  # traced, and sent to the model (not all from the cache)
-            queued_ms = (ticket.first_dispatch_ns - ticket.arrived_ns) / 1e6
-            tracing.event("dispatched", ticket.first_dispatch_ns, queue_ms=round(queued_ms, 3))
+            tracing.note(queue_ms=round((ticket.first_dispatch_ns - ticket.arrived_ns) / 1e6, 3))
         rows = ticket.outputs
         return (rows[0][None] if len(rows) == 1 else np.stack(rows)), ticket
 
@@ -276,7 +275,7 @@ class ModelScheduler:
         try:
             served = [item.ticket.span for item in batch]
             padded = len(unique) * longest
-            with tracing.batch(self.contract.name, self.contract.version, served, len(unique), computed, padded):
+            with tracing.batch(served, padded):
                 timeout = backend_timeout(batch, now, self.config.timeout_s)
                 output = await self.backend.infer(self.contract, [item.window for item in unique], timeout)
             done = computed

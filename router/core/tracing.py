@@ -2,8 +2,9 @@
 
 Few spans per request, so that tracing costs little on the hot path: the RPC's server span (the
 interceptor's) and one client span per Triton call (the adapter's). What happens in between is recorded
-on the server span: an event when the request's text is tokenized (its sequences and tokens), and one
-when its first batch leaves (how long it waited in its model's queue).
+as attributes of the server span: the sequences and tokens its text became, how long tokenizing took, and
+how long it waited in its model's queue before its first batch left. (Attributes rather than events: an
+event costs a span's SDK more, and its exporter more to encode.)
 
 A batch serves several requests, so its Triton call cannot be the child of all of them: it is the child
 of the request that anchored the batch (its first sequence's request) and carries a span link to every
@@ -37,11 +38,11 @@ def current() -> SpanContext | None:
     return context if context.is_valid and context.trace_flags.sampled else None
 
 
-def event(name: str, timestamp_ns: int | None = None, **attributes: int | float | str) -> None:
-    """An event on the span running now (a request's server span), when it is recorded."""
+def note(**attributes: int | float | str) -> None:
+    """Attributes `modelrouter.<name>` on the span running now (a request's server span), if recorded."""
     span = trace.get_current_span()
     if span.is_recording():
-        span.add_event(f"modelrouter.{name}", {f"modelrouter.{k}": v for k, v in attributes.items()}, timestamp_ns)
+        span.set_attributes({f"modelrouter.{k}": v for k, v in attributes.items()})
 
 
 def wall_ns() -> int:
@@ -49,24 +50,17 @@ def wall_ns() -> int:
 
 
 @contextlib.contextmanager
-def batch(
-    model: str, version: str, served: Sequence[SpanContext | None], rows: int, real: int, padded: int
-) -> Iterator[None]:
+def batch(served: Sequence[SpanContext | None], padded: int) -> Iterator[None]:
     """Make the batch's anchor request current while the batch runs, with the links and attributes that
-    its Triton call's span carries (`call_links`); nothing when none of its requests is traced."""
+    its Triton call's span carries (`call_links`: its padded tokens and the requests it serves; the call
+    itself says its rows and tokens); nothing when none of its requests is traced."""
     contexts = {(c.trace_id, c.span_id): c for c in served if c is not None}  # SpanContext is not hashable
     if not contexts:
         yield
         return
     counts = Counter((c.trace_id, c.span_id) for c in served if c is not None)
     links = [Link(contexts[key], {"modelrouter.sequences": count}) for key, count in counts.items()]
-    attributes = {
-        "modelrouter.model_version": version,
-        "modelrouter.rows": rows,
-        "modelrouter.real_tokens": real,
-        "modelrouter.padded_tokens": padded,
-        "modelrouter.requests": len(counts),
-    }
+    attributes = {"modelrouter.padded_tokens": padded, "modelrouter.requests": len(counts)}
     anchor = next(iter(contexts.values()))
     context = trace.set_span_in_context(NonRecordingSpan(anchor))
     token = otel_context.attach(otel_context.set_value(_BATCH, (links, attributes), context))

@@ -77,7 +77,7 @@ class _Handler(BaseHTTPRequestHandler):
                                 "parent": span.parent_span_id.hex(),
                                 "name": span.name,
                                 "links": [link.span_id.hex() for link in span.links],
-                                "events": [event.name for event in span.events],
+                                "attributes": [attribute.key for attribute in span.attributes],
                                 "start_ns": span.start_time_unix_nano,
                                 "end_ns": span.end_time_unix_nano,
                             },
@@ -102,7 +102,7 @@ def _from_json(server: Receiver, payload: dict) -> None:
                         "parent": span.get("parentSpanId", "").lower(),
                         "name": span.get("name", ""),
                         "links": [link.get("spanId", "").lower() for link in span.get("links", [])],
-                        "events": [event.get("name", "") for event in span.get("events", [])],
+                        "attributes": [attribute.get("key", "") for attribute in span.get("attributes", [])],
                         "start_ns": int(span.get("startTimeUnixNano", 0)),
                         "end_ns": int(span.get("endTimeUnixNano", 0)),
                     },
@@ -181,7 +181,8 @@ def test_one_trace_runs_from_the_caller_through_the_router_into_triton(traced_ro
         assert call["parent"] == server["span_id"]  # a batch's call: the request anchored it, alone here
         if method != "Generate":
             assert server["span_id"] in call["links"]
-            assert {"modelrouter.tokenized", "modelrouter.dispatched"} <= set(server["events"])
+            noted = {"modelrouter.tokens", "modelrouter.tokenize_ms", "modelrouter.queue_ms"}
+            assert noted <= set(server["attributes"])
         # Two spans of the router's per call, and the Triton call's: nothing in between.
         assert {span["name"] for span in spans if span["service"] == "model-router"} == {server["name"], call_span}
         try:

@@ -1,5 +1,5 @@
 """Tracing: configured only by OTEL_* variables; a Triton call is its batch's anchor request's child, linked
-to all; tokenizing and queueing are events of the request's span."""
+to all; tokenizing and queueing are attributes of the request's span."""
 
 from __future__ import annotations
 
@@ -63,7 +63,7 @@ def test_a_triton_call_is_its_batchs_anchor_requests_child_and_links_every_reque
         a = tracing.current()
     with tracer.start_as_current_span("request b"):
         b = tracing.current()
-    with tracing.batch("m", "1", [a, a, None, b], rows=4, real=40, padded=48):
+    with tracing.batch([a, a, None, b], padded=48):
         call = CallSpan("triton.infer", contract(), "shard-1", 0, rows=4, tokens=40)
         call.succeeded()
         call.end()
@@ -76,6 +76,7 @@ def test_a_triton_call_is_its_batchs_anchor_requests_child_and_links_every_reque
         b.span_id: 1,
     }
     assert span.attributes["modelrouter.requests"] == 2 and span.attributes["modelrouter.padded_tokens"] == 48
+    assert span.attributes["modelrouter.rows"] == 4 and span.attributes["modelrouter.tokens"] == 40
     assert span.attributes["modelrouter.shard"] == "shard-1" and span.attributes["modelrouter.outcome"] == "ok"
     assert len(exporter.get_finished_spans()) == 3  # two requests and the call: no batch span of its own
 
@@ -85,14 +86,14 @@ def test_an_untraced_batch_makes_no_span(recorded):
     from tests.unit.test_scheduler import contract
 
     _, exporter = recorded
-    with tracing.batch("m", "1", [None, None], rows=2, real=10, padded=10):
+    with tracing.batch([None, None], padded=10):
         call = CallSpan("triton.infer", contract(), "shard-1", 0, rows=2, tokens=10)
         assert call.span is None and call.headers is None
         call.end()
     assert not exporter.get_finished_spans()
 
 
-async def test_tokenizing_and_queueing_are_events_of_the_requests_own_span(recorded, tmp_path):
+async def test_tokenizing_and_queueing_are_attributes_of_the_requests_own_span(recorded, tmp_path):
     from router.core.config import RequestLimits
     from router.core.embed import EmbedService
     from router.core.pipeline import RequestPipeline
@@ -109,6 +110,5 @@ async def test_tokenizing_and_queueing_are_events_of_the_requests_own_span(recor
             EmbedRequest("embedder", ["alpha beta", "gamma"])
         )
     [span] = exporter.get_finished_spans()
-    events = {event.name: event for event in span.events}
-    assert events["modelrouter.tokenized"].attributes["modelrouter.sequences"] == 2
-    assert events["modelrouter.dispatched"].attributes["modelrouter.queue_ms"] >= 0
+    assert span.attributes["modelrouter.sequences"] == 2 and span.attributes["modelrouter.tokens"] >= 2
+    assert span.attributes["modelrouter.tokenize_ms"] >= 0 and span.attributes["modelrouter.queue_ms"] >= 0
