@@ -187,11 +187,13 @@ class Settings(BaseSettings):
     before tokenizing: a bigger request is refused for the cost of receiving it."""
     tokenizing_threads: int = Field(default=default(_R, "tokenizing_threads"), gt=0)
     """Parts of big requests (256 texts each) tokenized at once in worker threads; the rest wait their turn,
-    so a flood of huge requests cannot take every core from the event loop."""
+    so a flood of huge requests cannot take every core from the event loop. Default: the CPUs the process
+    may use, at least 2."""
     inline_tokenize_characters: int = Field(default=default(_R, "inline_tokenize_characters"), ge=0)
     """Requests with at most this many characters are tokenized on the event loop (a thread hop costs more
-    than it saves on them); bigger ones in `tokenizing_threads` worker threads, which a machine with cores
-    to spare runs in parallel with the loop. 0 sends every request to the threads."""
+    than it saves on them); bigger ones in `tokenizing_threads` worker threads, in parallel with the loop.
+    Raising it saves CPU per text where cores are scarce, at the cost of throughput (router/core/config.py
+    has the measurements). 0 sends every request to the threads."""
     max_tokenizing_characters: int = Field(default=default(_R, "max_tokenizing_characters"), gt=0)
     """Characters of big requests being tokenized or waiting to be; past it a new big request gets
     RESOURCE_EXHAUSTED QUEUE_FULL with a retry delay (one request alone always gets in)."""

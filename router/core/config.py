@@ -7,7 +7,11 @@ at start-up instead of hanging requests later (`max_inflight_batches=0` would ne
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass, fields
+
+CORES = max(2, len(os.sched_getaffinity(0)))
+"""The CPUs this process may use (at least 2): how many threads tokenize big requests at once."""
 
 
 def _check(config: object, rules: dict[str, tuple[str, object]]) -> None:
@@ -114,14 +118,16 @@ class RequestLimits:
     max_tokenizing_characters: int = 32_000_000
     """Characters of big requests being tokenized or waiting to be, across requests; past it new big
     requests are refused with a retry delay (so a flood cannot pile up text in memory)."""
-    tokenizing_threads: int = 2
-    """Parts of big requests tokenized at once, in worker threads (the rest wait their turn)."""
-    inline_tokenize_characters: int = 32_768
+    tokenizing_threads: int = CORES
+    """Parts of big requests tokenized at once, in worker threads (the rest wait their turn): one per CPU
+    the process may use, at least 2."""
+    inline_tokenize_characters: int = 4096
     """Requests with at most this many characters are tokenized on the event loop, bigger ones in worker
-    threads. A thread hop and the threads' contention for the interpreter lock cost more CPU than they
-    save on requests this size (measured with the model made free, 2026-12-03: 32-text Embed calls of
-    about 5,000 characters used 11% less router CPU inline, 20-document Rerank calls of about 30,000 8%
-    less, at the same or better throughput); 32,768 characters hold the loop for about 15 ms here."""
+    threads, which run beside the loop on other cores (the tokenizer releases the interpreter lock). The
+    hop costs CPU: with the model made free (2026-12-03, paired rounds), 32-text Embed calls of about
+    5,000 characters used about 8% more router CPU per text in the threads than on the loop, and got 16%
+    more throughput; the free-model bench met its CPU and throughput targets this way, not the other.
+    A few short texts cost less on the loop than the hop."""
 
     def __post_init__(self) -> None:
         _check(
