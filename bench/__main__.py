@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import sys
 
-from bench import admission, batching, embed, encodings, generate, overhead, rerank, rerankers, shards, soak
+from bench import admission, batching, embed, encodings, free, generate, overhead, rerank, rerankers, shards, soak
 
 BENCHMARKS = {
+    "free": free.main,
     "embed": embed.main,
     "rerank": rerank.main,
     "rerankers": rerankers.main,

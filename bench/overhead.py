@@ -2,9 +2,10 @@
 with tritonclient (the same tensors, built by the adapter's code), alternating in rounds, in one run.
 
 What the router adds at p50 is its own cost per call (decode, tokenize, admit, schedule, encode, and a
-second gRPC hop); the target is at most 0.5 ms at p50 and a p99 at most 1.25x the direct one. A third
-path runs a second router with tracing on, sampling every call and exporting over OTLP/HTTP to a sink in
-this process: what tracing costs (target: at most 0.2 ms at p50 and 3% of throughput). A fourth runs a
+second gRPC hop). A third path runs a second router with tracing on, sampling every call and exporting
+over OTLP/HTTP to a sink in this process. These wall-clock figures on two shared cores moved 10-20% from
+run to run; their aims (+0.5 ms at p50, tracing +0.2 ms) are retired and the rows kept for reference: the
+router's cost is judged in CPU per text and per call with the model made free (bench/free.py). A fourth runs a
 bare grpc.aio forwarder (bench/passthrough.py): the cost of the hop alone, the floor for any Python
 router. Each server's CPU time per call (its child processes included: the traced router exports its spans
 from one) is measured from /proc, a steadier figure than latency here.
@@ -178,10 +179,11 @@ def main(argv: list[str] | None = None) -> None:
             f"One 11-token input per call, concurrency 1, {args.calls} calls per path, the paths alternating "
             f"in {ROUNDS} rounds so both see the same machine.",
             "Direct: tokenize with the model's tokenizer, build tensors with the adapter's code, tritonclient aio.",
-            "Router: `router serve` as its own process, a grpc.aio client. Targets: added_p50_ms <= 0.5, "
-            "p99_vs_direct <= 1.25.",
+            "Router: `router serve` as its own process, a grpc.aio client. Retired aims (rows kept, no "
+            "target; bench/free.py measures the router's cost): added_p50_ms <= 0.5, p99_vs_direct <= 1.25.",
             "Tracing: a second `router serve` with OTEL_EXPORTER_OTLP_ENDPOINT at a sink in the bench process and "
-            "OTEL_TRACES_SAMPLER=always_on. Targets: tracing_added_p50_ms <= 0.2, tracing_throughput_cost <= 0.03.",
+            "OTEL_TRACES_SAMPLER=always_on. Retired aims: tracing_added_p50_ms <= 0.2, "
+            "tracing_throughput_cost <= 0.03 (bench/free.py measures tracing's CPU per call).",
             "Floor: bench/passthrough.py, a grpc.aio server whose Embed only tokenizes, calls Triton as the direct "
             "path does and encodes the reply: what one Python gRPC hop costs on this machine, with no router logic.",
             "server_cpu_ms_per_call: CPU time (user + system, from /proc) of the server process per call, the "

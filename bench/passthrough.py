@@ -44,10 +44,7 @@ class Constant(pb_grpc.ModelRouterServiceServicer):
 
 async def serve(triton: str, model: str, port: int, constant: int | None = None) -> None:
     server = grpc.aio.server()
-    if constant:
-        servicer = Constant(constant)
-    else:
-        servicer = Passthrough(await DirectClient(triton, model).start())
+    servicer = Constant(constant) if constant else Passthrough(await DirectClient(triton, model).start())
     pb_grpc.add_ModelRouterServiceServicer_to_server(servicer, server)
     server.add_insecure_port(f"127.0.0.1:{port}")
     await server.start()
