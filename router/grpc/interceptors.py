@@ -24,6 +24,7 @@ from dataclasses import dataclass
 import grpc
 import structlog
 from google.protobuf.message import DecodeError
+from opentelemetry import context as otel_context
 from opentelemetry import propagate, trace
 
 from router import metrics, telemetry
@@ -116,6 +117,31 @@ def _series(method: str, model: str, code: str) -> tuple:
         metrics.REQUEST_SECONDS.labels(method, model),
         metrics.REQUEST_TOKENS.labels(method, model),
     )
+
+
+class _ServerSpan:
+    """A server span made current while the call runs, ended when it leaves (what the SDK's
+    `start_as_current_span` does, for a little less per call: every call sampled or not pays it)."""
+
+    __slots__ = ("_parent", "_span", "_token")
+
+    def __init__(self, name: str, parent, method: str) -> None:
+        self._parent = parent
+        self._span = tracing.tracer.start_span(
+            name,
+            context=parent,
+            kind=trace.SpanKind.SERVER,
+            attributes={"rpc.system": "grpc", "rpc.service": SERVICE_NAME, "rpc.method": method},
+            record_exception=False,
+        )
+
+    def __enter__(self) -> trace.Span:
+        self._token = otel_context.attach(trace.set_span_in_context(self._span, self._parent))
+        return self._span
+
+    def __exit__(self, *exc_info) -> None:
+        otel_context.detach(self._token)
+        self._span.end()
 
 
 class RequestInterceptor(grpc.aio.ServerInterceptor):
@@ -250,15 +276,7 @@ class RequestInterceptor(grpc.aio.ServerInterceptor):
         interceptor wraps the handler and proxies the context anew for every call.)"""
         if not self._traced:
             return contextlib.nullcontext()
-        parent = propagate.extract(metadata)
-        return tracing.tracer.start_as_current_span(
-            SERVICE_PREFIX + method,
-            context=parent,
-            kind=trace.SpanKind.SERVER,
-            attributes={"rpc.system": "grpc", "rpc.service": SERVICE_NAME, "rpc.method": method},
-            record_exception=False,
-            set_status_on_exception=False,
-        )
+        return _ServerSpan(SERVICE_PREFIX + method, propagate.extract(metadata), method)
 
     @contextlib.contextmanager
     def _slot(self) -> Iterator[None]:

@@ -77,7 +77,7 @@ class _Handler(BaseHTTPRequestHandler):
                                 "parent": span.parent_span_id.hex(),
                                 "name": span.name,
                                 "links": [link.span_id.hex() for link in span.links],
-                                "attributes": [attribute.key for attribute in span.attributes],
+                                "attributes": {a.key: _value(a.value) for a in span.attributes},
                                 "start_ns": span.start_time_unix_nano,
                                 "end_ns": span.end_time_unix_nano,
                             },
@@ -85,6 +85,12 @@ class _Handler(BaseHTTPRequestHandler):
 
     def log_message(self, *args) -> None:
         pass
+
+
+def _value(value) -> object:
+    """An OTLP AnyValue's scalar (the kind that is set)."""
+    kind = value.WhichOneof("value")
+    return getattr(value, kind) if kind else None
 
 
 def _from_json(server: Receiver, payload: dict) -> None:
@@ -102,7 +108,7 @@ def _from_json(server: Receiver, payload: dict) -> None:
                         "parent": span.get("parentSpanId", "").lower(),
                         "name": span.get("name", ""),
                         "links": [link.get("spanId", "").lower() for link in span.get("links", [])],
-                        "attributes": [attribute.get("key", "") for attribute in span.get("attributes", [])],
+                        "attributes": {a.get("key", ""): a.get("value") for a in span.get("attributes", [])},
                         "start_ns": int(span.get("startTimeUnixNano", 0)),
                         "end_ns": int(span.get("endTimeUnixNano", 0)),
                     },
