@@ -14,7 +14,7 @@ from the `ms` of its log line for each call (the router runs with info logs): th
 router's handler, without the network, gRPC's own queues and the processes' turns on the shared cores.
 
 With admission on, 2x and 4x run `--rounds` times (3), alternating with the same load from callers whose
-channel carries the client-side adaptive throttle (router/grpc/client_throttle.py): they refuse calls
+channel carries the client-side adaptive throttle (router/grpc/client/throttle.py): they refuse calls
 themselves, before sending them, once the router accepts fewer than half, so the router spends less of
 the shared cores on refusals. Each row holds all its runs: one 15 s run strays by 10-20% of capacity on
 this machine. The light caller stays unthrottled.
@@ -45,8 +45,8 @@ from bench.harness import (
     triton_server,
     write_report,
 )
-from router.grpc.client_throttle import REASON as CLIENT_THROTTLED
-from router.grpc.client_throttle import ThrottlingInterceptor
+from router.grpc.client.throttle import REASON as CLIENT_THROTTLED
+from router.grpc.client.throttle import ThrottlingInterceptor
 from router.grpc.gen.modelrouter.v1 import model_router_service_pb2 as pb
 from router.grpc.gen.modelrouter.v1 import model_router_service_pb2_grpc as pb_grpc
 
@@ -55,7 +55,7 @@ SEED = 99
 DEADLINE_S = 2.0
 TEXTS_PER_CALL = 4
 LOADS = (0.5, 1.0, 2.0, 4.0)
-THROTTLED_LOADS = (2.0, 4.0)  # admission on, callers with router.grpc.client_throttle (k = 2)
+THROTTLED_LOADS = (2.0, 4.0)  # admission on, callers with router.grpc.client.throttle (k = 2)
 MAX_OPEN_CALLS = 1000
 PROBE_INTERVAL_S = 0.25
 
@@ -358,7 +358,7 @@ def main(argv: list[str] | None = None) -> None:
             "without the network, gRPC's queues and the processes' turns on the shared cores;",
             "timeout_rate = the caller's deadline passed while waiting. Ratios are goodput / `admission off, 1.0x`.",
             "`admission on + caller throttle`: the same load from callers whose channel carries "
-            "router.grpc.client_throttle.ThrottlingInterceptor (k = 2, a fresh throttle per run); "
+            "router.grpc.client.throttle.ThrottlingInterceptor (k = 2, a fresh throttle per run); "
             "throttled_rate = refused by that throttle before being sent.",
         ],
         results,

@@ -37,7 +37,7 @@ from bench.harness import (
     triton_server,
     write_report,
 )
-from router.core.batching import BatchLimits, pack
+from router.core.scheduling.batching import BatchLimits, pack
 from router.grpc.gen.modelrouter.v1 import model_router_service_pb2 as pb
 from router.grpc.gen.modelrouter.v1 import model_router_service_pb2_grpc as pb_grpc
 

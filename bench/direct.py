@@ -10,9 +10,9 @@ from collections.abc import Sequence
 import numpy as np
 
 from adapters.triton.backend import TritonBackend
-from router.core.contract import ModelContract
-from router.core.contract_reader import parse_contract
-from router.core.tokenize import ModelTokenizer, Window
+from router.core.models.contract import ModelContract
+from router.core.models.contract_reader import parse_contract
+from router.core.text.tokenize import ModelTokenizer, Window
 from router.settings import PROJECT_ROOT
 
 REPOSITORY = PROJECT_ROOT / "triton_models" / "repository"

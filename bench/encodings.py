@@ -15,8 +15,8 @@ import time
 import numpy as np
 
 from bench.harness import PathResult, bar_plot, say, write_report
-from router.core.quantize import Encoding, decode, encode
-from router.core.types import EmbedResult, InputUsage
+from router.core.services.types import EmbedResult, InputUsage
+from router.core.text.quantize import Encoding, decode, encode
 from router.grpc.converters import embed_response_to_pb
 from router.grpc.gen.modelrouter.v1 import model_router_service_pb2 as pb
 

@@ -27,7 +27,7 @@ import grpc
 from adapters.triton.embedded import free_port
 from bench.direct import DirectClient
 from bench.harness import PROJECT_ROOT, PathResult, cpu_seconds, router_serve, say, triton_server, write_report
-from router.core.contract import Truncation
+from router.core.models.contract import Truncation
 from router.grpc.gen.modelrouter.v1 import model_router_service_pb2 as pb
 from router.grpc.gen.modelrouter.v1 import model_router_service_pb2_grpc as pb_grpc
 

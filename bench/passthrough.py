@@ -19,7 +19,7 @@ import grpc
 
 from bench.direct import DirectClient
 from router import event_loop
-from router.core.contract import Truncation
+from router.core.models.contract import Truncation
 from router.grpc.gen.modelrouter.v1 import model_router_service_pb2 as pb
 from router.grpc.gen.modelrouter.v1 import model_router_service_pb2_grpc as pb_grpc
 

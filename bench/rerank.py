@@ -22,9 +22,9 @@ import numpy as np
 from bench.corpus import mixed_texts
 from bench.direct import DirectClient
 from bench.harness import PathResult, bar_plot, router_process, say, triton_server, write_report
-from router.core.batching import BatchLimits, pack
 from router.core.config import RequestLimits
-from router.core.contract import Truncation
+from router.core.models.contract import Truncation
+from router.core.scheduling.batching import BatchLimits, pack
 from router.grpc.gen.modelrouter.v1 import model_router_service_pb2 as pb
 from router.grpc.gen.modelrouter.v1 import model_router_service_pb2_grpc as pb_grpc
 

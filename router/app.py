@@ -12,19 +12,19 @@ import structlog
 from adapters.triton.backend import TritonBackend
 from adapters.triton.embedded import EmbeddedTriton, Supervisor
 from adapters.triton.fleet import TritonTls
-from router import metrics, telemetry
-from router.core.admission import TenantLimiter, TenantLimits
 from router.core.auth import Authenticator, Principal
-from router.core.cache import OutputCache
-from router.core.catalog import Catalog
 from router.core.config import AdmissionConfig, BatchingConfig, RequestLimits
-from router.core.embed import EmbedService
-from router.core.generate import GenerateService
-from router.core.pipeline import RequestPipeline
-from router.core.registry import ModelRegistry
-from router.core.rerank import RerankService
-from router.core.routing import RetryBudget
+from router.core.models.catalog import Catalog
+from router.core.models.registry import ModelRegistry
+from router.core.scheduling.admission import TenantLimiter, TenantLimits
+from router.core.scheduling.cache import OutputCache
+from router.core.services.embed import EmbedService
+from router.core.services.generate import GenerateService
+from router.core.services.pipeline import RequestPipeline
+from router.core.services.rerank import RerankService
+from router.observability import metrics, telemetry
 from router.settings import Settings
+from router.shards.picking import RetryBudget
 
 log = structlog.get_logger(__name__)
 
@@ -114,7 +114,7 @@ class Router:
             loop = asyncio.get_running_loop()
             metrics.ASYNCIO_TASKS.set_function(lambda: len(asyncio.all_tasks(loop)))
             prometheus_client.start_http_server(s.metrics_port, addr=s.host)
-            log.info("router.metrics", address=f"{s.host}:{s.metrics_port}")
+            log.info("router.observability.metrics", address=f"{s.host}:{s.metrics_port}")
         targets = list(s.triton) or await self.start_embedded()
         self.backend = TritonBackend(
             targets,

@@ -21,11 +21,11 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from adapters.triton.repository import ModelFolder, read_repository
-from router.core.contract import KEYS, PREFIX, Task
-from router.core.contract_reader import is_routed, parse_contract
+from adapters.triton.tensor_contract import kind_of, tensor_problems
 from router.core.errors import RouterError
-from router.core.model_files import ModelFileError, ModelFiles, load_model_files
-from router.core.tensor_contract import kind_of, tensor_problems
+from router.core.models.contract import KEYS, PREFIX, Task
+from router.core.models.contract_reader import is_routed, parse_contract
+from router.core.models.model_files import ModelFileError, ModelFiles, load_model_files
 
 ERROR, WARNING = "error", "warning"
 
@@ -178,13 +178,13 @@ async def smoke(address: str, repository: Path, reports: list[ModelReport], time
     call per routed model through it; findings go to the reports."""
     from adapters.triton.backend import TritonBackend
     from router.core.config import RequestLimits
-    from router.core.embed import EmbedService
-    from router.core.generate import Delta, GenerateService
-    from router.core.pipeline import RequestPipeline
-    from router.core.prompting import GenerateRequest
-    from router.core.registry import ModelRegistry
-    from router.core.rerank import RerankService
-    from router.core.types import EmbedRequest, RerankRequest
+    from router.core.models.registry import ModelRegistry
+    from router.core.services.embed import EmbedService
+    from router.core.services.generate import Delta, GenerateService
+    from router.core.services.pipeline import RequestPipeline
+    from router.core.services.rerank import RerankService
+    from router.core.services.types import EmbedRequest, RerankRequest
+    from router.core.text.prompting import GenerateRequest
 
     backend = TritonBackend([address], retries=1, discovery_interval_s=60.0)
     try:

@@ -284,7 +284,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "keygen":
         return _keygen(args.principal)
     if args.command == "check":
-        from router import check, logs
+        from router import check
+        from router.observability import logs
 
         if args.triton:  # the router's core logs what it meets; the report alone goes to standard output
             logs.configure("warning", "console", stream=sys.stderr)
@@ -293,7 +294,8 @@ def main(argv: list[str] | None = None) -> int:
         return _client(args)
     from pydantic import ValidationError
 
-    from router import event_loop, logs
+    from router import event_loop
+    from router.observability import logs
 
     try:
         settings = _settings(args)

@@ -5,9 +5,10 @@ from __future__ import annotations
 import asyncio
 import threading
 
-from router import event_loop, logs
+from router import event_loop
 from router.app import Router
 from router.grpc.server import RouterServer
+from router.observability import logs
 from router.settings import Settings
 
 

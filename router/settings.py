@@ -15,8 +15,8 @@ from pydantic_settings import (
 )
 
 from adapters.triton.fleet import Target
-from router.core.admission import TenantLimits
 from router.core.config import AdmissionConfig, BatchingConfig, RequestLimits, default
+from router.core.scheduling.admission import TenantLimits
 from router.event_loop import Choice as EventLoop
 from router.event_loop import loop_factory
 
@@ -159,7 +159,7 @@ class Settings(BaseSettings):
     before the caller's deadline."""
     overload_ratio: float = Field(default=default(_A, "overload_ratio"), gt=1)
     """The model counts as overloaded while work arrives more than this many times as fast as it drains
-    when kept busy, over `overload_window_s` (router/core/admission.py)."""
+    when kept busy, over `overload_window_s` (router/core/scheduling/admission.py)."""
     overload_window_s: float = Field(default=default(_A, "overload_window_s"), gt=0)
     """The window over which the arrival rate is measured."""
     queue_delay_target_s: float = Field(default=default(_A, "queue_delay_target_s"), gt=0)

@@ -1,7 +1,7 @@
 """`router serve` with `workers` > 1: that many router processes serving one port, one core's worth each.
 
 One router process runs its event loop on one core: gRPC, admission, batching and the Triton calls share
-it (tokenizing big requests goes to worker threads, router/core/pipeline.py). To use more cores, this
+it (tokenizing big requests goes to worker threads, router/core/services/pipeline.py). To use more cores, this
 parent process starts the embedded Triton (unless `triton` names servers), then `workers` router processes
 (`router serve --worker-index i`), each a whole router over the same Triton servers, all bound to the same
 port with SO_REUSEPORT (gRPC's default on Linux): the kernel hands each new connection to one of them.

@@ -31,14 +31,14 @@ from tritonclient.utils import InferenceServerException, np_to_triton_dtype
 
 from adapters.triton.fleet import TritonFleet, TritonTls
 from adapters.triton.tensors import generation_tensors, infer_request, output_array
-from router import metrics
-from router.core import errors, tracing
+from router.core import errors
 from router.core.backend import answered_by
-from router.core.contract import ModelContract, ModelDescription
 from router.core.errors import RouterError
-from router.core.prompting import Sampling
-from router.core.routing import LEAST_WORK, HealthConfig, RetryBudget, Shard, ShardSet
-from router.core.tokenize import Window
+from router.core.models.contract import ModelContract, ModelDescription
+from router.core.text.prompting import Sampling
+from router.core.text.tokenize import Window
+from router.observability import metrics, tracing
+from router.shards.picking import LEAST_WORK, HealthConfig, RetryBudget, Shard, ShardSet
 
 log = structlog.get_logger(__name__)
 _tracer = trace.get_tracer("modelrouter.triton")
@@ -172,7 +172,7 @@ async def model_infer(stub, request, timeout_s: float | None, metadata) -> objec
 
 class CallSpan:
     """One Triton call: its span (a child of the batch's anchor request, linked to every request the batch
-    serves, or of the stream's request; router/core/tracing.py), the gRPC metadata that carries its
+    serves, or of the stream's request; router/observability/tracing.py), the gRPC metadata that carries its
     W3C `traceparent` to Triton (so Triton's own spans join the trace), and its duration metric by outcome
     (`ok`, Triton's status on failure, `cancelled` when the caller left first)."""
 

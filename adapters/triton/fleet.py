@@ -27,11 +27,11 @@ import tritonclient.grpc.aio as triton_grpc
 from tritonclient.grpc import service_pb2_grpc
 from tritonclient.utils import InferenceServerException
 
-from router import metrics
 from router.core import errors
-from router.core.contract import ModelDescription, TensorSpec
 from router.core.errors import RouterError
-from router.core.routing import Shard, ShardSet
+from router.core.models.contract import ModelDescription, TensorSpec
+from router.observability import metrics
+from router.shards.picking import Shard, ShardSet
 
 log = structlog.get_logger(__name__)
 

@@ -14,7 +14,7 @@ from google.protobuf import json_format, text_format
 from tritonclient.grpc import model_config_pb2
 
 from adapters.triton.fleet import describe
-from router.core.contract import ModelDescription
+from router.core.models.contract import ModelDescription
 
 # The file each backend loads from a version folder, when the config names none.
 BACKEND_FILES = {

@@ -17,9 +17,9 @@ import numpy as np
 from tritonclient.grpc import service_pb2
 from tritonclient.utils import np_to_triton_dtype, triton_to_np_dtype
 
-from router.core.contract import ModelContract
-from router.core.prompting import Sampling
-from router.core.tokenize import Window
+from router.core.models.contract import ModelContract
+from router.core.text.prompting import Sampling
+from router.core.text.tokenize import Window
 
 
 def pad_rows(rows: Sequence[np.ndarray], pad_id: int = 0) -> tuple[np.ndarray, np.ndarray]:

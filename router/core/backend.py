@@ -14,9 +14,9 @@ from typing import Protocol
 
 import numpy as np
 
-from router.core.contract import ModelContract, ModelDescription
-from router.core.prompting import Sampling
-from router.core.tokenize import Window
+from router.core.models.contract import ModelContract, ModelDescription
+from router.core.text.prompting import Sampling
+from router.core.text.tokenize import Window
 
 answered_by: ContextVar[str] = ContextVar("answered_by", default="")
 """The server that answered the caller's last batch or stream (an adapter sets it before returning the

@@ -59,7 +59,7 @@ class BatchingConfig:
 
 @dataclass(frozen=True)
 class AdmissionConfig:
-    """What one model's scheduler lets in (router/core/admission.py)."""
+    """What one model's scheduler lets in (router/core/scheduling/admission.py)."""
 
     enabled: bool = True
     """Off: every request is queued whatever the queue holds, and kept there past its deadline until its

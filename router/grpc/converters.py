@@ -13,12 +13,10 @@ from google.protobuf import duration_pb2
 
 from router.core import errors
 from router.core.auth import NOBODY, Caller
-from router.core.contract import Task, Truncation
-from router.core.generate import Delta, Finished
-from router.core.prompting import ChatMessage, GenerateRequest
-from router.core.quantize import Encoding
-from router.core.registry import ServedModel
-from router.core.types import (
+from router.core.models.contract import Task, Truncation
+from router.core.models.registry import ServedModel
+from router.core.services.generate import Delta, Finished
+from router.core.services.types import (
     CallContext,
     EmbedRequest,
     EmbedResult,
@@ -28,6 +26,8 @@ from router.core.types import (
     Timing,
     Usage,
 )
+from router.core.text.prompting import ChatMessage, GenerateRequest
+from router.core.text.quantize import Encoding
 from router.grpc.gen.modelrouter.v1 import model_router_service_pb2 as pb
 
 _TRUNCATION_FROM_PB = {

@@ -27,13 +27,13 @@ from google.protobuf.message import DecodeError
 from opentelemetry import context as otel_context
 from opentelemetry import propagate, trace
 
-from router import metrics, telemetry
-from router.core import errors, tracing
+from router.core import errors
 from router.core.auth import Authenticator
 from router.core.errors import RouterError
-from router.core.retry_hints import Appointments, MeanDuration
 from router.grpc.converters import TENANT_KEY, set_caller
+from router.grpc.retry_hints import Appointments, MeanDuration
 from router.grpc.status import internal_status, to_status
+from router.observability import metrics, telemetry, tracing
 
 log = structlog.get_logger("router.rpc")
 

@@ -8,7 +8,7 @@ import grpc
 import numpy as np
 import pytest
 
-from router.core.quantize import Encoding, decode
+from router.core.text.quantize import Encoding, decode
 from router.grpc.gen.modelrouter.v1 import model_router_service_pb2 as pb
 from router.grpc.gen.modelrouter.v1 import model_router_service_pb2_grpc as pb_grpc
 from router.local import LocalRouter

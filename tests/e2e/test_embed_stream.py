@@ -9,10 +9,10 @@ import grpc
 import numpy as np
 import pytest
 
-from router import metrics
 from router.grpc.gen.modelrouter.v1 import model_router_service_pb2 as pb
 from router.grpc.gen.modelrouter.v1 import model_router_service_pb2_grpc as pb_grpc
 from router.local import LocalRouter
+from router.observability import metrics
 from tests.helpers import EMBED_MODEL, details_of, router_settings
 
 WORDS = [

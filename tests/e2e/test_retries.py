@@ -1,7 +1,7 @@
 """A stock grpcio channel with the shipped service config (protos/modelrouter/v1/service_config.json)
 rides through an overload and a model server's restart with no retry code of its own: gRPC's built-in
 retry policy retries UNAVAILABLE and RESOURCE_EXHAUSTED, waiting as long as the router's
-grpc-retry-pushback-ms says. A caller with the adaptive throttle (router.grpc.client_throttle) stops
+grpc-retry-pushback-ms says. A caller with the adaptive throttle (router.grpc.client.throttle) stops
 sending, during an overload, calls the router would refuse, and sends all again once it is over."""
 
 from __future__ import annotations
@@ -17,8 +17,8 @@ from concurrent.futures import ThreadPoolExecutor
 import grpc
 import pytest
 
-from router.grpc.client_throttle import REASON as CLIENT_THROTTLED
-from router.grpc.client_throttle import AdaptiveThrottle, ThrottlingInterceptor
+from router.grpc.client.throttle import REASON as CLIENT_THROTTLED
+from router.grpc.client.throttle import AdaptiveThrottle, ThrottlingInterceptor
 from router.grpc.gen.modelrouter.v1 import model_router_service_pb2 as pb
 from router.grpc.gen.modelrouter.v1 import model_router_service_pb2_grpc as pb_grpc
 from router.local import LocalRouter

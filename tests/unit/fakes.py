@@ -7,8 +7,8 @@ from pathlib import Path
 import numpy as np
 from tokenizers import Tokenizer, models, pre_tokenizers, processors
 
-from router.core.contract import ModelDescription, TensorSpec
 from router.core.errors import RouterError
+from router.core.models.contract import ModelDescription, TensorSpec
 
 WORDS = ["alpha", "beta", "gamma", "delta", "query", "document"]
 

@@ -59,7 +59,7 @@ def test_the_router_drains_within_its_grace_period_and_is_ready_by_grpc_health()
 def _metric_families() -> set[str]:
     from prometheus_client import REGISTRY
 
-    import router.metrics  # noqa: F401 - registers the router's metrics
+    import router.observability.metrics  # noqa: F401 - registers the router's metrics
 
     suffixes = {"counter": ("_total",), "histogram": ("_bucket", "_count", "_sum"), "gauge": ("",)}
     return {family.name + suffix for family in REGISTRY.collect() for suffix in suffixes.get(family.type, ("",))}

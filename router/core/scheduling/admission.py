@@ -1,0 +1,312 @@
+"""Admission: what a model's scheduler lets in, and how it says no. Every rule lives here.
+
+Work is counted in tokens and in requests, and queued work as it will be served: a turn (at most a
+quantum) per waiting request (router/core/scheduling/fair_queue.py), so one huge request admitted into an empty
+queue does not lock later ones out. The rules, in the order they are applied:
+
+1. **Bounds.** A model admits a request while its queued turns stay within `max_queued_tokens` and its
+   waiting requests within `max_queued_requests`. Past them, a tenant holding less than its fair share of
+   the queue still gets in (up to twice the bounds): a noisy tenant cannot lock a quiet one out.
+2. **Overload: a short queue** (the queue-delay target of CoDel and Facebook's "Fail at Scale"). While
+   work arrives more than `overload_ratio` times as fast as the model drains it when kept busy (requests
+   per second over `overload_window_s`, times their mean tokens, against the saturated drain rate), the
+   queue is growing: a new request is then admitted only if the work ahead of it drains within
+   `queue_delay_target_s`, or within `queue_delay_deadline_share` of its own deadline if that is longer
+   (no deadline: rule 1 alone), and never less than the time to drain what is in flight and half a
+   batch more: the batch former always has half a batch waiting to choose from by length, because a
+   short pool makes small batches and on a CPU those cost throughput. (Measured in the admission bench's
+   load, 2026-11-27, five alternating runs each: a floor of one batch with what is in flight counted
+   kept 16.4 and 14.6 calls/s at 2x and 4x, its batches 278-295 real tokens; this floor 17.4 and 15.9,
+   its batches 302-334 tokens, admitted calls' p50 at most 2.5x their p50 at 0.5x; a whole batch
+   waiting kept about as much, 17.3 and 16.3 in three runs, but put that p50 at 3.4-4.3x.) So under
+   overload admitted calls are answered fast, the rest are refused at once with a retry delay, and the
+   model never idles. A queue that is long but keeps up (load near capacity, a burst) is left to the
+   deadline rule: its calls make it, and refusing them would only lose goodput. (Tried first and
+   measured worse: CoDel's standing-queue signal, which cannot tell a long stable queue at 1x from a
+   growing one at 2x, so bounding both cost 7-14% of goodput at 1x; and requests arrived per request
+   served, too noisy and too late at a few requests a second, which shed 10% at 0.5x.)
+3. **Deadlines.** A request the measured drain rate says cannot finish before its deadline is refused
+   at once (DEADLINE_TOO_SHORT); estimates are corrected by how much longer admitted requests took. Only
+   the rate measured while work waited (the model saturated) is trusted for this: a lightly loaded
+   model's busy rate is mostly the fixed cost of small batches (here 180 one-text calls left a busy rate
+   of 503 tokens/s, and the model then embedded 10,162 tokens in 2.98 s, 3,400 tokens/s; on CI, twice,
+   a request of about 10,000 tokens was refused as needing 132 s and 160 s), so until the model has been
+   seen saturated, nothing is refused on a deadline estimate. One whose
+   deadline passes while it waits is dropped before it reaches the model (DEADLINE_EXPIRED).
+4. **Tenant rates.** Token buckets per tenant (call metadata `x-tenant-id`) in requests/s and tokens/s.
+
+Refusals are RESOURCE_EXHAUSTED (or DEADLINE_EXCEEDED) with a RetryInfo delay: the work that must
+drain first divided by the rate the model drains it. `precheck` applies rules 2 and 3 to the work already
+queued before a request is even tokenized, so under overload a refusal costs almost nothing.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from cachetools import LRUCache
+from token_bucket import Limiter, MemoryStorage
+
+from router.core import errors
+from router.core.config import AdmissionConfig
+from router.core.errors import DEADLINE_EXPIRED, DEADLINE_TOO_SHORT, QUEUE_FULL, TENANT_RATE_LIMITED, RouterError
+from router.core.scheduling.drain import ArrivalRate, Calibration, DrainRate
+from router.core.scheduling.fair_queue import FairQueue
+from router.core.scheduling.work import Ticket
+
+REASONS = (QUEUE_FULL, TENANT_RATE_LIMITED, DEADLINE_TOO_SHORT, DEADLINE_EXPIRED)
+
+MIN_RETRY_S = 0.05
+MAX_RETRY_S = 30.0
+
+
+@dataclass(frozen=True)
+class TenantLimits:
+    requests_per_s: float | None = None
+    tokens_per_s: float | None = None
+    burst_s: float = 2.0
+    """Bucket capacity, in seconds of rate: how long a tenant may burst above its rate."""
+
+
+def retry_delay(excess_tokens: float, rate: float | None) -> float:
+    if not rate:
+        return 1.0
+    return min(MAX_RETRY_S, max(MIN_RETRY_S, excess_tokens / rate))
+
+
+@dataclass
+class TenantLimiter:
+    """Token buckets per tenant, in requests/s and tokens/s. Shared by every model's scheduler."""
+
+    default: TenantLimits = field(default_factory=TenantLimits)
+    overrides: dict[str, TenantLimits] = field(default_factory=dict)
+
+    max_tenants: int = 10_000
+    """Tenants whose buckets are kept (the least recently seen go first): with authentication off a caller
+    can name any tenant, and the map must not grow with them. A tenant forgotten starts again full."""
+
+    def __post_init__(self) -> None:
+        self._buckets: LRUCache[tuple[str, str], tuple[Limiter, MemoryStorage, float, int] | None] = LRUCache(
+            2 * self.max_tenants
+        )
+
+    def _bucket(self, tenant: str, kind: str) -> tuple[Limiter, MemoryStorage, float, int] | None:
+        """The tenant's limiter for `kind` with its storage, rate and capacity, or None when unlimited."""
+        key = (tenant, kind)
+        if key not in self._buckets:
+            limits = self.overrides.get(tenant, self.default)
+            rate = limits.requests_per_s if kind == "requests" else limits.tokens_per_s
+            capacity = max(1, int(rate * limits.burst_s)) if rate else 0
+            storage = MemoryStorage()  # one per bucket: a forgotten tenant's state goes with it
+            self._buckets[key] = (Limiter(rate, capacity, storage), storage, rate, capacity) if rate else None
+        return self._buckets[key]
+
+    def charge(self, tenant: str, tokens: int) -> None:
+        """Take one request and `tokens` tokens from the tenant's buckets, or raise OVERLOADED."""
+        for kind, amount in (("requests", 1), ("tokens", tokens)):
+            bucket = self._bucket(tenant, kind)
+            if bucket is None:
+                continue
+            limiter, storage, rate, capacity = bucket
+            # A request bigger than the whole bucket takes a full bucket: slowed, never refused outright.
+            amount = min(amount, capacity)
+            key = f"{tenant}\0{kind}"
+            if not limiter.consume(key, amount):
+                missing = amount - storage.get_token_count(key)
+                raise RouterError(
+                    TENANT_RATE_LIMITED,
+                    f"tenant {errors.echo(tenant) if tenant else '(none)'} is over its {kind}/s rate",
+                    retry_after_s=retry_delay(missing, rate),
+                    metadata={"tenant": errors.clip(tenant), "limit": f"{rate:g} {kind}/s"},
+                )
+
+
+# Fewer arrivals than this in the window say nothing about overload.
+_MIN_ARRIVALS = 10
+
+
+class AdmissionController:
+    """One model's admission: every rule above, applied to its fair queue."""
+
+    def __init__(
+        self,
+        model: str,
+        config: AdmissionConfig,
+        queue: FairQueue,
+        max_queued_tokens: int,
+        tenants: TenantLimiter | None = None,
+        batch_tokens: int = 0,
+    ) -> None:
+        self.model = model
+        self.config = config
+        self.queue = queue
+        self.max_queued_tokens = max_queued_tokens
+        self.tenants = tenants
+        self.batch_tokens = batch_tokens
+        """The model's padded tokens per batch: under overload half of one may wait beyond what is in flight."""
+        self.drain = DrainRate()
+        self.calibration = Calibration()
+        self.arrivals = ArrivalRate(config.overload_window_s)
+        self.mean_tokens: float | None = None
+        """Tokens per admitted request, smoothed: what an arrival not yet tokenized will likely cost."""
+        self.inflight_tokens = 0
+        """Tokens sent to the backend and not yet answered (the scheduler keeps it)."""
+
+    @property
+    def enabled(self) -> bool:
+        return self.config.enabled
+
+    def overloaded(self, now: float) -> bool:
+        """Whether work arrives faster than the model can drain it (see rule 2)."""
+        arrived = self.arrivals.count(now)
+        if arrived < _MIN_ARRIVALS or not self.drain.rate or not self.mean_tokens:
+            return False
+        demand = arrived / self.config.overload_window_s * self.mean_tokens
+        return demand > self.config.overload_ratio * self.drain.rate
+
+    def precheck(self, tenant: str, deadline: float | None, now: float) -> None:
+        """Refuse a request before any work is done on it, from what is queued already."""
+        if not self.enabled or not self.queue or not self.drain.rate:
+            return
+        work = self._work_ahead(tenant, 0)
+        self._check_delay(work / self.drain.rate, deadline, now)
+        saturated = self.drain.saturated_rate
+        if not (self.config.shed_on_deadline and deadline is not None and saturated):
+            return
+        estimate = self.calibration.adjust(work / saturated)
+        if now + estimate > deadline:
+            raise deadline_too_short(self.model, estimate, deadline - now, self._basis())
+
+    def admit(self, ticket: Ticket, tokens: int, now: float) -> None:
+        """Let the request's `tokens` into the queue, or raise the refusal."""
+        self.mean_tokens = tokens if self.mean_tokens is None else 0.9 * self.mean_tokens + 0.1 * tokens
+        if self.enabled and self.queue:
+            if not self._has_room(ticket.tenant, tokens):
+                raise self._queue_full(tokens)
+            if self.drain.rate:
+                self._check_delay(self._work_ahead(ticket.tenant, 0) / self.drain.rate, ticket.deadline, now)
+        saturated = self.drain.saturated_rate
+        if self.enabled and self.config.shed_on_deadline and ticket.deadline and saturated:
+            ticket.estimate = self._work_ahead(ticket.tenant, tokens) / saturated
+            estimate = self.calibration.adjust(ticket.estimate)
+            if now + estimate > ticket.deadline:
+                raise deadline_too_short(self.model, estimate, ticket.deadline - now, self._basis())
+        if self.tenants is not None:
+            self.tenants.charge(ticket.tenant, tokens)
+
+    def expired(self, now: float) -> list[Ticket]:
+        """Waiting requests whose deadline has passed (none when admission is off)."""
+        if not self.enabled:
+            return []
+        return [t for t in self.queue.tickets() if t.deadline is not None and t.deadline <= now]
+
+    def _basis(self) -> dict[str, str]:
+        return {
+            # The rate deadline estimates rest on (rule 3): the one measured while work waited.
+            "drain_tokens_per_s": f"{self.drain.saturated_rate or 0:.0f}",
+            "queued_tokens": str(self.queue.tokens),
+            "inflight_tokens": str(self.inflight_tokens),
+            "correction_ms": f"{self.calibration.offset_s * 1000:.0f}",
+        }
+
+    def dispatched(self, now: float) -> None:
+        """A batch left."""
+        self.drain.started(now)
+
+    def finished(self, ticket: Ticket) -> None:
+        """A request got all its rows: learn how good its estimate was."""
+        if ticket.estimate is not None:
+            self.calibration.observe(ticket.estimate, ticket.finished - ticket.submitted)
+
+    def _check_delay(self, wait_ahead_s: float, deadline: float | None, now: float) -> None:
+        config = self.config
+        if deadline is None or not self.overloaded(now):
+            return
+        # Never less than what is in flight and half a batch more: the batch former keeps a pool to pick from.
+        floor = (self.inflight_tokens + self.batch_tokens / 2) / self.drain.rate if self.drain.rate else 0.0
+        target = max(config.queue_delay_target_s, config.queue_delay_deadline_share * (deadline - now), floor)
+        if wait_ahead_s > target:
+            raise queue_full(
+                self.model,
+                self.queue.tokens,
+                self.queue.requests,
+                retry_after_s=min(MAX_RETRY_S, max(MIN_RETRY_S, wait_ahead_s - target)),
+                why="overloaded: work arrives faster than it is served",
+            )
+
+    def _work_ahead(self, tenant: str, tokens: int) -> float:
+        """Tokens the model must get through before a request of `tokens` is done: what is in flight, a
+        turn of each request of its tenant already waiting (deficit round robin), the request itself, and
+        as much of each other tenant's waiting turns (fair share between tenants)."""
+        own = tokens + self.queue.turns(tenant)
+        others = self.queue.turns() - self.queue.turns(tenant)
+        other_tenants = len(self.queue.waiting_tenants() - {tenant})
+        return self.inflight_tokens + own + min(others, own * other_tenants)
+
+    def _has_room(self, tenant: str, tokens: int) -> bool:
+        """Within the bounds, anyone gets in. Past them, a tenant holding less than its fair share still
+        does, up to twice the bounds."""
+        max_tokens, max_requests = self.max_queued_tokens, self.config.max_queued_requests
+        turn = min(tokens, self.queue.quantum)
+        queued = self.queue.turns() + turn
+        requests = self.queue.requests + 1
+        if queued <= max_tokens and requests <= max_requests:
+            return True
+        if queued > 2 * max_tokens or requests > 2 * max_requests:
+            return False
+        tenants = len(self.queue.waiting_tenants() | {tenant})
+        own_tokens = self.queue.turns(tenant) + turn
+        return own_tokens <= max_tokens / tenants and self.queue.requests_of(tenant) + 1 <= max_requests / tenants
+
+    def _queue_full(self, tokens: int) -> RouterError:
+        # Room opens as queued turns drain: the retry delay counts them as _has_room does. Refused for
+        # the request count or the tenant's share instead, wait for about one turn.
+        turn = min(tokens, self.queue.quantum)
+        excess = self.queue.turns() + turn - self.max_queued_tokens
+        return queue_full(
+            self.model,
+            self.queue.tokens,
+            self.queue.requests,
+            retry_after_s=retry_delay(excess if excess > 0 else turn, self.drain.rate),
+            request_tokens=tokens,
+        )
+
+
+def queue_full(
+    model: str,
+    queued_tokens: int,
+    queued_requests: int,
+    retry_after_s: float,
+    request_tokens: int | None = None,
+    why: str = "",
+) -> RouterError:
+    metadata = {"model": model, "queued_tokens": str(queued_tokens)}
+    if request_tokens is not None:
+        metadata["request_tokens"] = str(request_tokens)
+    return RouterError(
+        QUEUE_FULL,
+        f"model {model!r} is busy{' (' + why + ')' if why else ''}: "
+        f"{queued_requests} requests and {queued_tokens} tokens are waiting",
+        retry_after_s=retry_after_s,
+        metadata=metadata,
+    )
+
+
+def deadline_too_short(
+    model: str, estimate_s: float, remaining_s: float, basis: dict[str, str] | None = None
+) -> RouterError:
+    """`basis`: what the estimate rests on (drain rate, work ahead, correction), for the caller and the log."""
+    return RouterError(
+        DEADLINE_TOO_SHORT,
+        f"model {model!r} needs about {estimate_s * 1000:.0f} ms for this request; "
+        f"the deadline leaves {max(remaining_s, 0) * 1000:.0f} ms",
+        metadata={"model": model, "estimate_ms": f"{estimate_s * 1000:.0f}", **(basis or {})},
+    )
+
+
+def deadline_expired(model: str) -> RouterError:
+    return RouterError(
+        DEADLINE_EXPIRED,
+        f"the deadline passed while the request waited for model {model!r}; it was not run",
+        metadata={"model": model},
+    )

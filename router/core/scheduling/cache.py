@@ -1,0 +1,63 @@
+"""An output cache: model outputs per sequence, content-addressed, bounded in bytes, LRU eviction.
+
+The key is a digest of the model's name and version, its output tensor's name, and the sequence's exact
+token ids and type ids: everything that decides the model's output for that sequence. What the router
+does afterwards (normalising, cutting dimensions, combining windows) is applied to cached and fresh
+rows alike, so those options never need to be part of the key, and a row of one model, version or
+input can never answer for another.
+"""
+
+from __future__ import annotations
+
+import hashlib
+
+import numpy as np
+from cachetools import LRUCache
+
+from router.core.models.contract import ModelContract
+from router.core.text.tokenize import Window
+from router.observability import metrics
+
+
+class _ByteBoundLRU(LRUCache):
+    def popitem(self):
+        key, value = super().popitem()
+        metrics.CACHE_EVICTIONS.inc()
+        return key, value
+
+
+class OutputCache:
+    def __init__(self, max_bytes: int) -> None:
+        self.max_bytes = max_bytes
+        self._rows: LRUCache = _ByteBoundLRU(maxsize=max_bytes, getsizeof=lambda row: row.nbytes)
+
+    @property
+    def bytes(self) -> int:
+        return int(self._rows.currsize)
+
+    def __len__(self) -> int:
+        return len(self._rows)
+
+    @staticmethod
+    def key(contract: ModelContract, window: Window) -> bytes:
+        digest = hashlib.blake2b(digest_size=20)
+        for part in (contract.name, contract.version, contract.output_name):
+            digest.update(part.encode())
+            digest.update(b"\0")
+        digest.update(window.ids.tobytes())
+        if window.type_ids is not None:
+            digest.update(b"\0")
+            digest.update(window.type_ids.tobytes())
+        return digest.digest()
+
+    def get(self, key: bytes, model: str) -> np.ndarray | None:
+        row = self._rows.get(key)
+        (metrics.CACHE_MISSES if row is None else metrics.CACHE_HITS).labels(model).inc()
+        return row
+
+    def put(self, key: bytes, row: np.ndarray) -> None:
+        if row.nbytes > self.max_bytes:
+            return
+        # A copy: the row must not keep the whole batch's output array alive.
+        self._rows[key] = np.array(row, copy=True)
+        metrics.CACHE_BYTES.set(self._rows.currsize)

@@ -1,0 +1,1 @@
+"""Client-side pieces for callers of the router (the adaptive throttle)."""
