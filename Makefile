@@ -82,7 +82,7 @@ lint: setup $(BUF) $(PROMTOOL) ## buf lint, ruff, deploy/ against Kubernetes sch
 	$(VENV)/bin/ruff check router adapters tests triton_models bench
 	$(VENV)/bin/ruff format --check router adapters tests triton_models bench
 
-fuzz: setup models ## Fuzz every RPC of a real router: 3,400 requests per RPC with fields (over 10,000 in all); counts in bench/results/fuzz.json
+fuzz: setup models ## Fuzz every RPC of a real router: 3,400 requests per RPC with fields (20,400 in all); counts in bench/results/fuzz.json
 	rm -f bench/results/fuzz.json
 	FUZZ_EXAMPLES=3400 FUZZ_REPORT=bench/results/fuzz.json $(PY) -m pytest -s -q tests/e2e/test_fuzz.py
 

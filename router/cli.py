@@ -1,4 +1,5 @@
-"""`router`: serve, or call a running router (embed, chat, models, health).
+"""`router`: serve, check a model repository, make an API key, or call a running router (embed, rerank,
+chat, models, health: router/grpc/client/commands.py).
 
 Flags only override settings (router/settings.py); nothing is parsed at import time.
 """
@@ -14,7 +15,6 @@ import sys
 from pathlib import Path
 
 DEFAULT_TARGET = "127.0.0.1:50051"
-SERVICE_CONFIG = Path(__file__).resolve().parents[1] / "protos" / "modelrouter" / "v1" / "service_config.json"
 
 
 def _serve_parser(sub: argparse._SubParsersAction) -> None:
@@ -46,6 +46,12 @@ def _client_parsers(sub: argparse._SubParsersAction) -> None:
     embed.add_argument("texts", nargs="+")
     embed.add_argument("--model", default="all-minilm-l6-v2")
     embed.add_argument("--truncation", choices=["CHUNK", "END", "START", "NONE"])
+    rerank = sub.add_parser("rerank", help="rank documents against a query through a running router")
+    rerank.add_argument("query")
+    rerank.add_argument("documents", nargs="+", metavar="DOC")
+    rerank.add_argument("--model", default="minilm-reranker")
+    rerank.add_argument("--top-n", type=int, help="return only the best N")
+    rerank.add_argument("--truncation", choices=["CHUNK", "END", "START", "NONE"])
     chat = sub.add_parser("chat", help="ask a generation model through a running router; the answer streams")
     chat.add_argument("message")
     chat.add_argument("--model", default="smollm2-135m-instruct")
@@ -186,88 +192,6 @@ model-router is ready on {target}  ({about})
     )
 
 
-def _client(args: argparse.Namespace) -> int:
-    import grpc
-    import numpy as np
-    from grpc_health.v1 import health_pb2, health_pb2_grpc
-
-    from router.grpc.gen.modelrouter.v1 import model_router_service_pb2 as pb
-    from router.grpc.gen.modelrouter.v1 import model_router_service_pb2_grpc as pb_grpc
-
-    # The service config callers are given: gRPC's own retries, paced by the router's pushback.
-    options = [("grpc.service_config", SERVICE_CONFIG.read_text())]
-    if args.ca_file is None:
-        channel = grpc.insecure_channel(args.target, options=options)
-    else:
-        credentials = grpc.ssl_channel_credentials(
-            args.ca_file.read_bytes(),
-            args.key_file.read_bytes() if args.key_file else None,
-            args.cert_file.read_bytes() if args.cert_file else None,
-        )
-        channel = grpc.secure_channel(args.target, credentials, options=options)
-    if args.api_key:
-        channel = grpc.intercept_channel(channel, _bearer_interceptor()(args.api_key))
-    with channel:
-        stub = pb_grpc.ModelRouterServiceStub(channel)
-        try:
-            if args.command == "health":
-                reply = health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest(), timeout=5)
-                print(health_pb2.HealthCheckResponse.ServingStatus.Name(reply.status))
-            elif args.command == "models":
-                from google.protobuf.json_format import MessageToDict
-
-                reply = stub.ListModels(pb.ListModelsRequest(), timeout=10)
-                print(json.dumps(MessageToDict(reply), indent=2))
-            elif args.command == "chat":
-                request = pb.GenerateRequest(
-                    model=args.model,
-                    messages=[pb.ChatMessage(role="user", content=args.message)],
-                    max_tokens=args.max_tokens,
-                    **({"temperature": args.temperature} if args.temperature is not None else {}),
-                )
-                for reply in stub.Generate(request, timeout=300):
-                    print(reply.text, end="", flush=True)
-                usage = str(reply.usage).strip().replace("\n", ", ")
-                print(f"\n[{pb.FinishReason.Name(reply.finish_reason)}] {usage}")
-            else:
-                truncation = getattr(pb, f"TRUNCATION_{args.truncation}") if args.truncation else 0
-                reply = stub.Embed(
-                    pb.EmbedRequest(model=args.model, inputs=args.texts, truncation=truncation), timeout=60
-                )
-                vectors = np.array([e.values for e in reply.embeddings])
-                for text, vector in zip(args.texts, vectors, strict=True):
-                    print(f"{len(vector)} dims  [{', '.join(f'{v:+.4f}' for v in vector[:4])}, ...]  {text[:60]!r}")
-                if len(vectors) > 1:
-                    print("cosine similarities:")
-                    print(np.array2string(vectors @ vectors.T, precision=3))
-                print(f"usage: {reply.usage}".replace("\n", " "))
-        except grpc.RpcError as error:
-            print(f"{error.code().name}: {error.details()}", file=sys.stderr)
-            return 1
-    return 0
-
-
-def _bearer_interceptor():
-    import grpc
-
-    class BearerKey(grpc.UnaryUnaryClientInterceptor, grpc.UnaryStreamClientInterceptor):
-        """Adds `authorization: Bearer <key>` to every call."""
-
-        def __init__(self, key: str) -> None:
-            self.entry = ("authorization", f"Bearer {key}")
-
-        def _with_key(self, details):
-            return details._replace(metadata=[*(details.metadata or ()), self.entry])
-
-        def intercept_unary_unary(self, continuation, details, request):
-            return continuation(self._with_key(details), request)
-
-        def intercept_unary_stream(self, continuation, details, request):
-            return continuation(self._with_key(details), request)
-
-    return BearerKey
-
-
 def _keygen(principal: str) -> int:
     from router.core.auth import hash_key, new_key
 
@@ -291,7 +215,9 @@ def main(argv: list[str] | None = None) -> int:
             logs.configure("warning", "console", stream=sys.stderr)
         return check.run(args.path, args.triton, args.json, weights=not args.no_weights)
     if args.command != "serve":
-        return _client(args)
+        from router.grpc.client import commands
+
+        return commands.run(args)
     from pydantic import ValidationError
 
     from router import event_loop

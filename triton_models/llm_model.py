@@ -2,7 +2,7 @@
 
 Decoupled (streaming): each request gets one response per generated token, then an empty final one.
 The tensors are TensorRT-LLM's (`tensorrt_llm` model of tensorrtllm_backend), so a router that drives this
-model drives a real TensorRT-LLM engine on a GPU Triton the same way; triton_models/CONTRACTS.md lists them.
+model drives a real TensorRT-LLM engine on a GPU Triton the same way; docs/models.md lists them.
 
 In-flight batching: requests are queued by `execute` (which returns at once) and a single engine thread
 runs the model. Between two decode steps it advances the prefill of up to `max_prefills_per_step` joining

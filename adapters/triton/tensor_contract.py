@@ -1,6 +1,6 @@
 """The tensors at the Triton boundary, per kind of model: what the router sends and what it reads back.
 
-One table per kind (triton_models/CONTRACTS.md prints the same tables for people); `tensor_problems` holds
+One table per kind (docs/models.md prints the same tables for people); `tensor_problems` holds
 a model's declared inputs and outputs against its kind's table. The adapter builds exactly these tensors
 (adapters/triton/tensors.py), so a model that passes is one Triton will take the router's requests for.
 """

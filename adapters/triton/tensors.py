@@ -6,7 +6,7 @@ one buffer, little-endian), the same message tritonclient sends, built here stra
 arrays: tritonclient's `InferInput`/`InferResult` wrap every tensor in Python objects of their own, which
 cost more CPU than the call itself once the model is fast.
 
-Generation models take TensorRT-LLM's tensors (triton_models/CONTRACTS.md): `input_ids` and `input_lengths`,
+Generation models take TensorRT-LLM's tensors (docs/models.md): `input_ids` and `input_lengths`,
 `request_output_len`, the sampling values, `end_id`, `pad_id`, one-token `stop_words_list`, `streaming`."""
 
 from __future__ import annotations

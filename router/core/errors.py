@@ -61,6 +61,7 @@ TENANT_RATE_LIMITED = "TENANT_RATE_LIMITED"
 TOO_MANY_REQUESTS = "TOO_MANY_REQUESTS"
 """The router holds `max_concurrent_rpcs` calls already; retry after the delay given."""
 BACKEND_OVERLOADED = "BACKEND_OVERLOADED"
+CLIENT_THROTTLED = "CLIENT_THROTTLED"  # set by the caller's throttle, never by the router
 DEADLINE_TOO_SHORT = "DEADLINE_TOO_SHORT"
 DEADLINE_EXPIRED = "DEADLINE_EXPIRED"
 BACKEND_DEADLINE = "BACKEND_DEADLINE"
@@ -95,7 +96,7 @@ _BY_KIND = {
     ErrorKind.NOT_FOUND: (MODEL_NOT_FOUND, MODEL_VERSION_NOT_FOUND),
     ErrorKind.UNAUTHENTICATED: (CREDENTIALS_MISSING, CREDENTIALS_INVALID),
     ErrorKind.PERMISSION_DENIED: (MODEL_NOT_ALLOWED, TENANT_NOT_ALLOWED),
-    ErrorKind.OVERLOADED: (QUEUE_FULL, TENANT_RATE_LIMITED, TOO_MANY_REQUESTS, BACKEND_OVERLOADED),
+    ErrorKind.OVERLOADED: (QUEUE_FULL, TENANT_RATE_LIMITED, TOO_MANY_REQUESTS, BACKEND_OVERLOADED, CLIENT_THROTTLED),
     ErrorKind.DEADLINE_EXCEEDED: (DEADLINE_TOO_SHORT, DEADLINE_EXPIRED, BACKEND_DEADLINE),
     ErrorKind.NOT_READY: (MODEL_NOT_READY, MODEL_UNUSABLE, SHUTTING_DOWN),
     ErrorKind.BACKEND_UNAVAILABLE: (BACKEND_UNAVAILABLE, BACKEND_INDEX_UNAVAILABLE, MODEL_VERSION_GONE),
@@ -103,7 +104,7 @@ _BY_KIND = {
     ErrorKind.INTERNAL: (INTERNAL,),
 }
 KINDS: dict[str, ErrorKind] = {reason: kind for kind, reasons in _BY_KIND.items() for reason in reasons}
-"""Every reason the router sends, and its kind (so its status code): one kind per reason."""
+"""Every reason in ErrorReason (the router sends all but CLIENT_THROTTLED), and its kind (so its status code)."""
 
 
 @dataclass(frozen=True)

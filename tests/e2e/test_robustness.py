@@ -28,7 +28,7 @@ def test_a_100000_character_model_name_gets_not_found_within_the_trailer_limit(s
         stub.Embed(pb.EmbedRequest(model="m" * 100_000, inputs=["hello"]), timeout=30)
     details = details_of(caught.value)  # the client accepted the trailers: no "metadata size" error
     assert details.code is grpc.StatusCode.NOT_FOUND and details.info.reason == "MODEL_NOT_FOUND"
-    assert len(caught.value.details()) < 300 and "100000 characters" in caught.value.details()
+    assert len(caught.value.details()) < 300  # the name is not echoed whole
 
 
 def test_ten_thousand_invalid_inputs_get_a_bounded_list_of_violations(stub):

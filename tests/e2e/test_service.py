@@ -86,3 +86,22 @@ def _is_zombie(pid: int) -> bool:
             return stat.read().split()[2] == "Z"
     except FileNotFoundError:
         return True
+
+
+def test_router_rerank_prints_the_documents_best_first_with_where_the_best_window_lies(router_target):
+    filler = "The weather report mentions light rain over the hills and a calm sea. " * 40
+    long_document = filler + "Berlin has about 3.9 million inhabitants. " + filler
+    cli = subprocess.run(
+        [sys.executable, "-m", "router", "rerank", "--target", router_target, "--top-n", "2",
+         "How many people live in Berlin?", "A recipe for bread.", long_document, "Paris is in France."],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )  # fmt: skip
+    assert cli.returncode == 0, cli.stderr
+    lines = cli.stdout.splitlines()
+    assert lines[0].startswith("2 of 3 documents, best first")
+    assert "#1  best window: characters" in lines[1]  # the long document, cut into windows, ranks first
+    start, end = (int(n) for n in lines[1].split("characters ")[1].split()[0].split("-"))
+    assert start > 0 and end < len(long_document)
+    assert "Berlin" in long_document[start:end]

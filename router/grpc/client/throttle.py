@@ -40,9 +40,10 @@ import grpc
 from google.rpc import code_pb2, error_details_pb2, status_pb2
 from grpc_status import rpc_status
 
+from router.core import errors
 from router.grpc.status import DOMAIN
 
-REASON = "CLIENT_THROTTLED"
+REASON = errors.CLIENT_THROTTLED
 NOT_ACCEPTED = frozenset(
     {grpc.StatusCode.RESOURCE_EXHAUSTED, grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED}
 )
