@@ -34,7 +34,7 @@ class DirectClient:
         return self
 
     async def infer(self, rows: Sequence[Window]) -> np.ndarray:
-        return await self.backend.infer(self.contract, rows, None)
+        return (await self.backend.infer(self.contract, rows, None)).rows
 
     async def close(self) -> None:
         await self.backend.close()

@@ -20,7 +20,7 @@ import tritonclient.grpc.aio as triton_grpc
 from tokenizers import Tokenizer
 from tokenizers.decoders import DecodeStream
 
-from adapters.triton.backend import infer_inputs
+from adapters.triton.calls import infer_inputs
 from adapters.triton.tensors import generation_tensors
 from bench.harness import REPOSITORY, PathResult, bar_plot, router_process, say, triton_server, write_report
 from router.core.text.prompting import ChatMessage, ChatTemplate, Sampling

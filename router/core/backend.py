@@ -9,8 +9,7 @@ as one row per sequence.
 from __future__ import annotations
 
 from collections.abc import AsyncIterator, Sequence
-from contextvars import ContextVar
-from typing import Protocol
+from typing import NamedTuple, Protocol
 
 import numpy as np
 
@@ -18,9 +17,19 @@ from router.core.models.contract import ModelContract, ModelDescription
 from router.core.text.prompting import Sampling
 from router.core.text.tokenize import Window
 
-answered_by: ContextVar[str] = ContextVar("answered_by", default="")
-"""The server that answered the caller's last batch or stream (an adapter sets it before returning the
-batch or yielding the stream's tokens; its caller reads it after): for logs, never for callers."""
+
+class Answer(NamedTuple):
+    """A batch's output, a row per sequence, and the server that answered it (for logs, never callers)."""
+
+    rows: np.ndarray
+    shard: str
+
+
+class Token(NamedTuple):
+    """A generated token id, and the server that generated it."""
+
+    id: int
+    shard: str
 
 
 class Backend(Protocol):
@@ -33,16 +42,17 @@ class Backend(Protocol):
         no server answered (an empty list means the servers answered and serve nothing)."""
         ...
 
-    async def infer(self, contract: ModelContract, rows: Sequence[Window], timeout_s: float | None) -> np.ndarray:
-        """Run one batch; return the contract's output, a row per sequence. Raise RouterError
-        (BACKEND_*) on failure."""
+    async def infer(self, contract: ModelContract, rows: Sequence[Window], timeout_s: float | None) -> Answer:
+        """Run one batch; return the contract's output, a row per sequence, and who answered. Raise
+        RouterError (BACKEND_*) on failure."""
         ...
 
     def generate(
         self, contract: ModelContract, prompt: Sequence[int], sampling: Sampling, timeout_s: float | None
-    ) -> AsyncIterator[int]:
-        """Stream the token ids a generation model produces for `prompt`, one at a time. Closing the
-        iterator early cancels the request in the model server. Raise RouterError (BACKEND_*) on failure."""
+    ) -> AsyncIterator[Token]:
+        """Stream the token ids a generation model produces for `prompt`, one at a time, each with its
+        server. Closing the iterator early cancels the request in the model server. Raise RouterError
+        (BACKEND_*) on failure."""
         ...
 
     async def close(self) -> None: ...

@@ -28,7 +28,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from router.core.backend import Backend, answered_by
+from router.core.backend import Backend
 from router.core.config import AdmissionConfig, BatchingConfig
 from router.core.errors import RouterError
 from router.core.models.contract import ModelContract
@@ -277,9 +277,8 @@ class ModelScheduler:
             padded = len(unique) * longest
             with tracing.batch(served, padded):
                 timeout = backend_timeout(batch, now, self.config.timeout_s)
-                output = await self.backend.infer(self.contract, [item.window for item in unique], timeout)
+                output, shard = await self.backend.infer(self.contract, [item.window for item in unique], timeout)
             done = computed
-            shard = answered_by.get()
             for item in batch:
                 item.ticket.shards.add(shard)
         except BaseException as error:

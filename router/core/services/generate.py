@@ -16,7 +16,6 @@ from dataclasses import dataclass
 
 from tokenizers.decoders import DecodeStream
 
-from router.core.backend import answered_by
 from router.core.errors import BACKEND_DEADLINE, RouterError
 from router.core.models.contract import Task
 from router.core.services.accounting import log_shards
@@ -93,9 +92,9 @@ class GenerateService:
                 tokens = self.pipeline.registry.backend.generate(contract, prompt.ids, sampling, timeout)
                 shards: set[str] = set()
                 try:
-                    async for token in tokens:
+                    async for token, shard in tokens:
                         count += 1
-                        shards.add(answered_by.get())
+                        shards.add(shard)
                         if token in generation.end_ids:
                             reason = STOP
                             break

@@ -92,8 +92,8 @@ async def test_a_batch_failing_on_a_dead_shard_runs_on_another_and_the_dead_one_
     dead, alive = FakeStub("StatusCode.UNAVAILABLE"), FakeStub()
     backend = backend_with({"127.0.0.1:1": dead, "127.0.0.1:2": alive})
     for _ in range(50):  # the first pick is a coin toss between two unmeasured shards: 50 calls settle it
-        out = await backend.infer(contract(), ROWS, timeout_s=10.0)
-        assert out.shape == (1, 4)
+        out, shard = await backend.infer(contract(), ROWS, timeout_s=10.0)
+        assert out.shape == (1, 4) and shard
     assert len(dead.calls) == 1  # tried once, then ejected
     assert len(alive.calls) == 50
     assert not backend.shards.shards["127.0.0.1:1"].usable(0.0)
@@ -195,7 +195,7 @@ def test_bad_targets_are_refused(text):
 
 
 def test_the_longer_a_models_servers_are_down_the_longer_callers_are_told_to_wait():
-    from adapters.triton.backend import SERVER_DOWN_MAX_RETRY_S, SERVER_DOWN_RETRY_S, down_retry_s
+    from adapters.triton.failures import SERVER_DOWN_MAX_RETRY_S, SERVER_DOWN_RETRY_S, down_retry_s
 
     delays = [down_retry_s(t) for t in (0.0, 2.0, 4.0, 8.0, 60.0)]
     assert delays == [SERVER_DOWN_RETRY_S, SERVER_DOWN_RETRY_S, 4.0, 8.0, SERVER_DOWN_MAX_RETRY_S]

@@ -42,19 +42,19 @@ def test_tracing_is_off_unless_an_endpoint_is_set(otel_env):
 @pytest.fixture
 def recorded(monkeypatch):
     """A tracer whose spans land in memory, standing in for the router's and the adapter's."""
-    from adapters.triton import backend
+    from adapters.triton import calls
 
     exporter = InMemorySpanExporter()
     provider = TracerProvider()
     provider.add_span_processor(SimpleSpanProcessor(exporter))
     tracer = provider.get_tracer("test")
     monkeypatch.setattr(tracing, "tracer", tracer)
-    monkeypatch.setattr(backend, "_tracer", tracer)
+    monkeypatch.setattr(calls, "_tracer", tracer)
     return tracer, exporter
 
 
 def test_a_triton_call_is_its_batchs_anchor_requests_child_and_links_every_request(recorded):
-    from adapters.triton.backend import CallSpan
+    from adapters.triton.calls import CallSpan
     from tests.unit.core.scheduling.test_scheduler import contract
 
     tracer, exporter = recorded
@@ -81,7 +81,7 @@ def test_a_triton_call_is_its_batchs_anchor_requests_child_and_links_every_reque
 
 
 def test_an_untraced_batch_makes_no_span(recorded):
-    from adapters.triton.backend import CallSpan
+    from adapters.triton.calls import CallSpan
     from tests.unit.core.scheduling.test_scheduler import contract
 
     _, exporter = recorded

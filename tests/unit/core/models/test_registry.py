@@ -85,6 +85,7 @@ async def test_work_left_for_a_version_unloaded_everywhere_runs_on_the_next_vers
     import numpy as np
 
     from router.core import errors
+    from router.core.backend import Answer
     from router.core.text.tokenize import Window
 
     class RollingBackend(IndexBackend):
@@ -97,8 +98,8 @@ async def test_work_left_for_a_version_unloaded_everywhere_runs_on_the_next_vers
                 await self.gate.wait()
             if contract.version != self.held:
                 raise RouterError(errors.MODEL_VERSION_GONE, "gone", retry_after_s=1)
-            out = await super().infer(contract, rows, timeout_s)
-            return out + float(contract.version) * 1000  # tells the versions apart
+            out, shard = await super().infer(contract, rows, timeout_s)
+            return Answer(out + float(contract.version) * 1000, shard)  # tells the versions apart
 
     backend = RollingBackend([description("good")])
     registry = ModelRegistry(backend, repository)

@@ -8,6 +8,7 @@ import gc
 import numpy as np
 import pytest
 
+from router.core.backend import Answer
 from router.core.config import AdmissionConfig, BatchingConfig
 from router.core.errors import ErrorKind, RouterError
 from router.core.models.contract import ModelContract, Task, Truncation
@@ -61,7 +62,7 @@ class FakeBackend:
             if self.fail_with is not None:
                 raise self.fail_with
             self.batches.append(np.array([row.length for row in rows]))
-            return np.array([[row.ids.sum()] for row in rows], dtype=np.float32)
+            return Answer(np.array([[row.ids.sum()] for row in rows], dtype=np.float32), "fake")
         finally:
             self.inflight -= 1
 
