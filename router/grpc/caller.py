@@ -1,0 +1,39 @@
+"""Who is calling (router/core/auth.py): an API key in `authorization: Bearer`, or a client certificate's
+names, and the tenant in `x-tenant-id`; the caller may use the model its request names."""
+
+from __future__ import annotations
+
+import structlog
+
+from router.core.auth import Authenticator
+from router.grpc.converters import TENANT_KEY, set_caller
+from router.grpc.malformed import Malformed
+
+AUTHORIZATION_KEY = "authorization"
+
+
+def model_of(request) -> str:
+    """The model a request names: `model`, or GetModel's `name`."""
+    return getattr(request, "model", "") or getattr(request, "name", "")
+
+
+def authenticate(auth: Authenticator, request, context, metadata: dict) -> None:
+    """Set the call's caller (converters.set_caller) and bind its tenant and principal to the log context.
+    `request` is None for a stream of requests (its handler checks the model each part names). Raises
+    RouterError INVALID_ARGUMENT (a request that did not parse), UNAUTHENTICATED or PERMISSION_DENIED."""
+    if isinstance(request, Malformed):  # there is no request to speak of
+        raise request.error()
+    scheme, _, key = metadata.get(AUTHORIZATION_KEY, "").partition(" ")
+    names: list[str] = []
+    if auth.enabled:
+        peer = context.auth_context() or {}
+        for field in ("x509_common_name", "x509_subject_alternative_name"):
+            names += [value.decode(errors="replace") for value in peer.get(field, ())]
+    caller = auth.authenticate(
+        key.strip() if scheme.lower() == "bearer" else None, names, metadata.get(TENANT_KEY) or None
+    )
+    model = model_of(request) if request is not None else ""
+    if model:
+        caller.check_model(model)
+    set_caller(caller)
+    structlog.contextvars.bind_contextvars(tenant=caller.tenant, principal=caller.principal.name)

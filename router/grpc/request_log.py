@@ -1,0 +1,137 @@
+"""Each call's log context and its one `rpc` line, with its metrics: the request id (the caller's
+`x-request-id`, or a new one), method, tenant and trace ids are bound to structlog's context for the call;
+when it ends, one line says model, code, reason, latency, tokens, batches (the shards are added by the
+core), and the request counters and histograms are updated. The request's text is never logged."""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import itertools
+import os
+import time
+
+import grpc
+import structlog
+from opentelemetry import trace
+
+from router.core.errors import RouterError
+from router.grpc.converters import TENANT_KEY
+from router.grpc.gen.modelrouter.v1 import model_router_service_pb2 as pb
+from router.grpc.server_span import record_status
+from router.grpc.status import to_status
+from router.observability import metrics
+
+log = structlog.get_logger("router.rpc")
+
+REQUEST_ID_KEY = "x-request-id"
+_ID_PREFIX = os.urandom(8).hex()
+_ID_NUMBERS = itertools.count()
+
+
+def new_request_id() -> str:
+    """A request id for a call that brought none: this process's random 64-bit prefix and a counter (unique
+    across a fleet in practice; a random id per call costs a system call)."""
+    return f"{_ID_PREFIX}{next(_ID_NUMBERS):08x}"
+
+
+def bind(metadata: dict, method: str) -> float:
+    """Bind the call's log context; return when the call started."""
+    span = trace.get_current_span().get_span_context()
+    ids = {"trace_id": format(span.trace_id, "032x"), "span_id": format(span.span_id, "016x")} if span.is_valid else {}
+    structlog.contextvars.clear_contextvars()
+    structlog.contextvars.bind_contextvars(
+        request_id=metadata.get(REQUEST_ID_KEY) or new_request_id(),
+        method=method,
+        tenant=metadata.get(TENANT_KEY, ""),
+        **ids,
+    )
+    return time.perf_counter()
+
+
+def _encoder_usage(response) -> tuple[int, int | None] | None:
+    return (response.usage.computed_tokens, response.usage.batches) if response.HasField("usage") else None
+
+
+def _generation_usage(response: pb.GenerateResponse) -> tuple[int, int | None] | None:
+    usage = response.usage
+    return (usage.prompt_tokens + usage.completion_tokens, None) if response.HasField("usage") else None
+
+
+def _stream_part_usage(response: pb.EmbedStreamResponse) -> tuple[int, int | None] | None:
+    return _encoder_usage(response.response)
+
+
+_USAGE = {
+    pb.EmbedResponse: _encoder_usage,
+    pb.RerankResponse: _encoder_usage,
+    pb.GenerateResponse: _generation_usage,
+    pb.EmbedStreamResponse: _stream_part_usage,
+}
+"""For each response type that reports usage: its tokens and batches (None: not counted in batches)."""
+
+
+class Outcome:
+    """What the call's line reports of its responses: the model, and tokens and batches summed over the
+    responses that report usage (one for a unary call, the last for Generate, every part for EmbedStream)."""
+
+    __slots__ = ("batches", "model", "tokens")
+
+    def __init__(self, model: str) -> None:
+        self.model = model
+        self.tokens: int | None = None
+        self.batches: int | None = None
+
+    def add(self, response) -> None:
+        counted = _USAGE.get(type(response))
+        usage = counted(response) if counted is not None else None
+        if usage is None:
+            return
+        if not self.model and isinstance(response, pb.EmbedStreamResponse):
+            self.model = response.response.model
+        tokens, batches = usage
+        self.tokens = (self.tokens or 0) + tokens
+        if batches is not None:
+            self.batches = (self.batches or 0) + batches
+
+
+@functools.lru_cache(maxsize=1024)
+def _series(method: str, model: str, code: str) -> tuple:
+    """A request's metric series (a label lookup costs more than the update; the labels are bounded:
+    methods, served models or "(unknown)", codes)."""
+    return (
+        metrics.REQUESTS.labels(method, model, code),
+        metrics.REQUEST_SECONDS.labels(method, model),
+        metrics.REQUEST_TOKENS.labels(method, model),
+    )
+
+
+def _code_of(error: BaseException | None) -> dict:
+    if error is None:
+        return {"code": "OK"}
+    if isinstance(error, RouterError):
+        return {"code": to_status(error).code.name, "reason": error.reason, "error": error.message}
+    if isinstance(error, (asyncio.CancelledError, GeneratorExit)):  # the caller went away
+        return {"code": "CANCELLED"}
+    if isinstance(error, grpc.aio.AbortError):
+        return {"code": "ABORTED_BY_HANDLER"}
+    return {"code": "INTERNAL"}  # its traceback is logged once, where the error is turned into a status
+
+
+def finish(outcome: Outcome, started: float, method: str, error: BaseException | None, served: bool) -> None:
+    """The call's line, its span's status and its metrics; `served`: whether its model is one the router
+    serves (only those become metric labels, so a caller cannot grow the label set)."""
+    fields: dict = {"model": outcome.model, **_code_of(error)}
+    if outcome.tokens is not None:
+        fields["tokens"] = outcome.tokens
+    if outcome.batches is not None:
+        fields["batches"] = outcome.batches
+    record_status(fields["code"])
+    elapsed = time.perf_counter() - started
+    fields["ms"] = round(elapsed * 1000, 2)
+    log.info("rpc", **fields)
+    requests, seconds, tokens = _series(method, outcome.model if served else metrics.UNKNOWN_MODEL, fields["code"])
+    requests.inc()
+    seconds.observe(elapsed)
+    if fields["code"] == "OK" and outcome.tokens is not None:
+        tokens.inc(outcome.tokens)
