@@ -17,7 +17,7 @@ from bench.direct import DirectClient
 from bench.harness import PathResult, bar_plot, measure, router_process, say, triton_server, write_report
 from router.core.models.contract import Truncation
 from router.core.scheduling.batching import BatchLimits, pack, padded_cost
-from router.core.text.tokenize import Window
+from router.core.text.windows import Window
 from router.grpc.gen.modelrouter.v1 import model_router_service_pb2 as pb
 from router.grpc.gen.modelrouter.v1 import model_router_service_pb2_grpc as pb_grpc
 

@@ -424,6 +424,7 @@ async def run(
 STAGES = {
     "validate and tokenize": (
         "router/core/text/tokenize.py",
+        "router/core/text/windows.py",
         "router/core/services/pipeline.py",
         "router/core/services/validation.py",
         "router/core/models/registry.py",
@@ -459,6 +460,9 @@ TELEMETRY = (
     "router/observability/tracing.py",
     "router/observability/telemetry.py",
     "router/observability/span_export.py",
+    "router/observability/otlp.py",
+    "router/grpc/request_log.py",
+    "router/grpc/server_span.py",
 )
 """Frames that make a sample telemetry wherever they are in its stack (logs, metrics, spans)."""
 OTHER = "gRPC core and event loop"

@@ -35,7 +35,7 @@ from router.core.backend import Answer, Token
 from router.core.errors import RouterError
 from router.core.models.contract import ModelContract, ModelDescription
 from router.core.text.prompting import Sampling
-from router.core.text.tokenize import Window
+from router.core.text.windows import Window
 from router.observability import metrics
 from router.shards.picking import LEAST_WORK, HealthConfig, RetryBudget, Shard, ShardSet
 

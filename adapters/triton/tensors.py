@@ -19,7 +19,7 @@ from tritonclient.utils import np_to_triton_dtype, triton_to_np_dtype
 
 from router.core.models.contract import ModelContract
 from router.core.text.prompting import Sampling
-from router.core.text.tokenize import Window
+from router.core.text.windows import Window
 
 
 def pad_rows(rows: Sequence[np.ndarray], pad_id: int = 0) -> tuple[np.ndarray, np.ndarray]:

@@ -15,7 +15,7 @@ import numpy as np
 
 from router.core.models.contract import ModelContract, ModelDescription
 from router.core.text.prompting import Sampling
-from router.core.text.tokenize import Window
+from router.core.text.windows import Window
 
 
 class Answer(NamedTuple):

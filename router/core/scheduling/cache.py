@@ -15,7 +15,7 @@ import numpy as np
 from cachetools import LRUCache
 
 from router.core.models.contract import ModelContract
-from router.core.text.tokenize import Window
+from router.core.text.windows import Window
 from router.observability import metrics
 
 

@@ -38,7 +38,7 @@ from router.core.scheduling.batching import BatchLimits, grow
 from router.core.scheduling.cache import OutputCache
 from router.core.scheduling.fair_queue import FairQueue
 from router.core.scheduling.work import Item, Ticket, backend_timeout, charge, deduplicate
-from router.core.text.tokenize import Window
+from router.core.text.windows import Window
 from router.observability import metrics, tracing
 
 

@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 
 from opentelemetry.trace import SpanContext
 
-from router.core.text.tokenize import Window
+from router.core.text.windows import Window
 from router.observability import tracing
 
 

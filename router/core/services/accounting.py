@@ -8,7 +8,7 @@ import structlog
 
 from router.core.scheduling.work import Ticket
 from router.core.services.types import Timing, Usage
-from router.core.text.tokenize import Split
+from router.core.text.windows import Split
 
 
 def usage_of(splits: list[Split], input_tokens: int, ticket: Ticket) -> Usage:

@@ -21,7 +21,7 @@ from router.core.services.types import NO_CALL_CONTEXT, CallContext, EmbedReques
 from router.core.services.validation import check_count, resolve_truncation
 from router.core.text.pooling import combine_windows, l2_normalize
 from router.core.text.quantize import encode
-from router.core.text.tokenize import Split
+from router.core.text.windows import Split
 
 
 @dataclass

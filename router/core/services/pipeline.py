@@ -29,7 +29,7 @@ from router.core.scheduling.admission import QUEUE_FULL
 from router.core.services.accounting import log_shards, timing_of, usage_of
 from router.core.services.types import CallContext, InputUsage, Timing, Usage
 from router.core.services.validation import check_characters, check_sizes
-from router.core.text.tokenize import Split, Window
+from router.core.text.windows import Split, Window
 from router.observability import metrics, tracing
 
 # Bigger ones are tokenized in parts of this many texts: about 50 ms each here at a few hundred tokens a text.

@@ -18,7 +18,7 @@ from router.core.models.registry import ServedModel
 from router.core.services.pipeline import RequestPipeline
 from router.core.services.types import NO_CALL_CONTEXT, CallContext, RankedDocument, RerankRequest, RerankResult
 from router.core.services.validation import check_count, check_positive, resolve_truncation
-from router.core.text.tokenize import Query, Split
+from router.core.text.windows import Query, Split
 
 
 @dataclass

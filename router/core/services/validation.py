@@ -9,7 +9,7 @@ from router.core.config import RequestLimits
 from router.core.errors import FieldViolation
 from router.core.models.contract import Truncation
 from router.core.models.registry import ServedModel
-from router.core.text.tokenize import Split
+from router.core.text.windows import Split
 
 
 def check_count(field_name: str, items: Sized, limits: RequestLimits, reason: str) -> None:

@@ -10,75 +10,18 @@ encoded again without them and cut.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Sequence
-from dataclasses import dataclass
 from pathlib import Path
-from typing import NamedTuple
 
 import numpy as np
 from tokenizers import Encoding, Tokenizer
 
 from router.core.models.contract import Truncation
+from router.core.text.windows import Frame, Query, Split, Window, cut
 
 # Pad tokens by convention, tried in this order when the tokenizer's padding settings name none.
 _PAD_TOKENS = ("[PAD]", "<pad>", "<|pad|>", "<|padding|>")
-
-
-class Window(NamedTuple):
-    """One sequence for the model: token ids with special tokens, and where it lies in the text. (A named
-    tuple, as `Split`: one of each is made per text, and a tuple is the cheapest immutable record.)"""
-
-    ids: np.ndarray
-    type_ids: np.ndarray | None
-    start: int
-    end: int
-
-    @property
-    def length(self) -> int:
-        return len(self.ids)
-
-
-@dataclass(frozen=True)
-class Query:
-    """A rerank query, cut to its cap: `tokens` is its full length without special tokens."""
-
-    encoding: Encoding
-    tokens: int
-    truncated: bool
-
-    @property
-    def kept(self) -> int:
-        return len(self.encoding.ids)
-
-
-@dataclass(frozen=True)
-class Frame:
-    """A rerank prompt template (contract `pair_template`), tokenized: the text around query and document."""
-
-    head: Encoding
-    middle: Encoding
-    tail: Encoding
-
-    @property
-    def tokens(self) -> int:
-        return len(self.head.ids) + len(self.middle.ids) + len(self.tail.ids)
-
-
-class Split(NamedTuple):
-    """A text cut to fit: `tokens` is its full length with special tokens, before any cut."""
-
-    tokens: int
-    windows: tuple[Window, ...]
-    truncated: bool = False
-
-    @property
-    def chunked(self) -> bool:
-        return len(self.windows) > 1
-
-    @property
-    def too_long(self) -> bool:
-        """Set when truncation NONE left the text whole although it does not fit."""
-        return not self.windows
 
 
 class ModelTokenizer:
@@ -201,19 +144,8 @@ class ModelTokenizer:
         lead: Encoding | None = None,
     ) -> Split:
         tokens = len(content.ids) + self.single_specials + (len(lead.ids) if lead else 0)
-        if len(content.ids) <= room:
-            return Split(tokens, (self._single_window(content, lead),))
-        if truncation is Truncation.NONE:
-            return Split(tokens, ())
-        if truncation is Truncation.CHUNK:
-            content.truncate(room, stride=_stride(overlap, room), direction="right")
-            pieces = [content, *content.overflowing]
-            kept = pieces[:max_windows] if max_windows is not None else pieces
-            windows = tuple(self._single_window(piece, lead) for piece in kept)
-            return Split(tokens, windows, truncated=len(kept) < len(pieces))
-        direction = "right" if truncation is Truncation.END else "left"
-        content.truncate(room, direction=direction)
-        return Split(tokens, (self._single_window(content, lead),), True)
+        window = functools.partial(self._single_window, lead=lead)
+        return cut(content, tokens, room, truncation, overlap, max_windows, window)
 
     def _single_window(self, piece: Encoding, lead: Encoding | None) -> Window:
         text = piece if lead is None else Encoding.merge([lead, piece], growing_offsets=False)
@@ -288,18 +220,8 @@ class ModelTokenizer:
         frame: Frame | None,
     ) -> Split:
         tokens = query.tokens + len(document.ids) + overhead
-        if len(document.ids) <= room:
-            return Split(tokens, (self._pair_window(query, document, frame),))
-        if truncation is Truncation.NONE:
-            return Split(tokens, ())
-        if truncation is Truncation.CHUNK:
-            document.truncate(room, stride=_stride(overlap, room), direction="right")
-            pieces = [document, *document.overflowing]
-            kept = pieces[:max_windows] if max_windows is not None else pieces
-            windows = tuple(self._pair_window(query, p, frame) for p in kept)
-            return Split(tokens, windows, len(kept) < len(pieces))
-        document.truncate(room, direction="right" if truncation is Truncation.END else "left")
-        return Split(tokens, (self._pair_window(query, document, frame),), True)
+        window = functools.partial(self._pair_window, query, frame=frame)
+        return cut(document, tokens, room, truncation, overlap, max_windows, window)
 
     def _pair_window(self, query: Query, piece: Encoding, frame: Frame | None) -> Window:
         if frame is not None:
@@ -320,8 +242,3 @@ class ModelTokenizer:
             start=start,
             end=end,
         )
-
-
-def _stride(overlap: int, room: int) -> int:
-    """Windows must advance: keep the overlap below half a window."""
-    return max(0, min(overlap, room // 2))

@@ -7,7 +7,7 @@ import dataclasses
 import numpy as np
 
 from adapters.triton.tensors import input_tensors, pad_rows
-from router.core.text.tokenize import Window
+from router.core.text.windows import Window
 from tests.unit.core.scheduling.test_scheduler import contract
 
 

@@ -14,7 +14,7 @@ from tritonclient.grpc import service_pb2
 from adapters.triton.backend import TritonBackend
 from adapters.triton.fleet import Target
 from router.core.errors import ErrorKind, RouterError
-from router.core.text.tokenize import Window
+from router.core.text.windows import Window
 from router.shards.picking import RetryBudget
 from tests.unit.core.scheduling.test_scheduler import contract
 

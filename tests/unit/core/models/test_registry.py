@@ -86,7 +86,7 @@ async def test_work_left_for_a_version_unloaded_everywhere_runs_on_the_next_vers
 
     from router.core import errors
     from router.core.backend import Answer
-    from router.core.text.tokenize import Window
+    from router.core.text.windows import Window
 
     class RollingBackend(IndexBackend):
         """Answers only the version it holds; the one before is gone."""
@@ -150,7 +150,7 @@ async def test_an_older_version_a_request_names_is_served_by_a_scheduler_of_its_
 
     import numpy as np
 
-    from router.core.text.tokenize import Window
+    from router.core.text.windows import Window
 
     v1 = description("good", served_by=("shard-a",))
     backend = IndexBackend([v1])

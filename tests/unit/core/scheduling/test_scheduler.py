@@ -13,7 +13,7 @@ from router.core.config import AdmissionConfig, BatchingConfig
 from router.core.errors import ErrorKind, RouterError
 from router.core.models.contract import ModelContract, Task, Truncation
 from router.core.scheduling.scheduler import ModelScheduler
-from router.core.text.tokenize import Window
+from router.core.text.windows import Window
 
 
 def contract(max_batch_size: int = 8, max_len: int = 64) -> ModelContract:
