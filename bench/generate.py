@@ -23,7 +23,8 @@ from tokenizers.decoders import DecodeStream
 from adapters.triton.calls import infer_inputs
 from adapters.triton.tensors import generation_tensors
 from bench.harness import REPOSITORY, PathResult, bar_plot, router_process, say, triton_server, write_report
-from router.core.text.prompting import ChatMessage, ChatTemplate, Sampling
+from router.core.services.types import ChatMessage
+from router.core.text.prompting import ChatTemplate, Sampling
 from router.grpc.gen.modelrouter.v1 import model_router_service_pb2 as pb
 from router.grpc.gen.modelrouter.v1 import model_router_service_pb2_grpc as pb_grpc
 

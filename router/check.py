@@ -183,8 +183,7 @@ async def smoke(address: str, repository: Path, reports: list[ModelReport], time
     from router.core.services.generate import Delta, GenerateService
     from router.core.services.pipeline import RequestPipeline
     from router.core.services.rerank import RerankService
-    from router.core.services.types import EmbedRequest, RerankRequest
-    from router.core.text.prompting import GenerateRequest
+    from router.core.services.types import EmbedRequest, GenerateRequest, RerankRequest
 
     backend = TritonBackend([address], retries=1, discovery_interval_s=60.0)
     try:

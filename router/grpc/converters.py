@@ -18,15 +18,16 @@ from router.core.models.registry import ServedModel
 from router.core.services.generate import Delta, Finished
 from router.core.services.types import (
     CallContext,
+    ChatMessage,
     EmbedRequest,
     EmbedResult,
+    GenerateRequest,
     InputUsage,
     RerankRequest,
     RerankResult,
     Timing,
     Usage,
 )
-from router.core.text.prompting import ChatMessage, GenerateRequest
 from router.core.text.quantize import Encoding
 from router.grpc.gen.modelrouter.v1 import model_router_service_pb2 as pb
 

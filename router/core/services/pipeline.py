@@ -1,7 +1,10 @@
-"""The one request pipeline every encoder RPC goes through (Embed, Rerank):
+"""The one request pipeline every RPC enters (`enter`: resolve the model, validate against its contract);
+encoder RPCs (Embed, Rerank) then go all the way through it (`run`):
 
 resolve the model -> validate against its contract -> admission precheck -> tokenize and cut ->
 size checks -> schedule -> account (usage, timing).
+
+Generate leaves after `enter` for its own stream (generate.py).
 
 What differs per method is a `Job`: its checks, how it tokenizes (texts, or query and document pairs),
 and, after the pipeline, how rows combine into its result. The pipeline also counts the requests in it,
@@ -36,17 +39,23 @@ from router.observability import metrics, tracing
 TOKENIZE_PART_TEXTS = 256
 
 
-class Job(Protocol):
+class Checks(Protocol):
+    """What every request brings into the pipeline (Embed, Rerank and Generate alike)."""
+
     field: str
-    """The request field its inputs come from, for error paths (`inputs`, `documents`)."""
+    """The request field its text comes from, for error paths (`inputs`, `documents`, `messages`)."""
 
     def validate(self, served: ServedModel, limits: RequestLimits) -> None:
         """Check the request against the model's contract and the limits; raise RouterError."""
         ...
 
     def size(self) -> int:
-        """Characters of text the job will tokenize."""
+        """Characters of text the request holds."""
         ...
+
+
+class Job(Checks, Protocol):
+    """An encoder request: its checks, and how it tokenizes."""
 
     def count(self) -> int:
         """Texts (inputs, documents) the job tokenizes, in parts."""
@@ -119,13 +128,19 @@ class RequestPipeline:
             if not self.active:
                 self._idle.set()
 
+    def enter(self, model: str, task: Task, checks: Checks, version: str = "") -> ServedModel:
+        """Every request's first steps: resolve the model (and version), check the request against its
+        contract and the limits."""
+        served = self.registry.get(model, task, version)
+        checks.validate(served, self.limits)
+        check_characters(checks.field, checks.size(), self.limits)
+        return served
+
     async def _run(self, model: str, task: Task, call: CallContext, job: Job, version: str) -> Scheduled:
         started = time.monotonic()
-        served = self.registry.get(model, task, version)
+        served = self.enter(model, task, job, version)
         contract = served.contract
-        job.validate(served, self.limits)
         size = job.size()
-        check_characters(job.field, size, self.limits)
         served.scheduler.precheck(call.tenant, call.deadline)
         splits = await self._tokenize(served, job, size)
         tokens = check_sizes(job.field, splits, self.limits, contract.max_sequence_length, contract.name)

@@ -117,3 +117,30 @@ class RerankResult:
     usage: Usage = field(default_factory=Usage)
     timing: Timing = field(default_factory=Timing)
     version: str = ""
+
+
+@dataclass(frozen=True)
+class ChatMessage:
+    """One message of a chat: `role` (system, user, assistant) and its text."""
+
+    role: str
+    content: str
+
+
+@dataclass(frozen=True)
+class GenerateRequest:
+    """A Generate call: a `prompt` or chat `messages`, and the options checked against the model (prompting.py)."""
+
+    model: str
+    prompt: str = ""
+    messages: tuple[ChatMessage, ...] = ()
+    max_tokens: int | None = None
+    temperature: float | None = None
+    top_p: float | None = None
+    top_k: int | None = None
+    seed: int | None = None
+    stop: tuple[str, ...] = ()
+    repetition_penalty: float | None = None
+    presence_penalty: float | None = None
+    frequency_penalty: float | None = None
+    truncation: Truncation | None = None

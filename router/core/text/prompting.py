@@ -18,33 +18,11 @@ from jinja2.sandbox import ImmutableSandboxedEnvironment
 from router.core import errors
 from router.core.errors import FieldViolation
 from router.core.models.contract import GENERATE_OPTIONS, ModelContract, Truncation
+from router.core.services.types import ChatMessage, GenerateRequest
 
 ROLES = ("system", "user", "assistant")
 MAX_STOPS = 16
 MAX_STOP_CHARS = 256
-
-
-@dataclass(frozen=True)
-class ChatMessage:
-    role: str
-    content: str
-
-
-@dataclass(frozen=True)
-class GenerateRequest:
-    model: str
-    prompt: str = ""
-    messages: tuple[ChatMessage, ...] = ()
-    max_tokens: int | None = None
-    temperature: float | None = None
-    top_p: float | None = None
-    top_k: int | None = None
-    seed: int | None = None
-    stop: tuple[str, ...] = ()
-    repetition_penalty: float | None = None
-    presence_penalty: float | None = None
-    frequency_penalty: float | None = None
-    truncation: Truncation | None = None
 
 
 @dataclass(frozen=True)

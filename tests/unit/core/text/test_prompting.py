@@ -10,14 +10,8 @@ from hypothesis import strategies as st
 
 from router.core.errors import RouterError
 from router.core.models.contract import ModelContract, Task, Truncation
-from router.core.text.prompting import (
-    ChatMessage,
-    ChatTemplate,
-    GenerateRequest,
-    StopMatcher,
-    check_request,
-    fit_context,
-)
+from router.core.services.types import ChatMessage, GenerateRequest
+from router.core.text.prompting import ChatTemplate, StopMatcher, check_request, fit_context
 
 CONTRACT = ModelContract(
     name="llm",
