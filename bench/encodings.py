@@ -17,7 +17,7 @@ import numpy as np
 from bench.harness import PathResult, bar_plot, say, write_report
 from router.core.services.types import EmbedResult, InputUsage
 from router.core.text.quantize import Encoding, decode, encode
-from router.grpc.converters import embed_response_to_pb
+from router.grpc.embed_wire import embed_response_to_pb
 from router.grpc.gen.modelrouter.v1 import model_router_service_pb2 as pb
 
 COUNT = 10_000

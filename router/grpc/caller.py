@@ -1,15 +1,41 @@
 """Who is calling (router/core/auth.py): an API key in `authorization: Bearer`, or a client certificate's
-names, and the tenant in `x-tenant-id`; the caller may use the model its request names."""
+names, and the tenant in `x-tenant-id`; the caller may use the model its request names. The interceptor
+authenticates each call; its handler reads the caller back (`current_caller`, `call_context`)."""
 
 from __future__ import annotations
 
+import time
+from contextvars import ContextVar
+
 import structlog
 
-from router.core.auth import Authenticator
-from router.grpc.converters import TENANT_KEY, set_caller
+from router.core.auth import NOBODY, Authenticator, Caller
+from router.core.services.types import CallContext
 from router.grpc.malformed import Malformed
 
 AUTHORIZATION_KEY = "authorization"
+TENANT_KEY = "x-tenant-id"
+
+_caller: ContextVar[Caller | None] = ContextVar("caller", default=None)
+
+
+def set_caller(caller: Caller) -> None:
+    """The call's authenticated caller, for the handler's duration (the request interceptor sets it)."""
+    _caller.set(caller)
+
+
+def current_caller() -> Caller:
+    """The call's caller; a handler reached without the interceptor is nobody (no models, no internals)."""
+    return _caller.get() or Caller(NOBODY, "")
+
+
+def call_context(context) -> CallContext:
+    """The caller's tenant (authenticated by the interceptor) and deadline, from a grpc.aio context."""
+    remaining = context.time_remaining()
+    return CallContext(
+        tenant=current_caller().tenant,
+        deadline=None if remaining is None else time.monotonic() + remaining,
+    )
 
 
 def model_of(request) -> str:
@@ -18,7 +44,7 @@ def model_of(request) -> str:
 
 
 def authenticate(auth: Authenticator, request, context, metadata: dict) -> None:
-    """Set the call's caller (converters.set_caller) and bind its tenant and principal to the log context.
+    """Set the call's caller (`set_caller`) and bind its tenant and principal to the log context.
     `request` is None for a stream of requests (its handler checks the model each part names). Raises
     RouterError INVALID_ARGUMENT (a request that did not parse), UNAUTHENTICATED or PERMISSION_DENIED."""
     if isinstance(request, Malformed):  # there is no request to speak of

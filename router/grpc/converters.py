@@ -3,24 +3,17 @@
 from __future__ import annotations
 
 import dataclasses
-import functools
-import time
 from collections.abc import AsyncIterator
-from contextvars import ContextVar
 
-import numpy as np
 from google.protobuf import duration_pb2
 
 from router.core import errors
-from router.core.auth import NOBODY, Caller
 from router.core.models.contract import Task, Truncation
 from router.core.models.registry import ServedModel
 from router.core.services.generate import Delta, Finished
 from router.core.services.types import (
-    CallContext,
     ChatMessage,
     EmbedRequest,
-    EmbedResult,
     GenerateRequest,
     InputUsage,
     RerankRequest,
@@ -50,7 +43,7 @@ _ENCODING_FROM_PB = {
     pb.ENCODING_BINARY: Encoding.BINARY,
     pb.ENCODING_UBINARY: Encoding.UBINARY,
 }
-_ENCODING_TO_PB = {value: key for key, value in _ENCODING_FROM_PB.items() if key != pb.ENCODING_UNSPECIFIED}
+ENCODING_TO_PB = {value: key for key, value in _ENCODING_FROM_PB.items() if key != pb.ENCODING_UNSPECIFIED}
 _INPUT_TYPE_FROM_PB = {
     pb.INPUT_TYPE_UNSPECIFIED: None,
     pb.INPUT_TYPE_QUERY: "query",
@@ -64,31 +57,6 @@ _SCORE_TYPE_TO_PB = {
     "probability": pb.SCORE_TYPE_PROBABILITY,
     "similarity": pb.SCORE_TYPE_SIMILARITY,
 }
-
-
-TENANT_KEY = "x-tenant-id"
-
-
-_caller: ContextVar[Caller | None] = ContextVar("caller", default=None)
-
-
-def set_caller(caller: Caller) -> None:
-    """The call's authenticated caller, for the handler's duration (the request interceptor sets it)."""
-    _caller.set(caller)
-
-
-def current_caller() -> Caller:
-    """The call's caller; a handler reached without the interceptor is nobody (no models, no internals)."""
-    return _caller.get() or Caller(NOBODY, "")
-
-
-def call_context(context) -> CallContext:
-    """The caller's tenant (authenticated by the interceptor) and deadline, from a grpc.aio context."""
-    remaining = context.time_remaining()
-    return CallContext(
-        tenant=current_caller().tenant,
-        deadline=None if remaining is None else time.monotonic() + remaining,
-    )
 
 
 def _enum(table: dict, value: int, field: str, enum_name: str):
@@ -160,10 +128,6 @@ async def embed_parts_from_pb(messages) -> AsyncIterator[EmbedRequest]:
         number += 1
 
 
-def embed_stream_response_to_pb(offset: int, result: EmbedResult) -> pb.EmbedStreamResponse:
-    return pb.EmbedStreamResponse(offset=offset, response=embed_response_to_pb(result))
-
-
 def rerank_request_from_pb(request: pb.RerankRequest) -> RerankRequest:
     return RerankRequest(
         model=request.model,
@@ -232,61 +196,6 @@ def timing_to_pb(timing: Timing) -> pb.Timing:
         inference=_duration(timing.inference),
         total=_duration(timing.total),
     )
-
-
-@functools.lru_cache(maxsize=64)
-def _prefix(field: str, size: int) -> bytes:
-    """The wire bytes an Embedding puts before `size` bytes of its `values` (packed floats) or `data`
-    field: the field's tag and length, taken from the library's own encoding of a zero-filled field."""
-    zeros = pb.Embedding(values=[0.0] * (size // 4)) if field == "values" else pb.Embedding(data=bytes(size))
-    return zeros.SerializeToString()[:-size]
-
-
-@functools.lru_cache(maxsize=4096)
-def _usage_bytes(usage: InputUsage | None) -> bytes:
-    """An Embedding's `usage` on the wire (inputs of a request mostly share a few distinct usages)."""
-    return b"" if usage is None else pb.Embedding(usage=input_usage_to_pb(usage)).SerializeToString()
-
-
-@functools.lru_cache(maxsize=4096)
-def _embedding_header(size: int) -> bytes:
-    """The wire bytes an EmbedResponse puts before an Embedding of `size` bytes in `embeddings` (the field's
-    tag and the length), taken from the library's own encoding of an Embedding of that size."""
-    for content in range(size - 2, max(0, size - 12), -1):  # a `data` field: tag, length, content
-        filler = pb.Embedding(data=bytes(content))
-        if filler.ByteSize() == size:
-            return pb.EmbedResponse(embeddings=[filler]).SerializeToString()[:-size]
-    raise ValueError(f"no Embedding is {size} bytes long")
-
-
-def embed_response_to_pb(result: EmbedResult) -> pb.EmbedResponse:
-    """The response is parsed from its wire form, which protobuf defines field by field: each Embedding is
-    its row's bytes behind the `values` (or `data`) field's tag and length (float components are
-    little-endian float32 on the wire, as in numpy's array) followed by its usage; the embeddings follow
-    each other, each behind its own tag and length; the other fields come from a message of their own
-    (concatenated encodings merge, as protobuf defines). One parse of the whole costs a small part of the
-    CPU that building it from Python lists of floats did (a Python float made and read per component)."""
-    rows = result.embeddings
-    if result.encoding is Encoding.FLOAT:
-        rows, field = rows.astype("<f4", copy=False), "values"
-    else:
-        field = "data"
-    data, width = np.ascontiguousarray(rows).tobytes(), rows.shape[1] * rows.itemsize
-    prefix = _prefix(field, width)
-    parts: list[bytes] = []
-    for i, usage in enumerate(result.inputs or [None] * len(rows)):
-        tail = _usage_bytes(usage)
-        parts += (_embedding_header(len(prefix) + width + len(tail)), prefix, data[i * width : (i + 1) * width], tail)
-    rest = pb.EmbedResponse(
-        model=result.model,
-        usage=usage_to_pb(result.usage),
-        timing=timing_to_pb(result.timing),
-        model_version=result.version,
-        encoding=_ENCODING_TO_PB[result.encoding],
-        dimensions=result.dimensions,
-    )
-    parts.append(rest.SerializeToString())
-    return pb.EmbedResponse.FromString(b"".join(parts))
 
 
 def model_info_to_pb(served: ServedModel, internals: bool = False) -> pb.ModelInfo:

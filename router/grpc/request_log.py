@@ -16,7 +16,7 @@ import structlog
 from opentelemetry import trace
 
 from router.core.errors import RouterError
-from router.grpc.converters import TENANT_KEY
+from router.grpc.caller import TENANT_KEY
 from router.grpc.gen.modelrouter.v1 import model_router_service_pb2 as pb
 from router.grpc.server_span import record_status
 from router.grpc.status import to_status

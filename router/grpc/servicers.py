@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from router.app import Router
 from router.grpc import converters
+from router.grpc.caller import call_context, current_caller
+from router.grpc.embed_wire import embed_response_to_pb, embed_stream_response_to_pb
 from router.grpc.gen.modelrouter.v1 import model_router_service_pb2 as pb
 from router.grpc.gen.modelrouter.v1 import model_router_service_pb2_grpc as pb_grpc
 
@@ -15,33 +17,27 @@ class ModelRouterServicer(pb_grpc.ModelRouterServiceServicer):
         self.router = router
 
     async def Embed(self, request: pb.EmbedRequest, context) -> pb.EmbedResponse:
-        result = await self.router.embed.embed(
-            converters.embed_request_from_pb(request), converters.call_context(context)
-        )
-        return converters.embed_response_to_pb(result)
+        result = await self.router.embed.embed(converters.embed_request_from_pb(request), call_context(context))
+        return embed_response_to_pb(result)
 
     async def EmbedStream(self, request_iterator, context):
         results = self.router.embed.embed_stream(
             converters.embed_parts_from_pb(request_iterator),
-            converters.call_context(context),
-            converters.current_caller().check_model,
+            call_context(context),
+            current_caller().check_model,
         )
         try:
             async for offset, result in results:
-                yield converters.embed_stream_response_to_pb(offset, result)
+                yield embed_stream_response_to_pb(offset, result)
         finally:
             await results.aclose()
 
     async def Rerank(self, request: pb.RerankRequest, context) -> pb.RerankResponse:
-        result = await self.router.rerank.rerank(
-            converters.rerank_request_from_pb(request), converters.call_context(context)
-        )
+        result = await self.router.rerank.rerank(converters.rerank_request_from_pb(request), call_context(context))
         return converters.rerank_response_to_pb(result)
 
     async def Generate(self, request: pb.GenerateRequest, context):
-        events = self.router.generate.generate(
-            converters.generate_request_from_pb(request), converters.call_context(context)
-        )
+        events = self.router.generate.generate(converters.generate_request_from_pb(request), call_context(context))
         try:
             async for event in events:
                 yield converters.generate_event_to_pb(event)
@@ -49,7 +45,7 @@ class ModelRouterServicer(pb_grpc.ModelRouterServiceServicer):
             await events.aclose()  # a caller that left stops the generation now, not at garbage collection
 
     async def ListModels(self, request: pb.ListModelsRequest, context) -> pb.ListModelsResponse:
-        caller = converters.current_caller()
+        caller = current_caller()
         page = self.router.catalog.page(
             caller, converters.task_from_pb(request.task), request.page_size, request.page_token
         )
@@ -64,6 +60,6 @@ class ModelRouterServicer(pb_grpc.ModelRouterServiceServicer):
         )
 
     async def GetModel(self, request: pb.GetModelRequest, context) -> pb.GetModelResponse:
-        caller = converters.current_caller()
+        caller = current_caller()
         served = self.router.catalog.get(request.name, caller)
         return pb.GetModelResponse(model=converters.model_info_to_pb(served, caller.principal.admin))
