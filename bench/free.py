@@ -446,7 +446,11 @@ STAGES = {
         "router/core/text/pooling.py",
         "router/core/text/quantize.py",
     ),
-    "request and response encoding": ("router/grpc/converters.py", "router/grpc/servicers.py"),
+    "request and response encoding": (
+        "router/grpc/converters.py",
+        "router/grpc/embed_wire.py",
+        "router/grpc/servicers.py",
+    ),
     "gRPC server": ("router/grpc/",),
     "other router code": ("router/", "adapters/"),
 }
