@@ -18,6 +18,7 @@ from router.core.models.contract import (
     ModelContract,
     ModelDescription,
     Task,
+    TensorSpec,
     Truncation,
 )
 
@@ -83,29 +84,8 @@ def parse_contract(description: ModelDescription) -> ModelContract:
     """Interpret a model's `modelrouter.*` parameters; raise RouterError naming what is wrong."""
     name = description.name
     params = {k[len(PREFIX) :]: v for k, v in description.parameters.items() if k.startswith(PREFIX)}
-    try:
-        task = Task(params.get("task", "").strip().lower())
-    except ValueError:
-        raise _contract_error(name, f"unknown task {params.get('task')!r}") from None
-    for key in ("tokenizer", "max_sequence_length"):
-        if not params.get(key):
-            raise _contract_error(name, f"parameter {PREFIX}{key} is missing")
-    try:
-        max_len = int(params["max_sequence_length"])
-    except ValueError:
-        raise _contract_error(name, f"{PREFIX}max_sequence_length is not an integer") from None
-
-    input_names = tuple(spec.name for spec in description.inputs)
-    if "input_ids" not in input_names:
-        raise _contract_error(name, "the model has no input_ids input")
-    if not description.outputs:
-        raise _contract_error(name, "the model declares no output")
-    wanted = params.get("output")
-    outputs = {spec.name: spec for spec in description.outputs}
-    if wanted and wanted not in outputs:
-        raise _contract_error(name, f"output {wanted!r} is not declared")
-    output = outputs[wanted] if wanted else description.outputs[0]
-
+    task, max_len = _task_and_length(name, params)
+    output = _output(description, params)
     pooling = params.get("pooling", "mean").strip().lower()
     if pooling not in POOLINGS:
         raise _contract_error(name, f"{PREFIX}pooling must be one of {', '.join(POOLINGS)}")
@@ -113,19 +93,7 @@ def parse_contract(description: ModelDescription) -> ModelContract:
     width = output.dims[-1] if output.dims else -1
     if task is Task.RERANK and width > 0 and score_column >= width:
         raise _contract_error(name, f"{PREFIX}score_column {score_column} is outside output {output.name!r} ({width})")
-
-    # A prompt is never chunked: it fits, is cut from its oldest side on request (START), or is refused.
-    generate = task is Task.GENERATE
-    default_truncation = _truncation(name, params.get("default_truncation", "NONE" if generate else "CHUNK"))
-    allowed = params.get("truncations")
-    truncations = (
-        frozenset(_truncation(name, part) for part in allowed.split(",") if part.strip())
-        if allowed
-        else frozenset({Truncation.NONE, Truncation.START} if generate else Truncation)
-    )
-    if default_truncation not in truncations:
-        raise _contract_error(name, "default_truncation is not among the allowed truncations")
-
+    default_truncation, truncations = _truncations(name, task, params)
     return ModelContract(
         name=name,
         version=description.version,
@@ -133,7 +101,7 @@ def parse_contract(description: ModelDescription) -> ModelContract:
         tokenizer_file=params["tokenizer"],
         max_sequence_length=max_len,
         max_batch_size=max(1, description.max_batch_size),
-        input_names=input_names,
+        input_names=tuple(spec.name for spec in description.inputs),
         output_name=output.name,
         output_dims=output.dims,
         default_truncation=default_truncation,
@@ -154,6 +122,51 @@ def parse_contract(description: ModelDescription) -> ModelContract:
         quantization_range=_positive(name, "quantization_range", params.get("quantization_range", "1")),
         pair_template=_pair_template(name, task, params.get("pair_template", "")),
     )
+
+
+def _task_and_length(name: str, params: dict[str, str]) -> tuple[Task, int]:
+    try:
+        task = Task(params.get("task", "").strip().lower())
+    except ValueError:
+        raise _contract_error(name, f"unknown task {params.get('task')!r}") from None
+    for key in ("tokenizer", "max_sequence_length"):
+        if not params.get(key):
+            raise _contract_error(name, f"parameter {PREFIX}{key} is missing")
+    try:
+        return task, int(params["max_sequence_length"])
+    except ValueError:
+        raise _contract_error(name, f"{PREFIX}max_sequence_length is not an integer") from None
+
+
+def _output(description: ModelDescription, params: dict[str, str]) -> TensorSpec:
+    """The output the router reads: `modelrouter.output`, or the first declared; the model must take
+    input_ids."""
+    name = description.name
+    if "input_ids" not in (spec.name for spec in description.inputs):
+        raise _contract_error(name, "the model has no input_ids input")
+    if not description.outputs:
+        raise _contract_error(name, "the model declares no output")
+    wanted = params.get("output")
+    outputs = {spec.name: spec for spec in description.outputs}
+    if wanted and wanted not in outputs:
+        raise _contract_error(name, f"output {wanted!r} is not declared")
+    return outputs[wanted] if wanted else description.outputs[0]
+
+
+def _truncations(name: str, task: Task, params: dict[str, str]) -> tuple[Truncation, frozenset[Truncation]]:
+    """The default truncation and the allowed ones. A prompt is never chunked: it fits, is cut from its
+    oldest side on request (START), or is refused."""
+    generate = task is Task.GENERATE
+    default_truncation = _truncation(name, params.get("default_truncation", "NONE" if generate else "CHUNK"))
+    allowed = params.get("truncations")
+    truncations = (
+        frozenset(_truncation(name, part) for part in allowed.split(",") if part.strip())
+        if allowed
+        else frozenset({Truncation.NONE, Truncation.START} if generate else Truncation)
+    )
+    if default_truncation not in truncations:
+        raise _contract_error(name, "default_truncation is not among the allowed truncations")
+    return default_truncation, truncations
 
 
 def _pair_template(model: str, task: Task, value: str) -> tuple[str, str, str]:
