@@ -11,7 +11,7 @@ import structlog
 
 from adapters.triton.backend import TritonBackend
 from adapters.triton.embedded import EmbeddedTriton, Supervisor
-from adapters.triton.fleet import TritonTls
+from adapters.triton.targets import TritonTls
 from router.core.auth import Authenticator, Principal
 from router.core.config import AdmissionConfig, BatchingConfig, RequestLimits
 from router.core.models.catalog import Catalog

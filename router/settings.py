@@ -14,7 +14,7 @@ from pydantic_settings import (
     TomlConfigSettingsSource,
 )
 
-from adapters.triton.fleet import Target
+from adapters.triton.targets import Target
 from router.core.config import AdmissionConfig, BatchingConfig, RequestLimits, default
 from router.core.scheduling.admission import TenantLimits
 from router.event_loop import Choice as EventLoop

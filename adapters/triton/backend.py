@@ -28,7 +28,8 @@ from tritonclient.utils import InferenceServerException
 
 from adapters.triton.calls import CallSpan, infer_inputs, model_infer, shard_batches, stream_tokens
 from adapters.triton.failures import Failure, down_retry_s, no_shard, version_gone
-from adapters.triton.fleet import TritonFleet, TritonTls
+from adapters.triton.fleet import TritonFleet
+from adapters.triton.targets import TritonTls
 from adapters.triton.tensors import generation_tensors, infer_request, output_array
 from router.core import errors
 from router.core.backend import Answer, Token

@@ -12,7 +12,7 @@ import pytest
 from tritonclient.grpc import service_pb2
 
 from adapters.triton.backend import TritonBackend
-from adapters.triton.fleet import Target
+from adapters.triton.targets import Target
 from router.core.errors import ErrorKind, RouterError
 from router.core.text.windows import Window
 from router.shards.picking import RetryBudget
