@@ -37,9 +37,10 @@ from router.core.scheduling.admission import AdmissionController, TenantLimiter
 from router.core.scheduling.batching import BatchLimits, grow
 from router.core.scheduling.cache import OutputCache
 from router.core.scheduling.fair_queue import FairQueue
+from router.core.scheduling.series import ModelSeries
 from router.core.scheduling.work import Item, Ticket, backend_timeout, charge, deduplicate
 from router.core.text.windows import Window
-from router.observability import metrics, tracing
+from router.observability import tracing
 
 
 class ModelScheduler:
@@ -83,16 +84,7 @@ class ModelScheduler:
         self._dispatches: set[asyncio.Task] = set()
         self._handovers: set[asyncio.Task] = set()
         """Requests of a batch handed to the successor (rollout.py), running there."""
-        name = contract.name
-        self._batches = metrics.BATCHES.labels(name)
-        self._batch_rows = metrics.BATCH_ROWS.labels(name)
-        self._real_tokens = metrics.REAL_TOKENS.labels(name)
-        self._padded_tokens = metrics.PADDED_TOKENS.labels(name)
-        self._queued_tokens = metrics.QUEUED_TOKENS.labels(name)
-        self._inflight = metrics.INFLIGHT_BATCHES.labels(name)
-        self._reported = (0, 0)
-        """The queued tokens and batches in flight this scheduler last added to its model's gauges."""
-        self._shed = {reason: metrics.SHED.labels(name, reason) for reason in admission.REASONS}
+        self._series = ModelSeries(contract.name)
 
     @property
     def pending_sequences(self) -> int:
@@ -114,12 +106,12 @@ class ModelScheduler:
         """Refuse now, before the request is tokenized, if what is queued already rules it out."""
         now = time.monotonic()
         if deadline is not None and deadline <= now:
-            raise self._count(admission.deadline_expired(self.contract.name))
+            raise self._series.refused(admission.deadline_expired(self.contract.name))
         try:
             self.admission.precheck(tenant, deadline, now)
         except RouterError as error:
             self.admission.arrivals.arrived(now)  # it arrived, and will not reach run()
-            raise self._count(error) from None
+            raise self._series.refused(error) from None
 
     async def run(
         self, windows: Sequence[Window], tenant: str = "", deadline: float | None = None, pinned: bool = False
@@ -133,26 +125,16 @@ class ModelScheduler:
         now = time.monotonic()
         self.admission.arrivals.arrived(now)
         if deadline is not None and deadline <= now:
-            raise self._count(admission.deadline_expired(self.contract.name))
+            raise self._series.refused(admission.deadline_expired(self.contract.name))
         ticket = Ticket(submitted=now, tenant=tenant, deadline=deadline, span=tracing.current(), pinned=pinned)
         if ticket.span is not None:
             ticket.arrived_ns = tracing.wall_ns()
-        ticket.outputs = [None] * len(windows)
-        items: list[Item] = []
-        cache = self.cache
-        for index, window in enumerate(windows):
-            key = cache.key(self.contract, window) if cache is not None else None
-            cached = cache.get(key, self.contract.name) if key is not None else None
-            if cached is not None:
-                ticket.outputs[index] = cached
-                ticket.cache_hits += 1
-            else:
-                items.append(Item(next(self._seq_numbers), window, ticket, index, key))
+        items = self._look_up(ticket, windows)
         if items:
             try:
                 self.admission.admit(ticket, sum(item.length for item in items), now)
             except RouterError as error:
-                raise self._count(error) from None
+                raise self._series.refused(error) from None
             ticket.pending = len(items)
             ticket.done = asyncio.get_running_loop().create_future()
             self.queue.push(ticket, items)
@@ -176,11 +158,20 @@ class ModelScheduler:
         rows = ticket.outputs
         return (rows[0][None] if len(rows) == 1 else np.stack(rows)), ticket
 
-    def _count(self, error: RouterError) -> RouterError:
-        """Count a refusal by its reason, and hand the error back for raising."""
-        if error.reason in self._shed:
-            self._shed[error.reason].inc()
-        return error
+    def _look_up(self, ticket: Ticket, windows: Sequence[Window]) -> list[Item]:
+        """Answer what the output cache holds into the ticket; return the rest as items to compute."""
+        ticket.outputs = [None] * len(windows)
+        items: list[Item] = []
+        cache = self.cache
+        for index, window in enumerate(windows):
+            key = cache.key(self.contract, window) if cache is not None else None
+            cached = cache.get(key, self.contract.name) if key is not None else None
+            if cached is not None:
+                ticket.outputs[index] = cached
+                ticket.cache_hits += 1
+            else:
+                items.append(Item(next(self._seq_numbers), window, ticket, index, key))
+        return items
 
     def _withdraw(self, items: Sequence[Item]) -> None:
         self.queue.withdraw(items)
@@ -189,7 +180,7 @@ class ModelScheduler:
     def _expire(self, now: float) -> None:
         """Fail and drop queued requests whose deadline has passed: they never reach the model."""
         for ticket in self.admission.expired(now):
-            ticket.fail(self._count(admission.deadline_expired(self.contract.name)))
+            ticket.fail(self._series.refused(admission.deadline_expired(self.contract.name)))
             self._withdraw(self.queue.items_of(ticket))
 
     def _pump(self) -> None:
@@ -236,12 +227,7 @@ class ModelScheduler:
         return batch
 
     def _report(self) -> None:
-        """Add this scheduler's change to its model's gauges: a model's are the sum over its schedulers (an
-        older version a caller names has its own, and a rollout runs two for a while)."""
-        queued, inflight = self.queue.tokens, len(self._dispatches)
-        self._queued_tokens.inc(queued - self._reported[0])
-        self._inflight.inc(inflight - self._reported[1])
-        self._reported = (queued, inflight)
+        self._series.report(self.queue.tokens, len(self._dispatches))
 
     def _hold(self, now: float) -> bool:
         """Under load, let a batch that would leave less than full wait a little (max_batch_wait_s)."""
@@ -266,10 +252,7 @@ class ModelScheduler:
         # Identical sequences in one batch are computed once: `rows[i]` is item i's row in `unique`.
         unique, rows = deduplicate(batch)
         computed = sum(item.length for item in unique)
-        self._batches.inc()
-        self._batch_rows.observe(len(unique))
-        self._real_tokens.inc(computed)
-        self._padded_tokens.inc(len(unique) * longest)
+        self._series.batch(len(unique), computed, len(unique) * longest)
         self.admission.inflight_tokens += computed
         done = 0
         try:
