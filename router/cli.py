@@ -177,7 +177,7 @@ model-router is ready on {target}  ({about})
 
   Try it from another shell:
     .venv/bin/router embed --target {target} "A man is eating food." "A man eats a meal." "Stock markets fell."
-    .venv/bin/router rerank --target {target} "How many people live in Berlin?" "A recipe for bread." "Berlin has 3.9 million inhabitants."
+    .venv/bin/router rerank --target {target} "Who lives in Berlin?" "Bread recipes." "Berlin has 3.9 million people."
     .venv/bin/router chat --target {target} "What is the capital of France?"
     .venv/bin/router models --target {target}
     .venv/bin/router health --target {target}
