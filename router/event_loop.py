@@ -1,10 +1,9 @@
 """The event loop the router runs on: uvloop where it is installed, else asyncio's own.
 
-uvloop (libuv under asyncio's interface) runs the same code with less CPU per call: in front of one
-Triton, one 11-token Embed at a time, 1,500 calls per round alternating between two routers, the one on
-uvloop used 0.20 ms less CPU per call and answered 0.20-0.25 ms sooner at p50 (two rounds, 2026-11-27,
-about 00:28 UTC). The `event_loop` setting picks (`auto`: uvloop when importable), as KServe's `--event-loop`
-does: `asyncio` is the way back should a deployment meet a problem in uvloop.
+uvloop (libuv under asyncio's interface) runs the same code with less CPU per call and answers sooner
+(bench/FINDINGS.md, The overhead of one call). The `event_loop` setting picks (`auto`: uvloop when
+importable), as KServe's `--event-loop` does: `asyncio` is the way back should a deployment meet a
+problem in uvloop.
 """
 
 from __future__ import annotations

@@ -3,10 +3,9 @@ the event loop to walk it.
 
 CPython's oldest-generation collection walks every tracked object, and most of them (modules,
 classes, protobuf descriptors, the models' contracts) were made at start-up and live as long as the
-process. Measured here (2026-11-27, 03:20-03:35 UTC): under 16 one-text callers the router ran three
-full collections in 65 s, over about 72,000 objects, and each held the event loop for 25-43 ms; with
-the heap frozen once ready, they took 0.4-0.5 ms. vLLM and SGLang freeze their servers' heaps after
-start-up for the same reason.
+process: each full collection held the event loop for tens of milliseconds here, and well under one
+with the heap frozen (bench/FINDINGS.md, Garbage collection). vLLM and SGLang freeze their servers'
+heaps after start-up for the same reason.
 
 Only `router serve` does this: it owns its process. A router started in someone else's process
 (`LocalRouter`, in tests and notebooks) leaves that process's heap alone. What is frozen is never

@@ -124,10 +124,8 @@ class RequestLimits:
     inline_tokenize_characters: int = 4096
     """Requests with at most this many characters are tokenized on the event loop, bigger ones in worker
     threads, which run beside the loop on other cores (the tokenizer releases the interpreter lock). The
-    hop costs CPU: with the model made free (2026-12-03, paired rounds), 32-text Embed calls of about
-    5,000 characters used about 8% more router CPU per text in the threads than on the loop, and got 16%
-    more throughput; the free-model bench met its CPU and throughput targets this way, not the other.
-    A few short texts cost less on the loop than the hop."""
+    hop costs some CPU per text and buys throughput on a machine with cores to spare (measured with the
+    model made free: bench/FINDINGS.md, The router's own cost); a few short texts cost less on the loop."""
 
     def __post_init__(self) -> None:
         _check(

@@ -14,17 +14,12 @@ queue does not lock later ones out. The rules, in the order they are applied:
    `queue_delay_target_s`, or within `queue_delay_deadline_share` of its own deadline if that is longer
    (no deadline: rule 1 alone), and never less than the time to drain what is in flight and half a
    batch more: the batch former always has half a batch waiting to choose from by length, because a
-   short pool makes small batches and on a CPU those cost throughput. (Measured in the admission bench's
-   load, 2026-11-27, five alternating runs each: a floor of one batch with what is in flight counted
-   kept 16.4 and 14.6 calls/s at 2x and 4x, its batches 278-295 real tokens; this floor 17.4 and 15.9,
-   its batches 302-334 tokens, admitted calls' p50 at most 2.5x their p50 at 0.5x; a whole batch
-   waiting kept about as much, 17.3 and 16.3 in three runs, but put that p50 at 3.4-4.3x.) So under
+   short pool makes small batches and on a CPU those cost throughput (bench/FINDINGS.md, Admission
+   control, has the floors measured against this one). So under
    overload admitted calls are answered fast, the rest are refused at once with a retry delay, and the
    model never idles. A queue that is long but keeps up (load near capacity, a burst) is left to the
-   deadline rule: its calls make it, and refusing them would only lose goodput. (Tried first and
-   measured worse: CoDel's standing-queue signal, which cannot tell a long stable queue at 1x from a
-   growing one at 2x, so bounding both cost 7-14% of goodput at 1x; and requests arrived per request
-   served, too noisy and too late at a few requests a second, which shed 10% at 0.5x.)
+   deadline rule: its calls make it, and refusing them would only lose goodput. (CoDel's standing-queue
+   signal and requests arrived per request served were tried first: FINDINGS, Admission control.)
 3. **Deadlines.** A request the measured drain rate says cannot finish before its deadline is refused
    at once (DEADLINE_TOO_SHORT); estimates are corrected by how much longer admitted requests took. Only
    the rate measured while work waited (the model saturated) is trusted for this: a lightly loaded
