@@ -39,11 +39,9 @@ import shutil
 import signal
 import statistics
 import sys
-import threading
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import grpc
@@ -59,6 +57,7 @@ from bench.harness import (
     SCRATCH,
     cpu_seconds,
     machine,
+    otlp_sink,
     router_serve,
     say,
     triton_server,
@@ -255,18 +254,6 @@ def _tokenizer_round(tokenizer: Tokenizer, batches: list[list[str]], seconds: fl
     return Sample(calls, calls * TEXTS_PER_CALL, time.perf_counter() - started, {"client": _self_cpu() - used})
 
 
-class _Sink(BaseHTTPRequestHandler):
-    """Accepts OTLP/HTTP span exports and drops them."""
-
-    def do_POST(self) -> None:  # noqa: N802 - http.server's name
-        self.rfile.read(int(self.headers["Content-Length"]))
-        self.send_response(200)
-        self.end_headers()
-
-    def log_message(self, *args) -> None:
-        pass
-
-
 def _unsampled_traceparent(index: int) -> tuple[tuple[str, str]]:
     """A caller's W3C trace context that says "not sampled" (flags 00), a new trace per call."""
     return (("traceparent", f"00-{index + 1:032x}-{index + 1:016x}-00"),)
@@ -277,11 +264,9 @@ async def run(
 ) -> tuple[list[BenchPath], BenchPath, dict | None]:
     texts = mixed_texts(4096, MIN_TOKENS, MAX_TOKENS, SEED)
     documents = mixed_texts(2048, 40, 400, SEED + 1)
-    sink = ThreadingHTTPServer(("127.0.0.1", 0), _Sink)
-    threading.Thread(target=sink.serve_forever, daemon=True).start()
-    otlp = {"OTEL_EXPORTER_OTLP_ENDPOINT": f"http://127.0.0.1:{sink.server_address[1]}"}
     defaults = {"MODELROUTER_LOG_LEVEL": "info"}  # `router serve` as it is deployed: a log line per call
     async with contextlib.AsyncExitStack() as stack:
+        otlp = {"OTEL_EXPORTER_OTLP_ENDPOINT": stack.enter_context(otlp_sink())}
         triton = stack.enter_context(triton_server(free_repository(form=form), log_name="triton-free.log"))
         arguments = ["--triton", triton.grpc_address]
         target, router = stack.enter_context(router_serve(arguments, defaults))
@@ -417,7 +402,6 @@ async def run(
         profiled = await _profile(paths[0], pids, seconds) if profile else None
         await embedder.close()
         await reranker.close()
-    sink.shutdown()
     return paths, tokenizer, profiled
 
 

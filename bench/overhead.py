@@ -18,15 +18,22 @@ import asyncio
 import contextlib
 import subprocess
 import sys
-import threading
 import time
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import grpc
 
 from adapters.triton.embedded import free_port
 from bench.direct import DirectClient
-from bench.harness import PROJECT_ROOT, PathResult, cpu_seconds, router_serve, say, triton_server, write_report
+from bench.harness import (
+    PROJECT_ROOT,
+    PathResult,
+    cpu_seconds,
+    otlp_sink,
+    router_serve,
+    say,
+    triton_server,
+    write_report,
+)
 from router.core.models.contract import Truncation
 from router.grpc.gen.modelrouter.v1 import model_router_service_pb2 as pb
 from router.grpc.gen.modelrouter.v1 import model_router_service_pb2_grpc as pb_grpc
@@ -35,18 +42,6 @@ MODEL = "all-minilm-l6-v2"
 TEXT = "The quick brown fox jumps over the lazy dog"  # 11 tokens with [CLS] and [SEP]
 ROUNDS = 10
 BARE = "floor: bare grpc.aio forwarder (bench/passthrough.py)"
-
-
-class _Sink(BaseHTTPRequestHandler):
-    """Accepts OTLP/HTTP exports and drops them."""
-
-    def do_POST(self) -> None:  # noqa: N802 - http.server's name
-        self.rfile.read(int(self.headers["Content-Length"]))
-        self.send_response(200)
-        self.end_headers()
-
-    def log_message(self, *args) -> None:
-        pass
 
 
 @contextlib.contextmanager
@@ -68,16 +63,14 @@ def passthrough(triton_address: str, constant: int | None = None):
 
 
 async def run(calls: int) -> list[PathResult]:
-    sink = ThreadingHTTPServer(("127.0.0.1", 0), _Sink)
-    threading.Thread(target=sink.serve_forever, daemon=True).start()
-    tracing_env = {
-        "OTEL_EXPORTER_OTLP_ENDPOINT": f"http://127.0.0.1:{sink.server_address[1]}",
-        "OTEL_TRACES_SAMPLER": "always_on",
-    }
     with (
+        otlp_sink() as endpoint,
         triton_server() as triton,
         router_serve(["--triton", triton.grpc_address]) as (target, router),
-        router_serve(["--triton", triton.grpc_address], tracing_env) as (traced_target, traced_router),
+        router_serve(
+            ["--triton", triton.grpc_address],
+            {"OTEL_EXPORTER_OTLP_ENDPOINT": endpoint, "OTEL_TRACES_SAMPLER": "always_on"},
+        ) as (traced_target, traced_router),
         passthrough(triton.grpc_address) as (bare_target, bare),
     ):
         servers = {"router": router.pid, "traced": traced_router.pid, "bare": bare.pid}
@@ -131,7 +124,6 @@ async def run(calls: int) -> list[PathResult]:
         for open_channel in (channel, traced_channel, bare_channel):
             await open_channel.close()
         await direct.close()
-    sink.shutdown()
     direct_result = PathResult("direct: tritonclient, 1 call at a time", len(latencies["direct"]), walls["direct"])
     direct_result.latencies_s = latencies["direct"]
     router_result = PathResult("router: Embed, 1 call at a time", len(latencies["router"]), walls["router"])
