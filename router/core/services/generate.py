@@ -83,7 +83,7 @@ class GenerateService:
     ) -> AsyncIterator[Delta | Finished]:
         started = time.monotonic()
         with self.pipeline.inside():
-            served = self.pipeline.enter(request.model, Task.GENERATE, _Checks(request))
+            served, _ = self.pipeline.enter(request.model, Task.GENERATE, _Checks(request))
             assert served.generation is not None  # every generate model has one (registry)
             prompt = fit_context(
                 request, served.contract.max_sequence_length, served.tokenizer.encode_prompt, served.generation.template

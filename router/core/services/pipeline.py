@@ -128,19 +128,19 @@ class RequestPipeline:
             if not self.active:
                 self._idle.set()
 
-    def enter(self, model: str, task: Task, checks: Checks, version: str = "") -> ServedModel:
+    def enter(self, model: str, task: Task, checks: Checks, version: str = "") -> tuple[ServedModel, int]:
         """Every request's first steps: resolve the model (and version), check the request against its
-        contract and the limits."""
+        contract and the limits. Returns the model and the request's characters of text."""
         served = self.registry.get(model, task, version)
         checks.validate(served, self.limits)
-        check_characters(checks.field, checks.size(), self.limits)
-        return served
+        size = checks.size()
+        check_characters(checks.field, size, self.limits)
+        return served, size
 
     async def _run(self, model: str, task: Task, call: CallContext, job: Job, version: str) -> Scheduled:
         started = time.monotonic()
-        served = self.enter(model, task, job, version)
+        served, size = self.enter(model, task, job, version)
         contract = served.contract
-        size = job.size()
         served.scheduler.precheck(call.tenant, call.deadline)
         splits = await self._tokenize(served, job, size)
         tokens = check_sizes(job.field, splits, self.limits, contract.max_sequence_length, contract.name)

@@ -144,10 +144,10 @@ class ModelTokenizer:
         lead: Encoding | None = None,
     ) -> Split:
         tokens = len(content.ids) + self.single_specials + (len(lead.ids) if lead else 0)
-        window = functools.partial(self._single_window, lead=lead)
+        window = self._single_window if lead is None else functools.partial(self._single_window, lead=lead)
         return cut(content, tokens, room, truncation, overlap, max_windows, window)
 
-    def _single_window(self, piece: Encoding, lead: Encoding | None) -> Window:
+    def _single_window(self, piece: Encoding, lead: Encoding | None = None) -> Window:
         text = piece if lead is None else Encoding.merge([lead, piece], growing_offsets=False)
         return self._window(self._tokenizer.post_process(text), piece)
 
