@@ -33,7 +33,9 @@ def configure(level: str = "info", fmt: str = "auto", stream: TextIO | None = No
     structlog.configure(
         processors=processors,
         wrapper_class=structlog.make_filtering_bound_logger(logging.getLevelName(level.upper())),
-        logger_factory=structlog.PrintLoggerFactory(stream),  # None: standard output as each logger starts
+        # One write per line (message and newline together): worker processes share standard output, and
+        # a pipe keeps writes that small whole, where print() writes the newline apart and lines can run together.
+        logger_factory=structlog.WriteLoggerFactory(stream),  # None: standard output as each logger starts
         cache_logger_on_first_use=True,
     )
 
