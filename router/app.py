@@ -28,6 +28,19 @@ from router.shards.picking import RetryBudget
 
 log = structlog.get_logger(__name__)
 
+STOPPED_RETRY_S = 5.0
+"""The retry delay of calls refused once a stopping router's work is done (1 s while it drains)."""
+
+STOP_QUIET_S = 0.25
+"""A stopping router stops taking calls once none has come in for this long (RouterServer.stop)."""
+
+STOP_QUIET_LIMIT_S = 5.0
+"""... or after this long, with callers that do not heed their retry delay."""
+
+STOP_GRACE_S = 5.0
+"""Then how long calls still being answered or refused may take to end before they are cut.
+A stopping router takes at most `shutdown_grace_s` + STOP_QUIET_LIMIT_S + STOP_GRACE_S."""
+
 
 def core_configs(s: Settings) -> tuple[BatchingConfig, AdmissionConfig, RequestLimits]:
     """The core's configs from the settings (each checks itself; the settings were checked already)."""
@@ -92,6 +105,8 @@ class Router:
         self.catalog: Catalog | None = None
         self.ready = False
         self.closing = False
+        self.callers_back_by = 0.0
+        """Once drained: when the callers refused while draining come back, at the latest (monotonic)."""
         self._ready_event = asyncio.Event()
         self._changed = asyncio.Event()
         self._watch_task: asyncio.Task | None = None
@@ -212,6 +227,11 @@ class Router:
         await self._set_ready(False, {name: False for name in self._model_health})
         log.info("router.draining", requests=self.pipeline.active, grace_s=self.settings.shutdown_grace_s)
         finished = await self.pipeline.drain(self.settings.shutdown_grace_s)
+        # Nothing left to wait for: callers refused from now on are told to come back after this router
+        # has gone (to another replica, or to this one restarted). Those refused while it drained come
+        # back within a second, and are refused again: the server stops taking calls after that.
+        self.callers_back_by = self.pipeline.refused_back_by
+        self.pipeline.close(retry_after_s=STOPPED_RETRY_S)
         log.info("router.drained", finished=finished, left=self.pipeline.active)
         return finished
 

@@ -118,7 +118,7 @@ def _settings(args: argparse.Namespace):
 
 async def _serve(settings, worker_index: int | None = None) -> None:
     from router import heap
-    from router.app import Router
+    from router.app import STOP_GRACE_S, STOP_QUIET_LIMIT_S, STOP_QUIET_S, Router
     from router.grpc.server import RouterServer
 
     stop = asyncio.Event()
@@ -146,6 +146,7 @@ async def _serve(settings, worker_index: int | None = None) -> None:
                 _print_banner(settings, server.port, router)
 
     router.on_readiness(announce)
+    grace_s = 0.0
     try:
         await router.start()
         await server.start()
@@ -155,10 +156,19 @@ async def _serve(settings, worker_index: int | None = None) -> None:
             file=sys.stderr,
             flush=True,
         )
-        await router.shut_down()
+        if await router.shut_down():
+            grace_s = STOP_GRACE_S
     finally:
         print("stopping the router and Triton...", file=sys.stderr, flush=True)
-        await server.stop(0)
+        # The work is done, but calls may still be on their way out (an answer being written, a refusal
+        # of a call that came in while draining): the server stops taking calls in a lull and lets
+        # those end. Stopped with no grace, they were cancelled (CANCELLED at the caller).
+        await server.stop(
+            grace_s,
+            quiet_s=STOP_QUIET_S if grace_s else 0.0,
+            quiet_limit_s=STOP_QUIET_LIMIT_S,
+            not_before=router.callers_back_by + STOP_QUIET_S,
+        )
         await router.stop()
 
 

@@ -20,11 +20,13 @@ class CallCap:
         self._call_s = MeanDuration()
         self._appointments = Appointments()
         """Refused callers are told to come back one after another, at the rate calls end."""
+        self.last_arrival = 0.0
+        """When the latest call came in (time.monotonic()): a stopping server waits for a quiet moment."""
 
     @contextlib.contextmanager
     def slot(self) -> Iterator[None]:
         """Hold one place for the call, or raise TOO_MANY_REQUESTS."""
-        now = time.monotonic()
+        now = self.last_arrival = time.monotonic()
         if self.active >= self.max_calls:
             # A slot frees about every mean call time / slots: the next refused caller's turn is then.
             turn = self._call_s.value / self.max_calls

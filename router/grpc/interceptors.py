@@ -52,6 +52,11 @@ class RequestInterceptor(grpc.aio.ServerInterceptor):
         """Whether a model name is one the router serves (for metric labels)."""
         self._wrapped: dict[str, tuple[grpc.RpcMethodHandler, grpc.RpcMethodHandler]] = {}
 
+    @property
+    def last_arrival(self) -> float:
+        """When the latest call of the service came in (time.monotonic())."""
+        return self._cap.last_arrival
+
     async def intercept_service(self, continuation, handler_call_details):
         handler = await continuation(handler_call_details)
         method = handler_call_details.method

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import asyncio
+import time
+
 import grpc
 import structlog
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
@@ -50,10 +53,8 @@ class RouterServer:
             ("grpc.max_send_message_length", settings.max_message_bytes),
             ("grpc.max_receive_message_length", settings.max_message_bytes),
         ]
-        self.server = grpc.aio.server(
-            interceptors=interceptor_chain(router.knows_model, router.auth, settings.max_concurrent_rpcs),
-            options=options,
-        )
+        self._interceptors = interceptor_chain(router.knows_model, router.auth, settings.max_concurrent_rpcs)
+        self.server = grpc.aio.server(interceptors=self._interceptors, options=options)
         pb_grpc.add_ModelRouterServiceServicer_to_server(ModelRouterServicer(router), self.server)
         self.health = health.aio.HealthServicer()
         self._reported: set[str] = set()
@@ -94,5 +95,19 @@ class RouterServer:
         )
         return self.port
 
-    async def stop(self, grace_s: float = 5.0) -> None:
+    async def stop(
+        self, grace_s: float = 5.0, quiet_s: float = 0.0, quiet_limit_s: float = 0.0, not_before: float = 0.0
+    ) -> None:
+        """Stop taking calls and give those inside `grace_s` to end. With `quiet_s`, first wait (at most
+        `quiet_limit_s`) until `not_before` (time.monotonic()) has passed and no call has come in for
+        `quiet_s`: a call that reaches grpc after the server stops taking calls is cancelled (CANCELLED
+        at its caller, which cannot tell whether any work was done), so a server that stops in a lull,
+        after the callers it refused with a short delay have been back, loses no call of callers that
+        heed their retry delay."""
+        give_up = time.monotonic() + quiet_limit_s
+        while quiet_s and (now := time.monotonic()) < give_up:
+            lull = now - max((i.last_arrival for i in self._interceptors), default=0.0)
+            if lull >= quiet_s and now >= not_before:
+                break
+            await asyncio.sleep(max(0.01, min(max(quiet_s - lull, not_before - now), give_up - now)))
         await self.server.stop(grace_s)

@@ -3,71 +3,17 @@ port, a worker that dies is started again, and SIGTERM drains and stops every wo
 
 from __future__ import annotations
 
-import json
 import os
 import signal
-import subprocess
-import sys
-import threading
 import time
-from pathlib import Path
 
 import grpc
 import pytest
 
-from adapters.triton.embedded import free_port
 from router.grpc.gen.modelrouter.v1 import model_router_service_pb2 as pb
 from router.grpc.gen.modelrouter.v1 import model_router_service_pb2_grpc as pb_grpc
-from router.settings import PROJECT_ROOT
-from tests.helpers import EMBED_MODEL, REPOSITORY, wait_for
-
-
-class Served:
-    """`router serve --workers 2` as a process of its own, its JSON log lines kept as they come."""
-
-    def __init__(self, triton_address: str) -> None:
-        self.port = free_port()
-        environment = dict(os.environ, MODELROUTER_LOG_FORMAT="json", MODELROUTER_MODEL_REPOSITORY=str(REPOSITORY))
-        command = [sys.executable, "-m", "router", "serve", "--workers", "2", "--triton", triton_address]
-        self.process = subprocess.Popen(
-            [*command, "--port", str(self.port)],
-            cwd=PROJECT_ROOT,
-            env=environment,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.STDOUT,
-            text=True,
-        )
-        self.lines: list[str] = []
-        threading.Thread(target=self._read, daemon=True).start()
-
-    def _read(self) -> None:
-        for line in self.process.stdout:
-            self.lines.append(line)
-
-    def logs(self, event: str) -> list[dict]:
-        found = []
-        for line in list(self.lines):
-            if line.startswith("{"):
-                record = json.loads(line)
-                if record.get("event") == event:
-                    found.append(record)
-        return found
-
-    def workers(self) -> list[int]:
-        """The parent's live children: its worker processes (read from /proc)."""
-        pid = self.process.pid
-        try:
-            children = [int(c) for c in Path(f"/proc/{pid}/task/{pid}/children").read_text().split()]
-        except OSError:
-            return []
-        return [child for child in children if alive(child)]
-
-
-def alive(pid: int) -> bool:
-    try:
-        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
-    except OSError:
-        return False
+from tests.helpers import EMBED_MODEL, wait_for
+from tests.processes import Served, alive
 
 
 def embed_on_new_connections(port: int, connections: int) -> None:
@@ -83,16 +29,11 @@ def embed_on_new_connections(port: int, connections: int) -> None:
 
 @pytest.fixture(scope="module")
 def served(triton):
-    server = Served(triton.grpc_address)
+    server = Served([triton.grpc_address], "--workers", "2")
     try:
-        wait_for(lambda: any("is ready on" in line for line in server.lines), "the workers to answer SERVING")
-        yield server
+        yield server.wait_ready()
     finally:
-        if server.process.poll() is None:
-            for worker in server.workers():
-                os.kill(worker, signal.SIGKILL)
-            server.process.kill()
-        server.process.wait(30)
+        server.kill()
 
 
 def test_both_workers_answer_on_the_one_port(served):

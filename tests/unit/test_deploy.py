@@ -51,7 +51,10 @@ def test_the_router_drains_within_its_grace_period_and_is_ready_by_grpc_health()
     pod = router_pod()
     [container] = pod["containers"]
     pre_stop = container["lifecycle"]["preStop"]["sleep"]["seconds"]
-    assert pre_stop + router_settings().shutdown_grace_s < pod["terminationGracePeriodSeconds"]
+    from router.app import STOP_GRACE_S, STOP_QUIET_LIMIT_S
+
+    stopping = router_settings().shutdown_grace_s + STOP_QUIET_LIMIT_S + STOP_GRACE_S  # the most it takes
+    assert pre_stop + stopping < pod["terminationGracePeriodSeconds"]
     assert container["readinessProbe"]["grpc"]["port"] == router_settings().port
     assert "grpc" not in container["livenessProbe"]  # a Triton outage must not restart the router
 

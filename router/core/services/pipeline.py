@@ -103,6 +103,9 @@ class RequestPipeline:
         self.active = 0
         """Requests inside the pipeline now."""
         self._closing = False
+        self._refused_retry_s = 1.0
+        self.refused_back_by = 0.0
+        """When the callers refused while closing were told to come back, the latest (time.monotonic())."""
         self._tokenizing = asyncio.Semaphore(limits.tokenizing_threads)
         self.tokenizing_characters = 0
         """Characters of big requests being tokenized or waiting for a thread (admission counts them)."""
@@ -118,7 +121,8 @@ class RequestPipeline:
     def inside(self) -> Iterator[None]:
         """Count a request as inside the router (Generate's streams too); refuse it while shutting down."""
         if self._closing:
-            raise RouterError(errors.SHUTTING_DOWN, "the router is shutting down", retry_after_s=1.0)
+            self.refused_back_by = max(self.refused_back_by, time.monotonic() + self._refused_retry_s)
+            raise RouterError(errors.SHUTTING_DOWN, "the router is shutting down", retry_after_s=self._refused_retry_s)
         self.active += 1
         self._idle.clear()
         try:
@@ -189,9 +193,10 @@ class RequestPipeline:
             self.tokenizing_characters -= size
         return splits
 
-    def close(self) -> None:
-        """Stop admitting: new requests get UNAVAILABLE with a retry delay."""
+    def close(self, retry_after_s: float = 1.0) -> None:
+        """Stop admitting: new requests get UNAVAILABLE, told to come back after `retry_after_s`."""
         self._closing = True
+        self._refused_retry_s = retry_after_s
 
     async def drain(self, grace_s: float) -> bool:
         """Wait up to `grace_s` for the requests inside to finish; True if they all did."""
