@@ -52,7 +52,19 @@ models: $(VENV_STAMP) ## Build the Triton model repository (exports cached; rebu
 run: setup models ## Start a real Triton on 127.0.0.1 and the router on 127.0.0.1:50051
 	$(VENV)/bin/router serve $(ROUTER_ARGS)
 
-test: setup models $(NODE_CLIENT) $(BUF) ## Run the unit and end-to-end tests (a real Triton is started on loopback)
+SUDO := $(if $(filter 0,$(shell id -u)),,sudo)
+# Install Debian packages: $(call apt_install,PACKAGE), refreshing the package lists only when needed.
+apt_install = $(SUDO) apt-get install -y --no-install-recommends $(1) >/dev/null \
+	|| { $(SUDO) apt-get update -qq && $(SUDO) apt-get install -y --no-install-recommends $(1) >/dev/null; }
+
+REDIS_SERVER := $(shell command -v redis-server 2>/dev/null || echo .tools/redis-server)
+
+$(REDIS_SERVER):
+	@echo "[test] installing redis-server (Debian's package) from the apt registry (the multi-router tests)"
+	$(call apt_install,redis-server)
+	mkdir -p .tools && ln -sf "$$(command -v redis-server)" .tools/redis-server
+
+test: setup models $(NODE_CLIENT) $(BUF) $(REDIS_SERVER) ## Run the unit and end-to-end tests (a real Triton and a real Redis on loopback)
 	$(PY) -m pytest $(PYTEST_ARGS)
 
 $(NODE_CLIENT):
@@ -67,9 +79,7 @@ PROMTOOL := $(shell command -v promtool 2>/dev/null || echo .tools/promtool)
 
 $(PROMTOOL):
 	@echo "[lint] installing promtool (Debian's prometheus package) from the apt registry"
-	$(if $(filter 0,$(shell id -u)),,sudo) apt-get install -y --no-install-recommends prometheus >/dev/null \
-		|| { $(if $(filter 0,$(shell id -u)),,sudo) apt-get update -qq && \
-		     $(if $(filter 0,$(shell id -u)),,sudo) apt-get install -y --no-install-recommends prometheus >/dev/null; }
+	$(call apt_install,prometheus)
 	mkdir -p .tools && ln -sf "$$(command -v promtool)" .tools/promtool
 
 lint: setup $(BUF) $(PROMTOOL) ## buf lint, ruff, deploy/ against Kubernetes schemas, Prometheus rules with promtool

@@ -16,8 +16,8 @@ from router.core.auth import Authenticator, Principal
 from router.core.config import AdmissionConfig, BatchingConfig, RequestLimits
 from router.core.models.catalog import Catalog
 from router.core.models.registry import ModelRegistry
-from router.core.scheduling.admission import TenantLimiter, TenantLimits
 from router.core.scheduling.cache import OutputCache
+from router.core.scheduling.tenant_limits import TenantLimits, TenantRates, limiter_for
 from router.core.services.embed import EmbedService
 from router.core.services.generate import GenerateService
 from router.core.services.pipeline import RequestPipeline
@@ -89,6 +89,14 @@ def principals_of(s: Settings) -> list[Principal]:
     ]
 
 
+def tenant_rates(s: Settings) -> TenantRates:
+    """The tenants' rates the settings give: a default, and named tenants' own."""
+    return TenantRates(
+        TenantLimits(s.tenant_requests_per_s, s.tenant_tokens_per_s, s.tenant_burst_s),
+        {name: TenantLimits(t.requests_per_s, t.tokens_per_s, t.burst_s) for name, t in s.tenants.items()},
+    )
+
+
 class Router:
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
@@ -105,6 +113,8 @@ class Router:
         self.catalog: Catalog | None = None
         self.ready = False
         self.closing = False
+        self.redis = None
+        """The link to the Redis the fleet shares (adapters/redis/link.py), with `redis_url`."""
         self.callers_back_by = 0.0
         """Once drained: when the callers refused while draining come back, at the latest (monotonic)."""
         self._ready_event = asyncio.Event()
@@ -148,16 +158,14 @@ class Router:
         self.backend.fleet.on_change(self._changed.set)
         await self.backend.start()
         batching, admission, limits = core_configs(s)
+        counts = await self._link_fleet() if s.redis_url else None
         self.registry = ModelRegistry(
             self.backend,
             s.model_repository,
             batching,
             OutputCache(s.cache_max_bytes) if s.cache_max_bytes > 0 else None,
             admission,
-            TenantLimiter(
-                TenantLimits(s.tenant_requests_per_s, s.tenant_tokens_per_s, s.tenant_burst_s),
-                {name: TenantLimits(t.requests_per_s, t.tokens_per_s, t.burst_s) for name, t in s.tenants.items()},
-            ),
+            limiter_for(tenant_rates(s), counts),
         )
         self.pipeline = RequestPipeline(self.registry, limits)
         self.embed = EmbedService(self.pipeline)
@@ -165,6 +173,16 @@ class Router:
         self.generate = GenerateService(self.pipeline)
         self.catalog = Catalog(self.registry)
         self._watch_task = asyncio.create_task(self._watch())
+
+    async def _link_fleet(self):
+        """The Redis the fleet of routers shares: its link, and tenant counts kept there."""
+        from adapters.redis.link import RedisLink
+        from adapters.redis.rate_limits import RedisCounts
+
+        s = self.settings
+        self.redis = RedisLink(s.redis_url, s.redis_timeout_s, s.redis_prefix, routers_expected=s.routers_expected)
+        await self.redis.start()
+        return RedisCounts(self.redis)
 
     async def start_embedded(self) -> list[str]:
         """Start `embedded_shards` tritonservers over the repository, each kept running by a supervisor."""
@@ -242,6 +260,8 @@ class Router:
                 await self._watch_task
         if self.backend is not None:
             await self.backend.close()
+        if self.redis is not None:
+            await self.redis.close()
         for task in self._supervisors:
             task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
@@ -249,3 +269,4 @@ class Router:
         await asyncio.gather(*(asyncio.to_thread(server.stop) for server in self.embedded))
         if self._tracer_provider is not None:
             await asyncio.to_thread(self._tracer_provider.shutdown)  # sends the spans still buffered
+

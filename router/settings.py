@@ -16,7 +16,7 @@ from pydantic_settings import (
 
 from adapters.triton.targets import Target
 from router.core.config import AdmissionConfig, BatchingConfig, RequestLimits, default
-from router.core.scheduling.admission import TenantLimits
+from router.core.scheduling.tenant_limits import TenantLimits
 from router.event_loop import Choice as EventLoop
 from router.event_loop import loop_factory
 
@@ -176,6 +176,19 @@ class Settings(BaseSettings):
     tenants: dict[str, TenantLimitSettings] = Field(default_factory=dict)
     """Rates of named tenants, overriding the defaults: in TOML `[tenants.search] requests_per_s = 50`,
     or MODELROUTER_TENANTS='{"search": {"requests_per_s": 50}}'."""
+
+    # Many routers over one fleet (docs/operations.md, Many routers).
+    redis_url: str | None = None
+    """A Redis every router of the fleet shares (`redis://host:6379/0`, `rediss://` for TLS): tenant rates
+    are counted there, so they hold for the fleet, not per router. Unset: each router counts its own."""
+    redis_timeout_s: float = Field(default=0.05, gt=0)
+    """How long a call waits on Redis before this router counts on its own (its share of each rate)
+    until Redis answers again; no call fails because Redis is down or slow."""
+    redis_prefix: str = "modelrouter"
+    """Prefix of every key the router writes (several fleets may share one Redis)."""
+    routers_expected: int = Field(default=1, gt=0)
+    """Router processes assumed in the fleet until Redis has been reached once (afterwards the count the
+    routers announce there): each router's share of a tenant's rate while Redis does not answer."""
 
     # What one request may ask.
     max_inputs_per_request: int = Field(default=default(_R, "max_inputs"), gt=0)

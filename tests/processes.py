@@ -82,3 +82,40 @@ def alive(pid: int) -> bool:
         return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
     except OSError:
         return False
+
+
+class RedisServer:
+    """A real `redis-server` (Debian's package; `make test` installs it) on a free loopback port, with no
+    persistence. `kill` and `start` again on the same port stand for an outage."""
+
+    def __init__(self, log_path: Path) -> None:
+        self.port = free_port()
+        self.url = f"redis://127.0.0.1:{self.port}/0"
+        self.log_path = log_path
+        self.process: subprocess.Popen | None = None
+
+    def start(self) -> RedisServer:
+        command = ["redis-server", "--bind", "127.0.0.1", "--port", str(self.port), "--save", "", "--appendonly", "no"]
+        self.process = subprocess.Popen(command, stdout=self.log_path.open("a"), stderr=subprocess.STDOUT)
+        wait_for(lambda: self.ping() or self.process.poll() is not None, "redis-server to answer", 30)
+        assert self.process.poll() is None, f"redis-server exited; see {self.log_path}"
+        return self
+
+    def ping(self) -> bool:
+        import redis
+
+        try:
+            return self.client().ping()
+        except redis.RedisError:
+            return False
+
+    def client(self):
+        """A (synchronous) client of it, from the `redis` library."""
+        import redis
+
+        return redis.Redis.from_url(self.url, socket_timeout=2)
+
+    def kill(self) -> None:
+        if self.process is not None and self.process.poll() is None:
+            self.process.kill()
+            self.process.wait(30)

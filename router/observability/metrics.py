@@ -70,3 +70,15 @@ TRITON_CALL_SECONDS = Histogram(
 )
 ASYNCIO_TASKS = Gauge("modelrouter_asyncio_tasks", "asyncio tasks alive in the router's event loop (a leak grows it).")
 UNKNOWN_MODEL = "(unknown)"
+
+SHARED_STORE_UP = Gauge(
+    "modelrouter_shared_store_up",
+    "1 while the store routers share (redis_url) answers; 0 while this router counts and caches on its own.",
+)
+SHARED_STORE_ROUTERS = Gauge(
+    "modelrouter_shared_store_routers", "Router processes last seen alive through the shared store."
+)
+TENANT_LIMITS_LOCAL = Counter(
+    "modelrouter_tenant_limits_local_total",
+    "Requests whose tenant rates were counted in this router (its share) because the shared store did not answer.",
+)

@@ -23,10 +23,10 @@ from router.core.errors import RouterError
 from router.core.models.contract import ModelContract, ModelDescription, Task
 from router.core.models.contract_reader import is_routed, parse_contract
 from router.core.models.model_files import ModelFiles, load_model_files
-from router.core.scheduling.admission import TenantLimiter
 from router.core.scheduling.cache import OutputCache
 from router.core.scheduling.scheduler import ModelScheduler
 from router.core.scheduling.streams import StreamGate
+from router.core.scheduling.tenant_limits import TenantLimiter
 from router.core.text.prompting import ChatTemplate
 from router.core.text.tokenize import ModelTokenizer
 from router.observability import metrics

@@ -28,7 +28,8 @@ queue does not lock later ones out. The rules, in the order they are applied:
    a request of about 10,000 tokens was refused as needing 132 s and 160 s), so until the model has been
    seen saturated, nothing is refused on a deadline estimate. One whose
    deadline passes while it waits is dropped before it reaches the model (DEADLINE_EXPIRED).
-4. **Tenant rates.** Token buckets per tenant (call metadata `x-tenant-id`) in requests/s and tokens/s.
+4. **Tenant rates** per tenant (call metadata `x-tenant-id`) in requests/s and tokens/s, in this router
+   or across the fleet of routers (tenant_limits.py), charged by the scheduler once rules 1-3 admit.
 
 Refusals are RESOURCE_EXHAUSTED (or DEADLINE_EXCEEDED) with a RetryInfo delay: the work that must
 drain first divided by the rate the model drains it. `precheck` applies rules 2 and 3 to the work already
@@ -37,83 +38,14 @@ queued before a request is even tokenized, so under overload a refusal costs alm
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-
-from cachetools import LRUCache
-from token_bucket import Limiter, MemoryStorage
-
-from router.core import errors
 from router.core.config import AdmissionConfig
 from router.core.errors import DEADLINE_EXPIRED, DEADLINE_TOO_SHORT, QUEUE_FULL, TENANT_RATE_LIMITED, RouterError
 from router.core.scheduling.drain import ArrivalRate, Calibration, DrainRate
 from router.core.scheduling.fair_queue import FairQueue
+from router.core.scheduling.tenant_limits import MAX_RETRY_S, MIN_RETRY_S, retry_delay
 from router.core.scheduling.work import Ticket
 
 REASONS = (QUEUE_FULL, TENANT_RATE_LIMITED, DEADLINE_TOO_SHORT, DEADLINE_EXPIRED)
-
-MIN_RETRY_S = 0.05
-MAX_RETRY_S = 30.0
-
-
-@dataclass(frozen=True)
-class TenantLimits:
-    requests_per_s: float | None = None
-    tokens_per_s: float | None = None
-    burst_s: float = 2.0
-    """Bucket capacity, in seconds of rate: how long a tenant may burst above its rate."""
-
-
-def retry_delay(excess_tokens: float, rate: float | None) -> float:
-    if not rate:
-        return 1.0
-    return min(MAX_RETRY_S, max(MIN_RETRY_S, excess_tokens / rate))
-
-
-@dataclass
-class TenantLimiter:
-    """Token buckets per tenant, in requests/s and tokens/s. Shared by every model's scheduler."""
-
-    default: TenantLimits = field(default_factory=TenantLimits)
-    overrides: dict[str, TenantLimits] = field(default_factory=dict)
-
-    max_tenants: int = 10_000
-    """Tenants whose buckets are kept (the least recently seen go first): with authentication off a caller
-    can name any tenant, and the map must not grow with them. A tenant forgotten starts again full."""
-
-    def __post_init__(self) -> None:
-        self._buckets: LRUCache[tuple[str, str], tuple[Limiter, MemoryStorage, float, int] | None] = LRUCache(
-            2 * self.max_tenants
-        )
-
-    def _bucket(self, tenant: str, kind: str) -> tuple[Limiter, MemoryStorage, float, int] | None:
-        """The tenant's limiter for `kind` with its storage, rate and capacity, or None when unlimited."""
-        key = (tenant, kind)
-        if key not in self._buckets:
-            limits = self.overrides.get(tenant, self.default)
-            rate = limits.requests_per_s if kind == "requests" else limits.tokens_per_s
-            capacity = max(1, int(rate * limits.burst_s)) if rate else 0
-            storage = MemoryStorage()  # one per bucket: a forgotten tenant's state goes with it
-            self._buckets[key] = (Limiter(rate, capacity, storage), storage, rate, capacity) if rate else None
-        return self._buckets[key]
-
-    def charge(self, tenant: str, tokens: int) -> None:
-        """Take one request and `tokens` tokens from the tenant's buckets, or raise OVERLOADED."""
-        for kind, amount in (("requests", 1), ("tokens", tokens)):
-            bucket = self._bucket(tenant, kind)
-            if bucket is None:
-                continue
-            limiter, storage, rate, capacity = bucket
-            # A request bigger than the whole bucket takes a full bucket: slowed, never refused outright.
-            amount = min(amount, capacity)
-            key = f"{tenant}\0{kind}"
-            if not limiter.consume(key, amount):
-                missing = amount - storage.get_token_count(key)
-                raise RouterError(
-                    TENANT_RATE_LIMITED,
-                    f"tenant {errors.echo(tenant) if tenant else '(none)'} is over its {kind}/s rate",
-                    retry_after_s=retry_delay(missing, rate),
-                    metadata={"tenant": errors.clip(tenant), "limit": f"{rate:g} {kind}/s"},
-                )
 
 
 # Fewer arrivals than this in the window say nothing about overload.
@@ -129,14 +61,12 @@ class AdmissionController:
         config: AdmissionConfig,
         queue: FairQueue,
         max_queued_tokens: int,
-        tenants: TenantLimiter | None = None,
         batch_tokens: int = 0,
     ) -> None:
         self.model = model
         self.config = config
         self.queue = queue
         self.max_queued_tokens = max_queued_tokens
-        self.tenants = tenants
         self.batch_tokens = batch_tokens
         """The model's padded tokens per batch: under overload half of one may wait beyond what is in flight."""
         self.drain = DrainRate()
@@ -186,8 +116,6 @@ class AdmissionController:
             estimate = self.calibration.adjust(ticket.estimate)
             if now + estimate > ticket.deadline:
                 raise deadline_too_short(self.model, estimate, ticket.deadline - now, self._basis())
-        if self.tenants is not None:
-            self.tenants.charge(ticket.tenant, tokens)
 
     def expired(self, now: float) -> list[Ticket]:
         """Waiting requests whose deadline has passed (none when admission is off)."""

@@ -33,11 +33,12 @@ from router.core.config import AdmissionConfig, BatchingConfig
 from router.core.errors import RouterError
 from router.core.models.contract import ModelContract
 from router.core.scheduling import admission, rollout
-from router.core.scheduling.admission import AdmissionController, TenantLimiter
+from router.core.scheduling.admission import AdmissionController
 from router.core.scheduling.batching import BatchLimits, grow
 from router.core.scheduling.cache import OutputCache
 from router.core.scheduling.fair_queue import FairQueue
 from router.core.scheduling.series import ModelSeries
+from router.core.scheduling.tenant_limits import TenantLimiter
 from router.core.scheduling.work import Item, Ticket, backend_timeout, charge, deduplicate
 from router.core.text.windows import Window
 from router.observability import tracing
@@ -69,9 +70,9 @@ class ModelScheduler:
             admission_config,
             self.queue,
             admission_config.queue_tokens_for(contract.max_batch_size, contract.max_sequence_length),
-            tenants,
             batch_tokens=budget,
         )
+        self.tenants = tenants
         self.successor: ModelScheduler | None = None
         """The scheduler of the model's next version (same tokenizer, same tensors), once the registry has
         switched to it: a batch whose version was unloaded everywhere runs there instead of failing."""
@@ -132,7 +133,10 @@ class ModelScheduler:
         items = self._look_up(ticket, windows)
         if items:
             try:
-                self.admission.admit(ticket, sum(item.length for item in items), now)
+                tokens = sum(item.length for item in items)
+                self.admission.admit(ticket, tokens, now)
+                if self.tenants is not None:  # last: a request refused for the queue costs its tenant nothing
+                    await self.tenants.charge(tenant, tokens)
             except RouterError as error:
                 raise self._series.refused(error) from None
             ticket.pending = len(items)

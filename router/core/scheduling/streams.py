@@ -25,7 +25,7 @@ from dataclasses import dataclass, field
 
 from router.core.errors import RouterError
 from router.core.scheduling import admission
-from router.core.scheduling.admission import TenantLimiter, retry_delay
+from router.core.scheduling.tenant_limits import TenantLimiter, retry_delay
 from router.observability import metrics
 
 
@@ -85,7 +85,7 @@ class StreamGate:
         if deadline is not None and deadline <= now:
             raise admission.deadline_expired(self.model)
         if self.tenants is not None:
-            self.tenants.charge(tenant, tokens)
+            await self.tenants.charge(tenant, tokens)
         if self.active < self.slots and not self.waiting:
             self.running[tenant] += 1
             self._measure()

@@ -1,0 +1,129 @@
+"""Many routers over one fleet: two `router serve` processes over the session's Triton, sharing a real
+Redis. A tenant's rate holds for the fleet (not per router), Redis dying fails no call (each router
+falls back to its share of the rate, and back to Redis when it answers), and one router stopping loses
+no call of the other."""
+
+from __future__ import annotations
+
+import signal
+import threading
+import time
+
+import grpc
+import pytest
+
+from router.grpc.gen.modelrouter.v1 import model_router_service_pb2 as pb
+from router.grpc.gen.modelrouter.v1 import model_router_service_pb2_grpc as pb_grpc
+from tests.helpers import EMBED_MODEL, details_of, wait_for
+from tests.processes import RedisServer, Served
+
+RATE = 10.0
+"""The tenant's requests/s, for the fleet."""
+
+
+@pytest.fixture(scope="module")
+def redis_outage(tmp_path_factory):
+    """A Redis of this module's own, which a test may kill and start again."""
+    server = RedisServer(tmp_path_factory.mktemp("redis-outage") / "redis.log").start()
+    try:
+        yield server
+    finally:
+        server.kill()
+
+
+@pytest.fixture(scope="module")
+def routers(triton, redis_outage):
+    environment = {
+        "MODELROUTER_REDIS_URL": redis_outage.url,
+        "MODELROUTER_TENANT_REQUESTS_PER_S": str(RATE),
+    }
+    served = [Served([triton.grpc_address], environment=environment) for _ in range(2)]
+    try:
+        for router in served:
+            router.wait_ready()
+        wait_for(lambda: all(r.logs("redis.answering") for r in served), "both routers to reach Redis", 30)
+        yield served
+    finally:
+        for router in served:
+            router.kill()
+
+
+class Pacer(threading.Thread):
+    """Calls one router at `per_s` a second as `tenant`, for `seconds`; keeps (when, outcome) of each."""
+
+    def __init__(self, target: str, tenant: str, per_s: float, seconds: float) -> None:
+        super().__init__(daemon=True)
+        self.target, self.tenant, self.per_s, self.seconds = target, tenant, per_s, seconds
+        self.outcomes: list[tuple[float, str]] = []
+
+    def run(self) -> None:
+        with grpc.insecure_channel(self.target) as channel:
+            stub = pb_grpc.ModelRouterServiceStub(channel)
+            started = time.monotonic()
+            for n in range(int(self.per_s * self.seconds)):
+                time.sleep(max(0.0, started + n / self.per_s - time.monotonic()))
+                try:
+                    stub.Embed(
+                        pb.EmbedRequest(model=EMBED_MODEL, inputs=[f"call {n}"]),
+                        metadata=[("x-tenant-id", self.tenant)],
+                        timeout=30,
+                    )
+                    outcome = "ok"
+                except grpc.RpcError as error:
+                    outcome = f"{error.code().name} {details_of(error).info.reason}"
+                self.outcomes.append((time.monotonic() - started, outcome))
+
+
+def pace(routers: list[Served], tenant: str, per_s: float, seconds: float) -> list[tuple[float, str]]:
+    """`per_s` calls a second in all, split evenly over the routers."""
+    pacers = [Pacer(router.target, tenant, per_s / len(routers), seconds) for router in routers]
+    for pacer in pacers:
+        pacer.start()
+    for pacer in pacers:
+        pacer.join(seconds + 60)
+    return sorted(outcome for pacer in pacers for outcome in pacer.outcomes)
+
+
+def test_a_tenant_calling_both_routers_at_three_times_its_rate_gets_its_rate(routers):
+    seconds = 10.0
+    outcomes = pace(routers, "steady", 3 * RATE, seconds)
+    assert {outcome for _, outcome in outcomes} <= {"ok", "RESOURCE_EXHAUSTED TENANT_RATE_LIMITED"}, outcomes
+    # After the first window (2 s of burst allowed at the start), admitted calls come at the rate.
+    admitted = sum(1 for when, outcome in outcomes if outcome == "ok" and when >= 2.0)
+    assert admitted / (seconds - 2.0) == pytest.approx(RATE, rel=0.10), admitted
+    for router in routers:
+        assert not router.logs("tenant_limits.counting_locally")
+
+
+def test_redis_dying_fails_no_call_and_the_routers_count_their_share_until_it_is_back(routers, redis_outage):
+    for router in routers:
+        router.lines.clear()
+    result: list = []
+    caller = threading.Thread(target=lambda: result.extend(pace(routers, "outage", 3 * RATE, 12.0)))
+    caller.start()
+    time.sleep(3)
+    redis_outage.kill()
+    time.sleep(4)
+    redis_outage.start()
+    caller.join(90)
+    assert {outcome for _, outcome in result} <= {"ok", "RESOURCE_EXHAUSTED TENANT_RATE_LIMITED"}, result
+    for router in routers:
+        assert router.logs("redis.not_answering") and router.logs("tenant_limits.counting_locally")
+        wait_for(lambda r=router: r.logs("redis.answering"), "the router to find Redis again", 10)
+    # While Redis was away each router took half the rate (two routers were seen): the fleet still
+    # admitted about the rate, not twice it.
+    during = sum(1 for when, outcome in result if outcome == "ok" and 4.0 <= when < 7.0)
+    assert during <= 3.0 * RATE * 1.2 + 2 * RATE, result
+    assert any(outcome == "ok" for when, outcome in result if when >= 9.0)
+    wait_for(lambda: redis_outage.client().dbsize() > 0, "the routers to count in Redis again", 10)
+
+
+def test_one_router_stopping_loses_no_call_of_the_other(routers):
+    survivor, leaving = routers
+    caller = Pacer(survivor.target, "within-its-rate", RATE * 0.8, 6.0)
+    caller.start()
+    time.sleep(2)
+    leaving.process.send_signal(signal.SIGTERM)
+    assert leaving.process.wait(60) == 0
+    caller.join(60)
+    assert caller.outcomes and {outcome for _, outcome in caller.outcomes} == {"ok"}
