@@ -14,6 +14,7 @@ from adapters.triton.embedded import EmbeddedTriton, Supervisor
 from adapters.triton.targets import TritonTls
 from router.core.auth import Authenticator, Principal
 from router.core.config import AdmissionConfig, BatchingConfig, RequestLimits
+from router.core.criticality import Criticality
 from router.core.models.catalog import Catalog
 from router.core.models.registry import ModelRegistry
 from router.core.scheduling.cache import OutputCache
@@ -84,6 +85,7 @@ def principals_of(s: Settings) -> list[Principal]:
             admin=p.admin,
             key_sha256=p.key_sha256,
             certificate_name=p.certificate_name,
+            max_criticality=Criticality[p.max_criticality.upper()],
         )
         for name, p in s.principals.items()
     ]
@@ -269,4 +271,3 @@ class Router:
         await asyncio.gather(*(asyncio.to_thread(server.stop) for server in self.embedded))
         if self._tracer_provider is not None:
             await asyncio.to_thread(self._tracer_provider.shutdown)  # sends the spans still buffered
-

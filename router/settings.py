@@ -49,6 +49,8 @@ class PrincipalSettings(BaseModel):
     """May name another tenant with `x-tenant-id` (a gateway forwarding its own callers)."""
     admin: bool = False
     """Sees internals: the Triton servers behind each model in ListModels."""
+    max_criticality: Literal["critical", "default", "sheddable"] = "critical"
+    """The most its requests may matter under overload: one asking for more is served at this."""
 
     @model_validator(mode="after")
     def _credential(self) -> PrincipalSettings:

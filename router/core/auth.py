@@ -22,6 +22,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
 from router.core import errors
+from router.core.criticality import Criticality
 from router.core.errors import RouterError
 
 
@@ -35,6 +36,8 @@ class Principal:
     admin: bool = False
     key_sha256: str | None = None
     certificate_name: str | None = None
+    max_criticality: Criticality = Criticality.CRITICAL
+    """The most its requests may matter under overload (a request asking for more gets this)."""
 
     def allows(self, model: str) -> bool:
         return self.models is None or model in self.models
@@ -55,6 +58,10 @@ class Caller:
 
     principal: Principal
     tenant: str
+
+    def criticality(self, asked: Criticality) -> Criticality:
+        """What a request asking for `asked` gets: at most the principal's cap."""
+        return max(asked, self.principal.max_criticality)
 
     def check_model(self, model: str) -> None:
         if not self.principal.allows(model):

@@ -11,6 +11,7 @@ import structlog
 
 from router.core.auth import NOBODY, Authenticator, Caller
 from router.core.services.types import CallContext
+from router.grpc.converters import criticality_from_pb
 from router.grpc.malformed import Malformed
 
 AUTHORIZATION_KEY = "authorization"
@@ -29,12 +30,15 @@ def current_caller() -> Caller:
     return _caller.get() or Caller(NOBODY, "")
 
 
-def call_context(context) -> CallContext:
-    """The caller's tenant (authenticated by the interceptor) and deadline, from a grpc.aio context."""
+def call_context(context, request=None) -> CallContext:
+    """The caller's tenant (authenticated by the interceptor) and deadline, from a grpc.aio context, and
+    the criticality the request asks for, capped at its principal's."""
     remaining = context.time_remaining()
+    caller = current_caller()
     return CallContext(
-        tenant=current_caller().tenant,
+        tenant=caller.tenant,
         deadline=None if remaining is None else time.monotonic() + remaining,
+        criticality=caller.criticality(criticality_from_pb(getattr(request, "criticality", 0))),
     )
 
 

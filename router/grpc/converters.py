@@ -8,6 +8,7 @@ from collections.abc import AsyncIterator
 from google.protobuf import duration_pb2
 
 from router.core import errors
+from router.core.criticality import Criticality
 from router.core.models.contract import Task, Truncation
 from router.core.models.registry import ServedModel
 from router.core.services.generate import Delta, Finished
@@ -52,6 +53,12 @@ _INPUT_TYPE_FROM_PB = {
     pb.INPUT_TYPE_CLUSTERING: "clustering",
 }
 _INPUT_TYPE_TO_PB = {value: key for key, value in _INPUT_TYPE_FROM_PB.items() if value is not None}
+_CRITICALITY_FROM_PB = {
+    pb.CRITICALITY_UNSPECIFIED: Criticality.DEFAULT,
+    pb.CRITICALITY_CRITICAL: Criticality.CRITICAL,
+    pb.CRITICALITY_DEFAULT: Criticality.DEFAULT,
+    pb.CRITICALITY_SHEDDABLE: Criticality.SHEDDABLE,
+}
 _SCORE_TYPE_TO_PB = {
     "logit": pb.SCORE_TYPE_LOGIT,
     "probability": pb.SCORE_TYPE_PROBABILITY,
@@ -75,6 +82,10 @@ def _enum(table: dict, value: int, field: str, enum_name: str):
 def truncation_from_pb(value: int) -> Truncation | None:
     """None means UNSPECIFIED (the model's default); a value this build does not know is an error."""
     return _enum(_TRUNCATION_FROM_PB, value, "truncation", "Truncation")
+
+
+def criticality_from_pb(value: int) -> Criticality:
+    return _enum(_CRITICALITY_FROM_PB, value, "criticality", "Criticality")
 
 
 def task_from_pb(value: int) -> Task | None:

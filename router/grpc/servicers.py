@@ -17,13 +17,16 @@ class ModelRouterServicer(pb_grpc.ModelRouterServiceServicer):
         self.router = router
 
     async def Embed(self, request: pb.EmbedRequest, context) -> pb.EmbedResponse:
-        result = await self.router.embed.embed(converters.embed_request_from_pb(request), call_context(context))
+        call = call_context(context, request)
+        result = await self.router.embed.embed(converters.embed_request_from_pb(request), call)
         return embed_response_to_pb(result)
 
     async def EmbedStream(self, request_iterator, context):
+        # The first part sets the options, criticality among them: read it before the call's context.
+        first = await anext(aiter(request_iterator), None)
         results = self.router.embed.embed_stream(
-            converters.embed_parts_from_pb(request_iterator),
-            call_context(context),
+            converters.embed_parts_from_pb(_chain(first, request_iterator)),
+            call_context(context, getattr(first, "request", None)),
             current_caller().check_model,
         )
         try:
@@ -33,11 +36,15 @@ class ModelRouterServicer(pb_grpc.ModelRouterServiceServicer):
             await results.aclose()
 
     async def Rerank(self, request: pb.RerankRequest, context) -> pb.RerankResponse:
-        result = await self.router.rerank.rerank(converters.rerank_request_from_pb(request), call_context(context))
+        result = await self.router.rerank.rerank(
+            converters.rerank_request_from_pb(request), call_context(context, request)
+        )
         return converters.rerank_response_to_pb(result)
 
     async def Generate(self, request: pb.GenerateRequest, context):
-        events = self.router.generate.generate(converters.generate_request_from_pb(request), call_context(context))
+        events = self.router.generate.generate(
+            converters.generate_request_from_pb(request), call_context(context, request)
+        )
         try:
             async for event in events:
                 yield converters.generate_event_to_pb(event)
@@ -63,3 +70,12 @@ class ModelRouterServicer(pb_grpc.ModelRouterServiceServicer):
         caller = current_caller()
         served = self.router.catalog.get(request.name, caller)
         return pb.GetModelResponse(model=converters.model_info_to_pb(served, caller.principal.admin))
+
+
+async def _chain(first, rest):
+    """The stream's messages again, the first (already read; None: there was none) included."""
+    if first is None:
+        return
+    yield first
+    async for message in rest:
+        yield message

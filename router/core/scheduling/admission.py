@@ -39,6 +39,7 @@ queued before a request is even tokenized, so under overload a refusal costs alm
 from __future__ import annotations
 
 from router.core.config import AdmissionConfig
+from router.core.criticality import Criticality
 from router.core.errors import DEADLINE_EXPIRED, DEADLINE_TOO_SHORT, QUEUE_FULL, TENANT_RATE_LIMITED, RouterError
 from router.core.scheduling.drain import ArrivalRate, Calibration, DrainRate
 from router.core.scheduling.fair_queue import FairQueue
@@ -89,11 +90,13 @@ class AdmissionController:
         demand = arrived / self.config.overload_window_s * self.mean_tokens
         return demand > self.config.overload_ratio * self.drain.rate
 
-    def precheck(self, tenant: str, deadline: float | None, now: float) -> None:
+    def precheck(
+        self, tenant: str, deadline: float | None, now: float, criticality: Criticality = Criticality.DEFAULT
+    ) -> None:
         """Refuse a request before any work is done on it, from what is queued already."""
         if not self.enabled or not self.queue or not self.drain.rate:
             return
-        work = self._work_ahead(tenant, 0)
+        work = self._work_ahead(tenant, 0, criticality)
         self._check_delay(work / self.drain.rate, deadline, now)
         saturated = self.drain.saturated_rate
         if not (self.config.shed_on_deadline and deadline is not None and saturated):
@@ -106,13 +109,14 @@ class AdmissionController:
         """Let the request's `tokens` into the queue, or raise the refusal."""
         self.mean_tokens = tokens if self.mean_tokens is None else 0.9 * self.mean_tokens + 0.1 * tokens
         if self.enabled and self.queue:
-            if not self._has_room(ticket.tenant, tokens):
-                raise self._queue_full(tokens)
+            if not self._has_room(ticket.tenant, tokens, ticket.criticality):
+                raise self._queue_full(tokens, ticket.criticality)
             if self.drain.rate:
-                self._check_delay(self._work_ahead(ticket.tenant, 0) / self.drain.rate, ticket.deadline, now)
+                ahead = self._work_ahead(ticket.tenant, 0, ticket.criticality)
+                self._check_delay(ahead / self.drain.rate, ticket.deadline, now)
         saturated = self.drain.saturated_rate
         if self.enabled and self.config.shed_on_deadline and ticket.deadline and saturated:
-            ticket.estimate = self._work_ahead(ticket.tenant, tokens) / saturated
+            ticket.estimate = self._work_ahead(ticket.tenant, tokens, ticket.criticality) / saturated
             estimate = self.calibration.adjust(ticket.estimate)
             if now + estimate > ticket.deadline:
                 raise deadline_too_short(self.model, estimate, ticket.deadline - now, self._basis())
@@ -157,22 +161,25 @@ class AdmissionController:
                 why="overloaded: work arrives faster than it is served",
             )
 
-    def _work_ahead(self, tenant: str, tokens: int) -> float:
+    def _work_ahead(self, tenant: str, tokens: int, criticality: Criticality) -> float:
         """Tokens the model must get through before a request of `tokens` is done: what is in flight, a
         turn of each request of its tenant already waiting (deficit round robin), the request itself, and
-        as much of each other tenant's waiting turns (fair share between tenants)."""
-        own = tokens + self.queue.turns(tenant)
-        others = self.queue.turns() - self.queue.turns(tenant)
+        as much of each other tenant's waiting turns (fair share between tenants); of the waiting work,
+        only what is at least as critical (the rest is served after it)."""
+        own = tokens + self.queue.turns(tenant, criticality)
+        others = self.queue.turns(None, criticality) - self.queue.turns(tenant, criticality)
         other_tenants = len(self.queue.waiting_tenants() - {tenant})
         return self.inflight_tokens + own + min(others, own * other_tenants)
 
-    def _has_room(self, tenant: str, tokens: int) -> bool:
+    def _has_room(self, tenant: str, tokens: int, criticality: Criticality) -> bool:
         """Within the bounds, anyone gets in. Past them, a tenant holding less than its fair share still
-        does, up to twice the bounds."""
-        max_tokens, max_requests = self.max_queued_tokens, self.config.max_queued_requests
+        does, up to twice the bounds. Bounds and queue are of the request's criticality: critical work
+        counts critical work against twice the bounds, sheddable work all work against half."""
+        share = criticality.bound_share
+        max_tokens, max_requests = self.max_queued_tokens * share, self.config.max_queued_requests * share
         turn = min(tokens, self.queue.quantum)
-        queued = self.queue.turns() + turn
-        requests = self.queue.requests + 1
+        queued = self.queue.turns(None, criticality) + turn
+        requests = self.queue.requests_up_to(criticality) + 1
         if queued <= max_tokens and requests <= max_requests:
             return True
         if queued > 2 * max_tokens or requests > 2 * max_requests:
@@ -181,11 +188,11 @@ class AdmissionController:
         own_tokens = self.queue.turns(tenant) + turn
         return own_tokens <= max_tokens / tenants and self.queue.requests_of(tenant) + 1 <= max_requests / tenants
 
-    def _queue_full(self, tokens: int) -> RouterError:
+    def _queue_full(self, tokens: int, criticality: Criticality) -> RouterError:
         # Room opens as queued turns drain: the retry delay counts them as _has_room does. Refused for
         # the request count or the tenant's share instead, wait for about one turn.
         turn = min(tokens, self.queue.quantum)
-        excess = self.queue.turns() + turn - self.max_queued_tokens
+        excess = self.queue.turns(None, criticality) + turn - self.max_queued_tokens * criticality.bound_share
         return queue_full(
             self.model,
             self.queue.tokens,

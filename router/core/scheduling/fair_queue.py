@@ -11,6 +11,10 @@ request. So a tenant's small requests go in arrival order (which keeps their lat
 overload), and a 5,000-document request yields to a one-text request after at most one quantum. Each
 tenant keeps its own request clock, so another tenant's service never moves a request's place.
 
+Above both, criticality (router/core/criticality.py): the request whose turn it is is always one of the
+most critical waiting, so critical work goes before default work, and sheddable work only when nothing
+else waits. Admission counts for a request only the work that goes before it (`turns(..., up_to=...)`).
+
 Sequences are also kept in one list sorted by length, from which the batch former grows a batch around
 the anchor that fairness picks (router/core/scheduling/batching.py).
 """
@@ -23,6 +27,7 @@ from operator import attrgetter
 
 from sortedcontainers import SortedKeyList
 
+from router.core.criticality import Criticality
 from router.core.scheduling.work import Item, Ticket
 
 # Tags of tenants with nothing waiting are forgotten past this many (an idle tenant then rejoins at the
@@ -73,9 +78,18 @@ class FairQueue:
         """Tokens a waiting request takes before a newcomer's first turn: at most one quantum."""
         return min(ticket.queued, self.quantum)
 
-    def turns(self, tenant: str | None = None) -> int:
-        """Queued turns of every waiting request, or of one tenant's."""
-        return sum(self.turn(t) for t in self._requests if tenant is None or t.tenant == tenant)
+    def turns(self, tenant: str | None = None, up_to: Criticality = Criticality.SHEDDABLE) -> int:
+        """Queued turns of every waiting request, or of one tenant's; of those at least as critical as
+        `up_to` (the work served before a request of that criticality)."""
+        return sum(
+            self.turn(t) for t in self._requests if (tenant is None or t.tenant == tenant) and t.criticality <= up_to
+        )
+
+    def requests_up_to(self, criticality: Criticality) -> int:
+        """Waiting requests at least as critical as `criticality`."""
+        if criticality == Criticality.SHEDDABLE:
+            return len(self._requests)
+        return sum(1 for t in self._requests if t.criticality <= criticality)
 
     def waiting_tenants(self) -> set[str]:
         return {name for name, state in self._tenants.items() if state.requests}
@@ -107,7 +121,7 @@ class FairQueue:
         best: tuple | None = None
         for ticket in self._requests:
             state = self._tenants[ticket.tenant]
-            key = (state.tag, self._tag(ticket), ticket.submitted)
+            key = (ticket.criticality, state.tag, self._tag(ticket), ticket.submitted)
             if best is None or key < best[0]:
                 best = (key, ticket)
         assert best is not None, "anchor() on an empty queue"

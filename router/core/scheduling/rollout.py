@@ -25,7 +25,9 @@ class Successor(Protocol):
 
     contract: ModelContract
 
-    async def run(self, windows: Sequence[Any], tenant: str, deadline: float | None) -> tuple[list, Any]: ...
+    async def run(
+        self, windows: Sequence[Any], tenant: str, deadline: float | None, *, criticality: Any
+    ) -> tuple[list, Any]: ...
 
 
 def hand_over(batch: list[Item], error: BaseException, successor: Successor | None, running: set[asyncio.Task]) -> bool:
@@ -50,7 +52,8 @@ async def _rerun(items: list[Item], successor: Successor) -> None:
     ticket = items[0].ticket
     ticket.handed_to = successor.contract.version
     try:
-        rows, _ = await successor.run([item.window for item in items], ticket.tenant, ticket.deadline)
+        windows = [item.window for item in items]
+        rows, _ = await successor.run(windows, ticket.tenant, ticket.deadline, criticality=ticket.criticality)
     except BaseException as failure:  # the request fails as the new version failed it
         ticket.fail(failure)
         if not isinstance(failure, Exception):

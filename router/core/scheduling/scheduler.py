@@ -30,6 +30,7 @@ import numpy as np
 
 from router.core.backend import Backend
 from router.core.config import AdmissionConfig, BatchingConfig
+from router.core.criticality import Criticality
 from router.core.errors import RouterError
 from router.core.models.contract import ModelContract
 from router.core.scheduling import admission, rollout
@@ -103,19 +104,26 @@ class ModelScheduler:
     def slots(self) -> int:
         return self.config.max_inflight_batches * max(1, self.shards)
 
-    def precheck(self, tenant: str = "", deadline: float | None = None) -> None:
+    def precheck(
+        self, tenant: str = "", deadline: float | None = None, criticality: Criticality = Criticality.DEFAULT
+    ) -> None:
         """Refuse now, before the request is tokenized, if what is queued already rules it out."""
         now = time.monotonic()
         if deadline is not None and deadline <= now:
             raise self._series.refused(admission.deadline_expired(self.contract.name))
         try:
-            self.admission.precheck(tenant, deadline, now)
+            self.admission.precheck(tenant, deadline, now, criticality)
         except RouterError as error:
             self.admission.arrivals.arrived(now)  # it arrived, and will not reach run()
             raise self._series.refused(error) from None
 
     async def run(
-        self, windows: Sequence[Window], tenant: str = "", deadline: float | None = None, pinned: bool = False
+        self,
+        windows: Sequence[Window],
+        tenant: str = "",
+        deadline: float | None = None,
+        pinned: bool = False,
+        criticality: Criticality = Criticality.DEFAULT,
     ) -> tuple[np.ndarray, Ticket]:
         """Compute every window; return the output rows in window order and the request's ticket.
         `pinned`: the caller named this version, so none of its work is handed to the next one.
@@ -127,7 +135,7 @@ class ModelScheduler:
         self.admission.arrivals.arrived(now)
         if deadline is not None and deadline <= now:
             raise self._series.refused(admission.deadline_expired(self.contract.name))
-        ticket = Ticket(submitted=now, tenant=tenant, deadline=deadline, span=tracing.current(), pinned=pinned)
+        ticket = Ticket(now, tenant, deadline, criticality, span=tracing.current(), pinned=pinned)
         if ticket.span is not None:
             ticket.arrived_ns = tracing.wall_ns()
         items = self._look_up(ticket, windows)

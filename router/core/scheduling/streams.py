@@ -23,6 +23,7 @@ import time
 from collections import Counter
 from dataclasses import dataclass, field
 
+from router.core.criticality import Criticality
 from router.core.errors import RouterError
 from router.core.scheduling import admission
 from router.core.scheduling.tenant_limits import TenantLimiter, retry_delay
@@ -34,6 +35,7 @@ class _Waiter:
     tenant: str
     tokens: int
     deadline: float | None
+    criticality: Criticality
     future: asyncio.Future = field(default_factory=lambda: asyncio.get_running_loop().create_future())
 
 
@@ -71,16 +73,18 @@ class StreamGate:
     def active(self) -> int:
         return sum(self.running.values())
 
-    async def enter(self, tenant: str, tokens: int, deadline: float | None) -> float:
+    async def enter(
+        self, tenant: str, tokens: int, deadline: float | None, criticality: Criticality = Criticality.DEFAULT
+    ) -> float:
         """Wait for a place; return when it was granted (time.monotonic()). Raise RouterError if refused."""
         try:
-            return await self._enter(tenant, tokens, deadline)
+            return await self._enter(tenant, tokens, deadline, criticality)
         except RouterError as error:
             if error.reason in admission.REASONS:
                 metrics.SHED.labels(self.model, error.reason).inc()
             raise
 
-    async def _enter(self, tenant: str, tokens: int, deadline: float | None) -> float:
+    async def _enter(self, tenant: str, tokens: int, deadline: float | None, criticality: Criticality) -> float:
         now = time.monotonic()
         if deadline is not None and deadline <= now:
             raise admission.deadline_expired(self.model)
@@ -90,10 +94,13 @@ class StreamGate:
             self.running[tenant] += 1
             self._measure()
             return now
-        ahead = len(self.waiting) + 1
+        # Waiters that go before it: those at least as critical (the bounds of its criticality, as in admission).
+        before = [w for w in self.waiting if w.criticality <= criticality]
+        ahead = len(before) + 1
         wait_s = (ahead / self.slots) * (self.mean_stream_s or 0.0)
-        waiting_tokens = sum(w.tokens for w in self.waiting) + tokens
-        if len(self.waiting) >= self.max_waiting or waiting_tokens > self.max_waiting_tokens:
+        waiting_tokens = sum(w.tokens for w in before) + tokens
+        share = criticality.bound_share
+        if len(before) >= self.max_waiting * share or waiting_tokens > self.max_waiting_tokens * share:
             raise RouterError(
                 admission.QUEUE_FULL,
                 f"model {self.model!r} has {self.active} streams running and {len(self.waiting)} waiting",
@@ -106,7 +113,7 @@ class StreamGate:
                 f"a place among {self.model!r}'s running streams is about {wait_s:.2f} s away, past the deadline",
                 metadata={"model": self.model},
             )
-        waiter = _Waiter(tenant, tokens, deadline)
+        waiter = _Waiter(tenant, tokens, deadline, criticality)
         self.waiting.append(waiter)
         self._measure()
         try:
@@ -138,9 +145,11 @@ class StreamGate:
         self.admit_waiting()
 
     def admit_waiting(self) -> None:
-        """Hand free places to waiters: the tenant with the fewest running streams first."""
+        """Hand free places to waiters: the most critical first, then the tenant with the fewest running
+        streams."""
         while self.waiting and self.active < self.slots:
-            waiter = min(self.waiting, key=lambda w: self.running[w.tenant])  # min keeps arrival order on ties
+            # min keeps arrival order on ties
+            waiter = min(self.waiting, key=lambda w: (w.criticality, self.running[w.tenant]))
             self.waiting.remove(waiter)
             if waiter.future.done():
                 continue

@@ -202,5 +202,3 @@ def limiter_for(rates: TenantRates, store: SharedCounts | None) -> TenantLimiter
     if not rates.any:
         return None
     return LocalTenantLimiter(rates) if store is None else FleetTenantLimiter(rates, store)
-
-

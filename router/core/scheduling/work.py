@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 
 from opentelemetry.trace import SpanContext
 
+from router.core.criticality import Criticality
 from router.core.text.windows import Window
 from router.observability import tracing
 
@@ -25,6 +26,8 @@ class Ticket:
     tenant: str = ""
     deadline: float | None = None
     """time.monotonic() by which the caller stops waiting."""
+    criticality: Criticality = Criticality.DEFAULT
+    """Critical work is served first, sheddable work last (fair_queue.py) and refused first (admission.py)."""
     first_dispatch: float | None = None
     finished: float | None = None
     batches: set[int] = field(default_factory=set)

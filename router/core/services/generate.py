@@ -89,7 +89,8 @@ class GenerateService:
                 request, served.contract.max_sequence_length, served.tokenizer.encode_prompt, served.generation.template
             )
             gate = served.generation.gate
-            granted = await gate.enter(call.tenant, len(prompt.ids) + prompt.max_tokens, call.deadline)
+            tokens = len(prompt.ids) + prompt.max_tokens
+            granted = await gate.enter(call.tenant, tokens, call.deadline, call.criticality)
             ran: float | None = None
             try:
                 progress = _Progress()

@@ -145,13 +145,15 @@ class RequestPipeline:
         started = time.monotonic()
         served, size = self.enter(model, task, job, version)
         contract = served.contract
-        served.scheduler.precheck(call.tenant, call.deadline)
+        served.scheduler.precheck(call.tenant, call.deadline, call.criticality)
         splits = await self._tokenize(served, job, size)
         tokens = check_sizes(job.field, splits, self.limits, contract.max_sequence_length, contract.name)
         tokenized = time.monotonic()
         windows = [w for s in splits for w in s.windows]
         tracing.note(sequences=len(windows), tokens=tokens, tokenize_ms=round((tokenized - started) * 1000, 3))
-        rows, ticket = await served.scheduler.run(windows, call.tenant, call.deadline, pinned=bool(version))
+        rows, ticket = await served.scheduler.run(
+            windows, call.tenant, call.deadline, pinned=bool(version), criticality=call.criticality
+        )
         log_shards(ticket.shards)
         return Scheduled(
             served,

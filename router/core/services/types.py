@@ -7,17 +7,19 @@ from typing import NamedTuple
 
 import numpy as np
 
+from router.core.criticality import Criticality
 from router.core.models.contract import Truncation
 from router.core.text.quantize import Encoding
 
 
 @dataclass(frozen=True)
 class CallContext:
-    """Who is calling and until when: the tenant (call metadata x-tenant-id) and the caller's deadline
-    as a time.monotonic() value (None: the caller set none)."""
+    """Who is calling and until when: the tenant (call metadata x-tenant-id), the caller's deadline
+    as a time.monotonic() value (None: the caller set none), and how much the request matters."""
 
     tenant: str = ""
     deadline: float | None = None
+    criticality: Criticality = Criticality.DEFAULT
 
 
 NO_CALL_CONTEXT = CallContext()

@@ -9,9 +9,9 @@ import pytest
 
 from router.core.config import AdmissionConfig, BatchingConfig
 from router.core.errors import ErrorKind, RouterError
-from router.core.scheduling.tenant_limits import LocalTenantLimiter, TenantLimiter, TenantLimits, TenantRates
 from router.core.scheduling.drain import ArrivalRate, Calibration, DrainRate
 from router.core.scheduling.scheduler import ModelScheduler
+from router.core.scheduling.tenant_limits import LocalTenantLimiter, TenantLimiter, TenantLimits, TenantRates
 from router.core.scheduling.work import backend_timeout
 from tests.unit.core.scheduling.test_scheduler import FakeBackend, contract, settle, window
 
@@ -329,3 +329,37 @@ async def test_a_busy_rate_from_small_batches_alone_refuses_nothing_on_a_deadlin
     with pytest.raises(RouterError) as caught:
         await scheduler.run(windows(10, marker=2000), deadline=time.monotonic() + 5.0)
     assert caught.value.reason == "DEADLINE_TOO_SHORT"
+
+
+async def test_a_full_queue_refuses_sheddable_work_first_and_still_admits_critical_work():
+    from router.core.criticality import Criticality
+
+    scheduler, backend = blocked(AdmissionConfig(max_queued_tokens=100))
+    first = asyncio.create_task(scheduler.run(windows(4)))  # leaves at once
+    usual = asyncio.create_task(scheduler.run(windows(6, marker=2000)))  # 60 tokens wait
+    await settle()
+    with pytest.raises(RouterError) as caught:  # 60 + 10 > half the bound
+        await scheduler.run(windows(1, marker=3000), criticality=Criticality.SHEDDABLE)
+    assert caught.value.reason == "QUEUE_FULL"
+    more = asyncio.create_task(scheduler.run(windows(4, marker=4000)))  # 100: the bound, default work
+    await settle()
+    with pytest.raises(RouterError):
+        await scheduler.run(windows(1, marker=5000))  # default work: full
+    critical = windows(9, length=11, marker=6000)  # told apart from the rest by length
+    critical = asyncio.create_task(scheduler.run(critical, criticality=Criticality.CRITICAL))
+    await settle()
+    assert scheduler.pending_tokens == 199  # critical work counts only critical work against 2 x the bound
+    backend.gate.set()
+    await asyncio.gather(first, usual, more, critical)
+    assert 11 in backend.batches[1]  # the first batch after the one in flight: the critical request's
+
+
+def test_a_principal_capped_at_a_criticality_gets_at_most_that():
+    from router.core.auth import Caller, Principal
+    from router.core.criticality import Criticality
+
+    capped = Caller(Principal("batch-jobs", "jobs", max_criticality=Criticality.SHEDDABLE), "jobs")
+    assert capped.criticality(Criticality.CRITICAL) is Criticality.SHEDDABLE
+    usual = Caller(Principal("search", "search", max_criticality=Criticality.DEFAULT), "search")
+    assert usual.criticality(Criticality.CRITICAL) is Criticality.DEFAULT
+    assert usual.criticality(Criticality.SHEDDABLE) is Criticality.SHEDDABLE

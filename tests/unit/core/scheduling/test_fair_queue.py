@@ -96,3 +96,16 @@ async def test_a_new_request_waits_one_quantum_of_its_own_tenant_not_the_other_t
     # batches) of the long one at most, so within 2 x 3 batches of arriving.
     assert served - 16 <= 6, served - 16  # it arrived as the 16th batch started
     assert np.all([len(b) == 1 for b in backend.batches])
+
+
+def test_critical_work_goes_first_and_sheddable_work_last_whatever_the_tenants_tags():
+    from router.core.criticality import Criticality
+
+    queue = FairQueue(quantum=20)
+    shed = Ticket(0.0, "a", criticality=Criticality.SHEDDABLE)
+    usual = Ticket(0.1, "a")
+    critical = Ticket(0.2, "b", criticality=Criticality.CRITICAL)
+    queue.push(shed, items(shed, [10], 0))
+    queue.push(usual, items(usual, [10, 10], 10))
+    queue.push(critical, items(critical, [10], 20))
+    assert [serve_one(queue).ticket for _ in range(4)] == [critical, usual, usual, shed]
