@@ -4,7 +4,20 @@ from __future__ import annotations
 
 import sys
 
-from bench import admission, batching, embed, encodings, free, generate, overhead, rerank, rerankers, shards, soak
+from bench import (
+    admission,
+    batching,
+    embed,
+    encodings,
+    fleet,
+    free,
+    generate,
+    overhead,
+    rerank,
+    rerankers,
+    shards,
+    soak,
+)
 
 BENCHMARKS = {
     "free": free.main,
@@ -15,6 +28,7 @@ BENCHMARKS = {
     "admission": admission.main,
     "overhead": overhead.main,
     "shards": shards.main,
+    "fleet": fleet.main,
     "generate": generate.main,
     "encodings": encodings.main,
 }

@@ -18,6 +18,7 @@ from router.core.criticality import Criticality
 from router.core.models.catalog import Catalog
 from router.core.models.registry import ModelRegistry
 from router.core.scheduling.cache import OutputCache
+from router.core.scheduling.fleet_share import FleetShare
 from router.core.scheduling.tenant_limits import TenantLimits, TenantRates, limiter_for
 from router.core.services.embed import EmbedService
 from router.core.services.generate import GenerateService
@@ -115,6 +116,8 @@ class Router:
         self.catalog: Catalog | None = None
         self.ready = False
         self.closing = False
+        self.share = FleetShare()
+        """This router's part of what each Triton takes at once: with Redis, of the routers alive there."""
         self.redis = None
         """The link to the Redis the fleet shares (adapters/redis/link.py), with `redis_url`."""
         self.callers_back_by = 0.0
@@ -151,6 +154,7 @@ class Router:
             retry_budget=RetryBudget(s.retry_budget_ratio),
             balancing=s.shard_balancing,
             max_inflight_per_shard=s.max_inflight_batches,
+            share=self.share,
             tls=None
             if s.triton_tls_ca_file is None
             else TritonTls(
@@ -168,6 +172,7 @@ class Router:
             OutputCache(s.cache_max_bytes) if s.cache_max_bytes > 0 else None,
             admission,
             limiter_for(tenant_rates(s), counts),
+            self.share,
         )
         self.pipeline = RequestPipeline(self.registry, limits)
         self.embed = EmbedService(self.pipeline)
@@ -182,7 +187,9 @@ class Router:
         from adapters.redis.rate_limits import RedisCounts
 
         s = self.settings
-        self.redis = RedisLink(s.redis_url, s.redis_timeout_s, s.redis_prefix, routers_expected=s.routers_expected)
+        self.redis = RedisLink(
+            s.redis_url, s.redis_timeout_s, s.redis_prefix, routers_expected=s.routers_expected, share=self.share
+        )
         await self.redis.start()
         return RedisCounts(self.redis)
 

@@ -1,6 +1,7 @@
 """One router process's link to the Redis its fleet shares: a client whose every command gives up after
 `timeout_s` (no retries: a slow Redis must not slow calls), whether Redis answers now, and how many
-router processes are alive.
+router processes are alive (which also sets this router's share of each Triton's batches in flight,
+router/core/scheduling/fleet_share.py).
 
 Each router process announces itself every BEAT_S in a sorted set (member: its id, score: the time), and
 reads how many were seen within the last three beats: that is the share each takes of a tenant's rate
@@ -23,6 +24,7 @@ import structlog
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 
+from router.core.scheduling.fleet_share import FleetShare
 from router.observability import metrics
 
 log = structlog.get_logger(__name__)
@@ -36,7 +38,13 @@ ALIVE_BEATS = 3
 
 class RedisLink:
     def __init__(
-        self, url: str, timeout_s: float, prefix: str = "modelrouter", probe_s: float = 1.0, routers_expected: int = 1
+        self,
+        url: str,
+        timeout_s: float,
+        prefix: str = "modelrouter",
+        probe_s: float = 1.0,
+        routers_expected: int = 1,
+        share: FleetShare | None = None,
     ) -> None:
         self.url = url
         self.prefix = prefix
@@ -51,6 +59,10 @@ class RedisLink:
         self.answering = False
         self.routers = max(1, routers_expected)
         """Router processes last seen alive (kept while Redis does not answer)."""
+        self.share = share
+        """Told the count each time it is read: this router's part of each Triton's batches in flight."""
+        if share is not None:
+            share.routers = self.routers
         self.id = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
         self._members_key = f"{prefix}:routers"
         self._task: asyncio.Task | None = None
@@ -105,6 +117,8 @@ class RedisLink:
             return
         self.routers = max(1, int(count))
         metrics.SHARED_STORE_ROUTERS.set(self.routers)
+        if self.share is not None:
+            self.share.routers = self.routers
         if not self.answering:
             self.answering = True
             self._told_down = False

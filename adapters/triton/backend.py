@@ -35,6 +35,7 @@ from router.core import errors
 from router.core.backend import Answer, Token
 from router.core.errors import RouterError
 from router.core.models.contract import ModelContract, ModelDescription
+from router.core.scheduling.fleet_share import ALONE, FleetShare
 from router.core.text.prompting import Sampling
 from router.core.text.windows import Window
 from router.observability import metrics
@@ -56,8 +57,9 @@ class TritonBackend:
         balancing: str = LEAST_WORK,
         max_inflight_per_shard: int | None = None,
         tls: TritonTls | None = None,
+        share: FleetShare = ALONE,
     ) -> None:
-        self.shards = ShardSet(health, balancing=balancing, max_inflight=max_inflight_per_shard)
+        self.shards = ShardSet(health, balancing=balancing, max_inflight=max_inflight_per_shard, share=share)
         self.fleet = TritonFleet(targets, self.shards, discovery_interval_s, dns_interval_s, tls=tls)
         self.retries = retries
         self.backoff_s = backoff_s

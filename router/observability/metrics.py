@@ -68,6 +68,23 @@ TRITON_CALL_SECONDS = Histogram(
     ["shard", "outcome"],
     buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60),
 )
+# What an autoscaler reads to add model servers before the router sheds (deploy/kubernetes/autoscaling.yaml).
+DRAIN_TOKENS = Gauge(
+    "modelrouter_drain_tokens_per_second",
+    "Tokens per second the model's servers complete for this router while busy (admission's drain rate).",
+    ["model"],
+)
+BACKLOG_SECONDS = Gauge(
+    "modelrouter_backlog_seconds",
+    "Seconds the model's servers need for the work this router has queued and in flight, at the drain rate.",
+    ["model"],
+)
+BATCH_SLOTS = Gauge(
+    "modelrouter_batch_slots",
+    "Batches this router may have in flight to the model's servers at once (max_inflight_batches x shards):"
+    " modelrouter_inflight_batches over it is how busy it keeps them.",
+    ["model"],
+)
 ASYNCIO_TASKS = Gauge("modelrouter_asyncio_tasks", "asyncio tasks alive in the router's event loop (a leak grows it).")
 UNKNOWN_MODEL = "(unknown)"
 

@@ -24,6 +24,8 @@ import statistics
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 
+from router.core.scheduling.fleet_share import ALONE, FleetShare
+
 LEAST_WORK = "least_work"
 """Power of two choices on outstanding tokens x seconds per token (the default)."""
 ROUND_ROBIN = "round_robin"
@@ -96,13 +98,16 @@ class ShardSet:
         rng: random.Random | None = None,
         balancing: str = LEAST_WORK,
         max_inflight: int | None = None,
+        share: FleetShare = ALONE,
     ) -> None:
         if balancing not in BALANCING:
             raise ValueError(f"balancing must be one of {', '.join(BALANCING)}")
         self.health = health or HealthConfig()
         self.balancing = balancing
         self.max_inflight = max_inflight
-        """Batches in flight per shard that least_work aims for: a shard below it is preferred to one at it."""
+        """Batches in flight per shard that least_work aims for (this router's share of it, with other
+        routers in front of the same shards): a shard below it is preferred to one at it."""
+        self.share = share
         self._rng = rng or random.Random()
         self._turn = 0
         self.shards: dict[str, Shard] = {}
@@ -146,7 +151,8 @@ class ShardSet:
         if self.max_inflight:
             # A shard with a free slot first: at capacity a slower shard takes the overflow rather than the
             # faster one queueing more, so every shard's capacity is used.
-            shards = [s for s in shards if s.inflight < self.max_inflight] or shards
+            most = self.share.of(self.max_inflight)
+            shards = [s for s in shards if s.inflight < most] or shards
             if len(shards) == 1:
                 return shards[0]
         first, second = self._rng.sample(shards, 2)

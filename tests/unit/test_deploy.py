@@ -84,3 +84,25 @@ def test_the_prometheus_rules_and_the_dashboard_use_only_metrics_the_router_expo
     assert not unknown, f"rules or dashboard query series the router does not export: {sorted(unknown)}"
     alerts = {rule["alert"] for group in rules["groups"] for rule in group["rules"] if "alert" in rule}
     assert {"ModelRouterServerErrors", "ModelRouterShardDown", "ModelRouterNoShard"} <= alerts
+
+
+def test_the_autoscalers_read_what_the_recording_rules_make_and_scale_what_is_deployed():
+    rules = yaml.safe_load((PROJECT_ROOT / "deploy" / "prometheus" / "rules.yaml").read_text())
+    # prometheus-adapter exposes a recorded series with its colons made underscores (docs/kubernetes.md).
+    recorded = {
+        rule["record"].replace(":", "_") for group in rules["groups"] for rule in group["rules"] if "record" in rule
+    }
+    found = resources()
+    for name, autoscaler in found.items():
+        if not name.startswith("HorizontalPodAutoscaler/"):
+            continue
+        target = autoscaler["spec"]["scaleTargetRef"]
+        assert f"{target['kind']}/{target['name']}" in found, name
+        for metric in autoscaler["spec"]["metrics"]:
+            if metric["type"] == "External":
+                assert metric["external"]["metric"]["name"] in recorded, metric
+
+
+def test_the_routers_share_the_redis_deployed_beside_them():
+    service = resources()["Service/model-router-redis"]
+    assert router_settings().redis_url == f"redis://{service['metadata']['name']}:6379/0"

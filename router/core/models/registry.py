@@ -24,6 +24,7 @@ from router.core.models.contract import ModelContract, ModelDescription, Task
 from router.core.models.contract_reader import is_routed, parse_contract
 from router.core.models.model_files import ModelFiles, load_model_files
 from router.core.scheduling.cache import OutputCache
+from router.core.scheduling.fleet_share import ALONE, FleetShare
 from router.core.scheduling.scheduler import ModelScheduler
 from router.core.scheduling.streams import StreamGate
 from router.core.scheduling.tenant_limits import TenantLimiter
@@ -67,8 +68,11 @@ class ModelRegistry:
         cache: OutputCache | None = None,
         admission: AdmissionConfig | None = None,
         tenants: TenantLimiter | None = None,
+        share: FleetShare = ALONE,
     ) -> None:
         self.backend = backend
+        self.share = share
+        """This router's part of what each server takes at once, for every model's scheduler."""
         self.repository = repository
         self.batching = batching or BatchingConfig()
         self.admission = admission
@@ -148,7 +152,7 @@ class ModelRegistry:
     ) -> ServedModel:
         """A model version served with a scheduler of its own."""
         scheduler = ModelScheduler(
-            files.contract, self.backend, self.batching, self.cache, self.admission, self.tenants
+            files.contract, self.backend, self.batching, self.cache, self.admission, self.tenants, self.share
         )
         scheduler.shards = len(description.served_by)
         return ServedModel(
@@ -197,6 +201,7 @@ class ModelRegistry:
             max_waiting=config.max_queued_requests if config.enabled else 1 << 30,
             max_waiting_tokens=tokens if config.enabled else 1 << 60,
             tenants=self.tenants,
+            share=self.share,
         )
         gate.shards = shards
         return Generation(files.chat_template, files.end_ids, gate)

@@ -38,6 +38,7 @@ from router.core.scheduling.admission import AdmissionController
 from router.core.scheduling.batching import BatchLimits, grow
 from router.core.scheduling.cache import OutputCache
 from router.core.scheduling.fair_queue import FairQueue
+from router.core.scheduling.fleet_share import ALONE, FleetShare
 from router.core.scheduling.series import ModelSeries
 from router.core.scheduling.tenant_limits import TenantLimiter
 from router.core.scheduling.work import Item, Ticket, backend_timeout, charge, deduplicate
@@ -54,8 +55,11 @@ class ModelScheduler:
         cache: OutputCache | None = None,
         admission_config: AdmissionConfig | None = None,
         tenants: TenantLimiter | None = None,
+        share: FleetShare = ALONE,
     ) -> None:
         self.contract = contract
+        self.share = share
+        """This router's part of each server's `max_inflight_batches` (fleet_share.py)."""
         self.backend = backend
         self.config = config or BatchingConfig()
         self.cache = cache
@@ -87,6 +91,7 @@ class ModelScheduler:
         self._handovers: set[asyncio.Task] = set()
         """Requests of a batch handed to the successor (rollout.py), running there."""
         self._series = ModelSeries(contract.name)
+        self._series.watch(lambda: self.admission.drain.rate or 0.0, self.backlog_s, lambda: self.slots)
 
     @property
     def pending_sequences(self) -> int:
@@ -100,9 +105,15 @@ class ModelScheduler:
     def inflight(self) -> int:
         return len(self._dispatches)
 
+    def backlog_s(self) -> float:
+        """Seconds the model needs for the work queued and in flight here, at the drain rate (0: none
+        measured yet)."""
+        rate = self.admission.drain.rate
+        return (self.queue.tokens + self.admission.inflight_tokens) / rate if rate else 0.0
+
     @property
     def slots(self) -> int:
-        return self.config.max_inflight_batches * max(1, self.shards)
+        return self.share.of(self.config.max_inflight_batches) * max(1, self.shards)
 
     def precheck(
         self, tenant: str = "", deadline: float | None = None, criticality: Criticality = Criticality.DEFAULT

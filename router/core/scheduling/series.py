@@ -3,6 +3,8 @@ batches, their rows and tokens, refusals by reason, and its share of the model's
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 from router.core.errors import RouterError
 from router.core.scheduling import admission
 from router.observability import metrics
@@ -10,6 +12,7 @@ from router.observability import metrics
 
 class ModelSeries:
     def __init__(self, model: str) -> None:
+        self.model = model
         self._batches = metrics.BATCHES.labels(model)
         self._batch_rows = metrics.BATCH_ROWS.labels(model)
         self._real_tokens = metrics.REAL_TOKENS.labels(model)
@@ -19,6 +22,13 @@ class ModelSeries:
         self._shed = {reason: metrics.SHED.labels(model, reason) for reason in admission.REASONS}
         self._reported = (0, 0)
         """The queued tokens and batches in flight this scheduler last added to its model's gauges."""
+
+    def watch(self, drain_rate: Callable[[], float], backlog_s: Callable[[], float], slots: Callable[[], int]) -> None:
+        """The autoscaling gauges, read from the scheduler when scraped (nothing per call). The model's
+        newest scheduler owns them."""
+        metrics.DRAIN_TOKENS.labels(self.model).set_function(drain_rate)
+        metrics.BACKLOG_SECONDS.labels(self.model).set_function(backlog_s)
+        metrics.BATCH_SLOTS.labels(self.model).set_function(slots)
 
     def refused(self, error: RouterError) -> RouterError:
         """Count a refusal by its reason, and hand the error back for raising."""

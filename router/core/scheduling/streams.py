@@ -26,6 +26,7 @@ from dataclasses import dataclass, field
 from router.core.criticality import Criticality
 from router.core.errors import RouterError
 from router.core.scheduling import admission
+from router.core.scheduling.fleet_share import ALONE, FleetShare
 from router.core.scheduling.tenant_limits import TenantLimiter, retry_delay
 from router.observability import metrics
 
@@ -47,8 +48,10 @@ class StreamGate:
         max_waiting: int = 64,
         max_waiting_tokens: int = 1 << 20,
         tenants: TenantLimiter | None = None,
+        share: FleetShare = ALONE,
     ) -> None:
         self.model = model
+        self.share = share
         self.slots_per_shard = max(1, slots)
         self.shards = 1
         self.max_waiting = max_waiting
@@ -67,7 +70,7 @@ class StreamGate:
 
     @property
     def slots(self) -> int:
-        return self.slots_per_shard * max(1, self.shards)
+        return self.share.of(self.slots_per_shard) * max(1, self.shards)
 
     @property
     def active(self) -> int:

@@ -1,0 +1,286 @@
+"""Many routers over one fleet: one router against two routers over the same two Tritons, and what
+priorities and tenant rates do under overload.
+
+Rows, each an open loop of Poisson arrivals (fixed seed) of 4-text Embed calls with a 2 s deadline, as in
+the admission bench (bench/admission.py), the load split evenly over the routers of the path:
+
+- `one router` and `two routers`, at 0.5x, 1x, 2x and 4x of the capacity one router measures first
+  (closed loop): goodput, and the p50 of the calls admitted. Targets: at 2x and 4x, goodput at least
+  0.9 of capacity and p50 at most 3x its 0.5x figure, with two routers as with one.
+- `tenant rate`: one tenant limited to R = 0.25x capacity calls/s calling at 3R: admitted calls per
+  second after the first 2 s (the burst), against R. One router; two routers counting in one Redis;
+  two routers each counting on its own (what a fleet without Redis does: about 2R).
+- `criticality`: one router at 0.5x and 4x, one call in eight CRITICAL (at 4x, half the capacity), two
+  SHEDDABLE, the rest DEFAULT: each class's goodput and p50. Target: at 4x, critical calls' goodput and p50 near their
+  0.5x figures, sheddable calls taking the shedding.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import json
+import random
+import subprocess
+import time
+from collections.abc import Callable, Iterator
+
+import grpc
+
+from bench.admission import DEADLINE_S, MAX_OPEN_CALLS, TEXTS_PER_CALL, Outcomes, capacity
+from bench.corpus import mixed_texts
+from bench.harness import RESULTS, SCRATCH, PathResult, router_process, say, triton_server, write_report
+from router.grpc.gen.modelrouter.v1 import model_router_service_pb2 as pb
+from router.grpc.gen.modelrouter.v1 import model_router_service_pb2_grpc as pb_grpc
+
+MODEL = "all-minilm-l6-v2"
+SEED = 7
+LOADS = (0.5, 1.0, 2.0, 4.0)
+CRITICALITIES = {
+    "critical": pb.CRITICALITY_CRITICAL,
+    "default": pb.CRITICALITY_DEFAULT,
+    "sheddable": pb.CRITICALITY_SHEDDABLE,
+}
+MIX = ["critical", "default", "default", "default", "default", "sheddable", "sheddable", "default"]
+"""One call in eight critical (at 4x, half the capacity), two sheddable, five default."""
+
+
+@contextlib.contextmanager
+def redis_server() -> Iterator[str]:
+    """A redis-server on a free loopback port, keeping nothing on disk; yields its URL."""
+    from adapters.triton.embedded import free_port
+
+    port = free_port()
+    command = ["redis-server", "--bind", "127.0.0.1", "--port", str(port), "--save", "", "--appendonly", "no"]
+    with open(SCRATCH / "redis.log", "ab") as log:
+        process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT)
+    try:
+        import redis
+
+        client = redis.Redis(port=port)
+        for _ in range(100):
+            with contextlib.suppress(redis.ConnectionError):
+                if client.ping():
+                    break
+            time.sleep(0.05)
+        yield f"redis://127.0.0.1:{port}/0"
+    finally:
+        process.kill()
+        process.wait()
+
+
+async def call(stub, request: pb.EmbedRequest, outcomes: Outcomes, metadata=()) -> None:
+    started = time.perf_counter()
+    try:
+        await stub.Embed(request, timeout=DEADLINE_S, metadata=metadata)
+        outcomes.ok.append(time.perf_counter() - started)
+    except grpc.aio.AioRpcError as error:
+        code = error.code().name
+        refused_at_once = time.perf_counter() - started < DEADLINE_S * 0.9  # DEADLINE_TOO_SHORT
+        if code == "RESOURCE_EXHAUSTED" or (code == "DEADLINE_EXCEEDED" and refused_at_once):
+            outcomes.shed.append(time.perf_counter() - started)
+        elif code == "DEADLINE_EXCEEDED":
+            outcomes.timed_out += 1
+        else:
+            outcomes.other[code] = outcomes.other.get(code, 0) + 1
+
+
+async def open_loop(
+    stubs: list, rate: float, seconds: float, seed: int, send: Callable[[object, int, float], object]
+) -> int:
+    """Arrivals at `rate` a second for `seconds`, the n-th to stubs[n % len(stubs)] by `send(stub, n,
+    at)` (a coroutine); how many arrived."""
+    rng = random.Random(seed)
+    tasks: list[asyncio.Task] = []
+    started = time.perf_counter()
+    next_at, n = 0.0, 0
+    while next_at < seconds:
+        delay = started + next_at - time.perf_counter()
+        if delay > 0:
+            await asyncio.sleep(delay)
+        if sum(not t.done() for t in tasks[-MAX_OPEN_CALLS:]) < MAX_OPEN_CALLS:
+            tasks.append(asyncio.create_task(send(stubs[n % len(stubs)], n, next_at)))
+        n += 1
+        next_at += rng.expovariate(rate)
+    await asyncio.gather(*tasks)
+    return n
+
+
+def result(name: str, outcomes: Outcomes, arrived: int, seconds: float, **extra) -> PathResult:
+    total = max(1, len(outcomes.ok) + len(outcomes.shed) + outcomes.timed_out + sum(outcomes.other.values()))
+    return PathResult(
+        name,
+        len(outcomes.ok),
+        seconds,
+        outcomes.ok,
+        {
+            "offered_per_s": arrived / seconds,
+            "shed_rate": len(outcomes.shed) / total,
+            "timeout_rate": outcomes.timed_out / total,
+            "other_errors": sum(outcomes.other.values()),
+            **extra,
+        },
+    )
+
+
+async def loads(name: str, targets: list[str], pool, measured: float, seconds: float) -> list[PathResult]:
+    rows = []
+    channels = [grpc.aio.insecure_channel(target) for target in targets]
+    stubs = [pb_grpc.ModelRouterServiceStub(channel) for channel in channels]
+    for stub in stubs:
+        await capacity(stub, pool, 2.0)  # warm-up: each router's connections, tokenizer, drain rate
+    await asyncio.sleep(DEADLINE_S)
+    for load in LOADS:
+        outcomes = Outcomes()
+
+        def send(stub, n, at, outcomes=outcomes):
+            return call(stub, pb.EmbedRequest(model=MODEL, inputs=pool[n % len(pool)]), outcomes)
+
+        arrived = await open_loop(stubs, load * measured, seconds, SEED + int(load * 10), send)
+        row = result(f"{name}, {load}x load", outcomes, arrived, seconds, load=load, capacity_per_s=measured)
+        rows.append(row)
+        say(
+            f"  {row.name}: goodput {row.throughput:.1f}/s ({row.throughput / measured:.2f} of capacity), "
+            f"p50 {row.percentile_ms(50):.0f} ms, shed {row.extra['shed_rate']:.0%}"
+        )
+        await asyncio.sleep(DEADLINE_S + 1)
+    for channel in channels:
+        await channel.close()
+    return rows
+
+
+async def tenant_rate(name: str, targets: list[str], pool, rate: float, seconds: float) -> PathResult:
+    """One tenant limited to `rate` calling at 3x it, split over the routers; admitted after the burst."""
+    channels = [grpc.aio.insecure_channel(target) for target in targets]
+    stubs = [pb_grpc.ModelRouterServiceStub(channel) for channel in channels]
+    outcomes, admitted_after = Outcomes(), []
+    tenant = f"bench-{name.replace(' ', '-')}-{time.monotonic_ns()}"
+
+    async def send(stub, n, at):
+        before = len(outcomes.ok)
+        request = pb.EmbedRequest(model=MODEL, inputs=pool[n % len(pool)][:1])
+        await call(stub, request, outcomes, [("x-tenant-id", tenant)])
+        if len(outcomes.ok) > before and at >= 2.0:
+            admitted_after.append(at)
+
+    arrived = await open_loop(stubs, 3 * rate, seconds, SEED, send)
+    for channel in channels:
+        await channel.close()
+    admitted_per_s = len(admitted_after) / (seconds - 2.0)
+    row = result(
+        f"tenant rate, {name}",
+        outcomes,
+        arrived,
+        seconds,
+        limit_per_s=rate,
+        admitted_per_s=admitted_per_s,
+        admitted_over_limit=admitted_per_s / rate,
+    )
+    say(
+        f"  {row.name}: limit {rate:.1f}/s, offered {3 * rate:.1f}/s, admitted {admitted_per_s:.1f}/s "
+        f"({admitted_per_s / rate:.2f} of the limit)"
+    )
+    await asyncio.sleep(2)
+    return row
+
+
+async def criticality(target: str, pool, measured: float, seconds: float) -> list[PathResult]:
+    rows = []
+    async with grpc.aio.insecure_channel(target) as channel:
+        stub = pb_grpc.ModelRouterServiceStub(channel)
+        for load in (0.5, 4.0):
+            outcomes = {kind: Outcomes() for kind in CRITICALITIES}
+            arrivals = dict.fromkeys(CRITICALITIES, 0)
+
+            def send(stub, n, at, outcomes=outcomes, arrivals=arrivals):
+                kind = MIX[n % len(MIX)]
+                arrivals[kind] += 1
+                request = pb.EmbedRequest(model=MODEL, inputs=pool[n % len(pool)], criticality=CRITICALITIES[kind])
+                return call(stub, request, outcomes[kind])
+
+            await open_loop([stub], load * measured, seconds, SEED + 100 + int(load * 10), send)
+            for kind in CRITICALITIES:
+                row = result(f"criticality {kind}, {load}x load", outcomes[kind], arrivals[kind], seconds, load=load)
+                rows.append(row)
+                say(
+                    f"  {row.name}: goodput {row.throughput:.1f}/s of {row.extra['offered_per_s']:.1f} offered, "
+                    f"p50 {row.percentile_ms(50):.0f} ms, shed {row.extra['shed_rate']:.0%}"
+                )
+            await asyncio.sleep(DEADLINE_S + 1)
+    return rows
+
+
+async def run(seconds: float) -> tuple[list[PathResult], float]:
+    pool = [mixed_texts(TEXTS_PER_CALL, 18, 118, SEED + i) for i in range(2000)]
+    rows: list[PathResult] = []
+    with triton_server() as first, triton_server(log_name="triton-2.log") as second, redis_server() as redis_url:
+        tritons = [first.grpc_address, second.grpc_address]
+        shared = {"redis_url": redis_url}
+        with router_process(tritons) as target:
+            async with grpc.aio.insecure_channel(target) as channel:
+                measured = await capacity(pb_grpc.ModelRouterServiceStub(channel), pool, seconds)
+            say(f"capacity, one router over two Tritons: {measured:.1f} calls/s")
+            rows += await loads("one router", [target], pool, measured, seconds)
+            rows += await criticality(target, pool, measured, seconds)
+        with router_process(tritons, **shared) as one, router_process(tritons, **shared) as two:
+            rows += await loads("two routers", [one, two], pool, measured, seconds)
+        limit = round(0.25 * measured, 1)
+        rate = {"tenant_requests_per_s": str(limit)}
+        with router_process(tritons, **rate) as target:
+            rows.append(await tenant_rate("one router", [target], pool, limit, seconds))
+        with router_process(tritons, **rate, **shared) as one, router_process(tritons, **rate, **shared) as two:
+            rows.append(await tenant_rate("two routers sharing Redis", [one, two], pool, limit, seconds))
+        with router_process(tritons, **rate) as one, router_process(tritons, **rate) as two:
+            rows.append(await tenant_rate("two routers without Redis", [one, two], pool, limit, seconds))
+    return rows, measured
+
+
+def plot(rows: list[dict]) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, (goodput, latency) = plt.subplots(1, 2, figsize=(11, 4))
+    for name in ("one router", "two routers"):
+        mine = [r for r in rows if r["name"].startswith(f"{name},")]
+        x = [r["load"] for r in mine]
+        goodput.plot(x, [r["items_per_s"] / r["capacity_per_s"] for r in mine], marker="o", label=name)
+        latency.plot(x, [r["p50_ms"] for r in mine], marker="o", label=name)
+    goodput.axhline(0.9, color="grey", linestyle=":", label="0.9 of capacity")
+    goodput.set(xlabel="offered load (x capacity)", ylabel="goodput / capacity", title="Goodput")
+    latency.set(xlabel="offered load (x capacity)", ylabel="p50 of admitted calls (ms)", title="Latency")
+    for ax in (goodput, latency):
+        ax.set_xticks(LOADS, [f"{x}x" for x in LOADS])
+        ax.legend()
+    fig.tight_layout()
+    fig.savefig(RESULTS / "fleet.png", dpi=110)
+    plt.close(fig)
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--seconds", type=float, default=15.0, help="seconds per row (default 15)")
+    args = parser.parse_args(argv)
+    rows, measured = asyncio.run(run(args.seconds))
+    write_report(
+        "fleet",
+        "Many routers over one fleet: one router vs two over the same two Tritons (all-MiniLM-L6-v2, CPU)",
+        [
+            f"Capacity of one router over both Tritons (16 closed-loop callers): {measured:.1f} calls/s of "
+            f"{TEXTS_PER_CALL} texts. Open-loop Poisson arrivals, each call with a {DEADLINE_S:.0f} s deadline, "
+            f"{args.seconds:.0f} s per row, split evenly over the path's routers.",
+            "tenant rate rows: one tenant limited to 0.25x capacity (tenant_requests_per_s) calling at 3x its "
+            "limit; admitted_per_s counts calls admitted after the first 2 s (the burst the limit allows).",
+            "criticality rows: one router; one call in eight CRITICAL, two SHEDDABLE, five DEFAULT.",
+            "Ratios are goodput / `one router, 1.0x load`.",
+        ],
+        rows,
+        baseline="one router, 1.0x load",
+    )
+    plot(json.loads((RESULTS / "fleet.json").read_text())["paths"])
+
+
+if __name__ == "__main__":
+    main()
