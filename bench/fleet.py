@@ -10,6 +10,9 @@ the admission bench (bench/admission.py), the load split evenly over the routers
 - `tenant rate`: one tenant limited to R = 0.25x capacity calls/s calling at 3R: admitted calls per
   second after the first 2 s (the burst), against R. One router; two routers counting in one Redis;
   two routers each counting on its own (what a fleet without Redis does: about 2R).
+- `cache second pass`: 512 texts embedded one a call through one router, then again through the same
+  router, through the other (each caching alone), or through the other with the cache's second level in
+  the Redis they share (`cache_in_redis`): the share of the second pass answered from the cache.
 - `criticality`: one router at 0.5x and 4x, one call in eight CRITICAL (at 4x, half the capacity), two
   SHEDDABLE, the rest DEFAULT: each class's goodput and p50. Target: at 4x, critical calls' goodput and p50 near their
   0.5x figures, sheddable calls taking the shedding.
@@ -185,6 +188,35 @@ async def tenant_rate(name: str, targets: list[str], pool, rate: float, seconds:
     return row
 
 
+async def embed_each(target: str, texts: list[str]) -> tuple[int, list[float], float]:
+    """Embed `texts` one a call, 16 at a time: (texts the cache answered, latencies, wall seconds)."""
+    hits, latencies = 0, []
+    async with grpc.aio.insecure_channel(target) as channel:
+        stub = pb_grpc.ModelRouterServiceStub(channel)
+
+        async def one(text: str) -> None:
+            nonlocal hits
+            began = time.perf_counter()
+            reply = await stub.Embed(pb.EmbedRequest(model=MODEL, inputs=[text]), timeout=60)
+            latencies.append(time.perf_counter() - began)
+            hits += reply.usage.cached_sequences
+
+        started = time.perf_counter()
+        for start in range(0, len(texts), 16):
+            await asyncio.gather(*(one(text) for text in texts[start : start + 16]))
+        return hits, latencies, time.perf_counter() - started
+
+
+async def cache_pass(name: str, first: str, second: str, texts: list[str]) -> PathResult:
+    """`texts` through `first`, then again through `second`: how many the cache answered the second time."""
+    await embed_each(first, texts)
+    await asyncio.sleep(1)  # rows are written to Redis off the calls' path
+    hits, latencies, wall = await embed_each(second, texts)
+    row = PathResult(f"cache second pass, {name}", len(texts), wall, latencies, {"hit_rate": hits / len(texts)})
+    say(f"  {row.name}: {hits} of {len(texts)} texts from the cache, {row.throughput:.0f} texts/s")
+    return row
+
+
 async def criticality(target: str, pool, measured: float, seconds: float) -> list[PathResult]:
     rows = []
     async with grpc.aio.insecure_channel(target) as channel:
@@ -225,6 +257,14 @@ async def run(seconds: float) -> tuple[list[PathResult], float]:
             rows += await criticality(target, pool, measured, seconds)
         with router_process(tritons, **shared) as one, router_process(tritons, **shared) as two:
             rows += await loads("two routers", [one, two], pool, measured, seconds)
+        texts = [text for call in pool[:128] for text in call]  # 512 texts
+        cached = {"cache_max_bytes": str(64 << 20)}
+        with router_process(tritons, **cached) as one, router_process(tritons, **cached) as two:
+            rows.append(await cache_pass("the same router", one, one, texts))
+            rows.append(await cache_pass("the other router, no Redis", one, two, texts))
+        both = {**cached, **shared, "cache_in_redis": "true"}
+        with router_process(tritons, **both) as one, router_process(tritons, **both) as two:
+            rows.append(await cache_pass("the other router, cache in Redis", one, two, texts))
         limit = round(0.25 * measured, 1)
         rate = {"tenant_requests_per_s": str(limit)}
         with router_process(tritons, **rate) as target:

@@ -169,7 +169,7 @@ class Router:
             self.backend,
             s.model_repository,
             batching,
-            OutputCache(s.cache_max_bytes) if s.cache_max_bytes > 0 else None,
+            OutputCache(s.cache_max_bytes, self._shared_rows()) if s.cache_max_bytes > 0 else None,
             admission,
             limiter_for(tenant_rates(s), counts),
             self.share,
@@ -192,6 +192,14 @@ class Router:
         )
         await self.redis.start()
         return RedisCounts(self.redis)
+
+    def _shared_rows(self):
+        """The output cache's second level in Redis, with `cache_in_redis`."""
+        if not self.settings.cache_in_redis:
+            return None
+        from adapters.redis.cache import RedisRows
+
+        return RedisRows(self.redis, self.settings.cache_ttl_s)
 
     async def start_embedded(self) -> list[str]:
         """Start `embedded_shards` tritonservers over the repository, each kept running by a supervisor."""

@@ -188,6 +188,11 @@ class Settings(BaseSettings):
     until Redis answers again; no call fails because Redis is down or slow."""
     redis_prefix: str = "modelrouter"
     """Prefix of every key the router writes (several fleets may share one Redis)."""
+    cache_in_redis: bool = False
+    """With `redis_url` and `cache_max_bytes`: the output cache gets a second level in Redis, shared by
+    every router (a sequence one computed answers at all of them)."""
+    cache_ttl_s: float = Field(default=3600.0, gt=0)
+    """How long a row stays in the shared cache (its size is Redis's maxmemory, allkeys-lru)."""
     routers_expected: int = Field(default=1, gt=0)
     """Router processes assumed in the fleet until Redis has been reached once (afterwards the count the
     routers announce there): each router's share of a tenant's rate while Redis does not answer."""
@@ -257,6 +262,8 @@ class Settings(BaseSettings):
         for path in files:
             if path is not None and not path.is_file():
                 raise ValueError(f"{path} is not a readable file")
+        if self.cache_in_redis and not (self.redis_url and self.cache_max_bytes):
+            raise ValueError("cache_in_redis needs redis_url and cache_max_bytes (the router's own level)")
         by_certificate = [name for name, p in self.principals.items() if p.certificate_name]
         if by_certificate and self.tls_client_ca_file is None:
             raise ValueError(f"principals {by_certificate} name a certificate, which needs tls_client_ca_file")

@@ -92,8 +92,10 @@ class TritonBackend:
         """Each model some answering shard has ready (newest version), with the shards that hold it."""
         return self.fleet.describe()
 
-    async def infer(self, contract: ModelContract, rows: Sequence[Window], timeout_s: float | None) -> Answer:
-        request = infer_request(contract, rows)
+    async def infer(
+        self, contract: ModelContract, rows: Sequence[Window], timeout_s: float | None, priority: int = 0
+    ) -> Answer:
+        request = infer_request(contract, rows, {"priority": priority} if priority else None)
         tokens = sum(len(row.ids) for row in rows)
         attempts = _Attempts(self, contract, timeout_s, batch=True)
         self.budget.attempted()

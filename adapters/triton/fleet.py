@@ -265,4 +265,5 @@ def describe(
         versions=versions or (version,),
         optional_inputs=frozenset(e["name"] for e in config.get("input", []) if e.get("optional")),
         decoupled=bool(config.get("model_transaction_policy", {}).get("decoupled", False)),
+        priority_levels=int(config.get("dynamic_batching", {}).get("priority_levels", 0) or 0),
     )

@@ -42,9 +42,11 @@ class Backend(Protocol):
         no server answered (an empty list means the servers answered and serve nothing)."""
         ...
 
-    async def infer(self, contract: ModelContract, rows: Sequence[Window], timeout_s: float | None) -> Answer:
-        """Run one batch; return the contract's output, a row per sequence, and who answered. Raise
-        RouterError (BACKEND_*) on failure."""
+    async def infer(
+        self, contract: ModelContract, rows: Sequence[Window], timeout_s: float | None, priority: int = 0
+    ) -> Answer:
+        """Run one batch; return the contract's output, a row per sequence, and who answered. `priority`:
+        the server's queue priority (1 the highest; 0 its default). Raise RouterError (BACKEND_*) on failure."""
         ...
 
     def generate(

@@ -6,6 +6,11 @@ from prometheus_client import Counter, Gauge, Histogram
 
 CACHE_HITS = Counter("modelrouter_cache_hits_total", "Sequences answered from the output cache.", ["model"])
 CACHE_MISSES = Counter("modelrouter_cache_misses_total", "Sequences looked up and not found in the cache.", ["model"])
+CACHE_SHARED_HITS = Counter(
+    "modelrouter_cache_shared_hits_total",
+    "Sequences this router's cache missed and the fleet's (Redis) held.",
+    ["model"],
+)
 CACHE_EVICTIONS = Counter("modelrouter_cache_evictions_total", "Outputs evicted to stay within the byte bound.")
 CACHE_BYTES = Gauge("modelrouter_cache_bytes", "Bytes of model outputs held in the cache.")
 

@@ -118,6 +118,26 @@ def test_redis_dying_fails_no_call_and_the_routers_count_their_share_until_it_is
     wait_for(lambda: redis_outage.client().dbsize() > 0, "the routers to count in Redis again", 10)
 
 
+def test_redis_slower_than_its_timeout_fails_no_call(routers, redis_outage):
+    for router in routers:
+        router.lines.clear()
+    result: list = []
+    caller = threading.Thread(target=lambda: result.extend(pace(routers, "slow", 2 * RATE, 8.0)))
+    caller.start()
+    time.sleep(2)
+    redis_outage.process.send_signal(signal.SIGSTOP)  # alive, connected, silent: every command times out
+    time.sleep(3)
+    redis_outage.process.send_signal(signal.SIGCONT)
+    caller.join(90)
+    assert {outcome for _, outcome in result} <= {"ok", "RESOURCE_EXHAUSTED TENANT_RATE_LIMITED"}, result
+    slow = [call for call in result if 2.0 <= call[0] < 5.0]
+    assert slow and any(outcome == "ok" for _, outcome in slow)  # served while Redis was silent
+    for router in routers:
+        (down,) = router.logs("redis.not_answering")[:1]
+        assert "Timeout" in down["error"], down
+        wait_for(lambda r=router: r.logs("redis.answering"), "the router to find Redis again", 10)
+
+
 def test_one_router_stopping_loses_no_call_of_the_other(routers):
     survivor, leaving = routers
     caller = Pacer(survivor.target, "within-its-rate", RATE * 0.8, 6.0)
@@ -127,3 +147,37 @@ def test_one_router_stopping_loses_no_call_of_the_other(routers):
     assert leaving.process.wait(60) == 0
     caller.join(60)
     assert caller.outcomes and {outcome for _, outcome in caller.outcomes} == {"ok"}
+
+
+@pytest.fixture(scope="module")
+def caching_routers(triton, redis_server):
+    environment = {
+        "MODELROUTER_REDIS_URL": redis_server.url,
+        "MODELROUTER_CACHE_MAX_BYTES": str(16 << 20),
+        "MODELROUTER_CACHE_IN_REDIS": "true",
+    }
+    served = [Served([triton.grpc_address], environment=environment) for _ in range(2)]
+    try:
+        for router in served:
+            router.wait_ready()
+        yield served
+    finally:
+        for router in served:
+            router.kill()
+
+
+def test_a_text_one_router_embedded_is_answered_from_the_shared_cache_at_the_other(caching_routers):
+    first, second = caching_routers
+    texts = [f"shared cache text {i}, written once" for i in range(6)]
+    replies = []
+    for router in (first, second):
+        with grpc.insecure_channel(router.target) as channel:
+            replies.append(
+                pb_grpc.ModelRouterServiceStub(channel).Embed(
+                    pb.EmbedRequest(model=EMBED_MODEL, inputs=texts), timeout=30
+                )
+            )
+        time.sleep(0.5)  # the first router writes the rows to Redis off the call's path
+    assert replies[0].usage.cached_sequences == 0
+    assert replies[1].usage.cached_sequences == len(texts) and replies[1].usage.computed_tokens == 0
+    assert [list(e.values) for e in replies[0].embeddings] == [list(e.values) for e in replies[1].embeddings]

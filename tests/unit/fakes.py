@@ -69,7 +69,7 @@ class IndexBackend:
             raise RouterError("BACKEND_UNAVAILABLE", "down", retry_after_s=1.0)
         return list(self.descriptions)
 
-    async def infer(self, contract, rows, timeout_s):
+    async def infer(self, contract, rows, timeout_s, priority=0):
         self.calls.append((contract, rows))
         if self.gate is not None:
             await self.gate.wait()

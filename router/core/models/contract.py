@@ -109,6 +109,8 @@ class ModelDescription:
     """Inputs the config marks `optional: true` (a request may leave them out)."""
     decoupled: bool = False
     """The model may answer a request with any number of responses (a stream)."""
+    priority_levels: int = 0
+    """Priority levels its server's queue keeps (Triton: `dynamic_batching.priority_levels`; 0: none)."""
     older: tuple[ModelDescription, ...] = ()
     """The older versions some server holds ready, each described as it is configured, newest first."""
 
@@ -152,6 +154,14 @@ class ModelContract:
     """Embed: r of the int8 and uint8 encodings (quantize.py)."""
     pair_template: tuple[str, str, str] = ()
     """Rerank by an LLM: the prompt's text before the query, between query and document, and after it."""
+    priority_levels: int = 0
+    """Priority levels the model server's queue keeps: a batch asks for the level of its most critical
+    request (1 the highest), so critical work also goes first in the server's own queue. 0: none."""
+
+    def priority(self, criticality: int) -> int:
+        """The server priority for a batch whose most critical request has `criticality` (0 critical,
+        1 default, 2 sheddable); 0 (the server's default) when the model keeps no levels."""
+        return min(criticality + 1, self.priority_levels) if self.priority_levels else 0
 
     def prefix(self, input_type: str) -> str:
         return dict(self.input_prefixes)[input_type]

@@ -121,6 +121,7 @@ def parse_contract(description: ModelDescription) -> ModelContract:
         input_prefixes=_prefixes(name, params.get("input_prefixes", "")),
         quantization_range=_positive(name, "quantization_range", params.get("quantization_range", "1")),
         pair_template=_pair_template(name, task, params.get("pair_template", "")),
+        priority_levels=description.priority_levels,
     )
 
 

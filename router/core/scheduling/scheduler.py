@@ -150,6 +150,8 @@ class ModelScheduler:
         if ticket.span is not None:
             ticket.arrived_ns = tracing.wall_ns()
         items = self._look_up(ticket, windows)
+        if items and self.cache is not None and self.cache.shared is not None:
+            items = await self._look_up_shared(ticket, items)
         if items:
             try:
                 tokens = sum(item.length for item in items)
@@ -195,6 +197,18 @@ class ModelScheduler:
             else:
                 items.append(Item(next(self._seq_numbers), window, ticket, index, key))
         return items
+
+    async def _look_up_shared(self, ticket: Ticket, items: list[Item]) -> list[Item]:
+        """Answer what the fleet's cache holds of what this router's did not; return the rest."""
+        rows = await self.cache.get_shared([item.cache_key for item in items], self.contract.name)
+        left = []
+        for item, row in zip(items, rows, strict=True):
+            if row is None:
+                left.append(item)
+            else:
+                ticket.outputs[item.index] = row
+                ticket.cache_hits += 1
+        return left
 
     def _withdraw(self, items: Sequence[Item]) -> None:
         self.queue.withdraw(items)
@@ -283,7 +297,10 @@ class ModelScheduler:
             padded = len(unique) * longest
             with tracing.batch(served, padded):
                 timeout = backend_timeout(batch, now, self.config.timeout_s)
-                output, shard = await self.backend.infer(self.contract, [item.window for item in unique], timeout)
+                priority = self.contract.priority(min(item.ticket.criticality for item in batch))
+                output, shard = await self.backend.infer(
+                    self.contract, [item.window for item in unique], timeout, priority
+                )
             done = computed
             for item in batch:
                 item.ticket.shards.add(shard)
@@ -298,8 +315,7 @@ class ModelScheduler:
             for row, item in zip(rows, batch, strict=True):
                 item.ticket.deliver(item.index, output[row])
             if self.cache is not None:
-                for row, item in enumerate(unique):
-                    self.cache.put(item.cache_key, output[row])
+                self.cache.put_batch([(item.cache_key, output[row]) for row, item in enumerate(unique)])
         finally:
             self.admission.inflight_tokens -= computed
             self.admission.drain.finished(done, time.monotonic(), len(self._dispatches) - 1, waiting=bool(self.queue))

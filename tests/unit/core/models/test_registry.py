@@ -93,7 +93,7 @@ async def test_work_left_for_a_version_unloaded_everywhere_runs_on_the_next_vers
 
         held = "1"
 
-        async def infer(self, contract, rows, timeout_s):
+        async def infer(self, contract, rows, timeout_s, priority=0):
             if self.gate is not None:
                 await self.gate.wait()
             if contract.version != self.held:

@@ -363,3 +363,18 @@ def test_a_principal_capped_at_a_criticality_gets_at_most_that():
     usual = Caller(Principal("search", "search", max_criticality=Criticality.DEFAULT), "search")
     assert usual.criticality(Criticality.CRITICAL) is Criticality.DEFAULT
     assert usual.criticality(Criticality.SHEDDABLE) is Criticality.SHEDDABLE
+
+
+async def test_a_batch_asks_the_server_for_the_priority_of_its_most_critical_request():
+    import dataclasses
+
+    from router.core.criticality import Criticality
+
+    backend = FakeBackend()
+    leveled = ModelScheduler(dataclasses.replace(contract(), priority_levels=3), backend, BatchingConfig())
+    await leveled.run(windows(1), criticality=Criticality.CRITICAL)
+    await leveled.run(windows(1, marker=2000))
+    await leveled.run(windows(1, marker=3000), criticality=Criticality.SHEDDABLE)
+    plain = ModelScheduler(contract(), backend, BatchingConfig())
+    await plain.run(windows(1, marker=4000), criticality=Criticality.CRITICAL)
+    assert backend.priorities == [1, 2, 3, 0]  # a model without levels gets the server's default

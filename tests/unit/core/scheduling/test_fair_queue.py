@@ -54,7 +54,7 @@ class HookedBackend(FakeBackend):
         super().__init__()
         self.at, self.hook, self.calls = at, hook, 0
 
-    async def infer(self, contract, rows, timeout_s):
+    async def infer(self, contract, rows, timeout_s, priority=0):
         self.calls += 1
         if self.calls == self.at:
             self.hook()

@@ -52,8 +52,10 @@ class FakeBackend:
         self.inflight = 0
         self.max_inflight = 0
         self.fail_with: Exception | None = None
+        self.priorities: list[int] = []
 
-    async def infer(self, contract, rows, timeout_s):
+    async def infer(self, contract, rows, timeout_s, priority=0):
+        self.priorities.append(priority)
         self.inflight += 1
         self.max_inflight = max(self.max_inflight, self.inflight)
         try:
@@ -241,7 +243,7 @@ class TaskRecordingBackend(FakeBackend):
         super().__init__()
         self.tasks: list[asyncio.Task] = []
 
-    async def infer(self, contract, rows, timeout_s):
+    async def infer(self, contract, rows, timeout_s, priority=0):
         self.tasks.append(asyncio.current_task())
         return await super().infer(contract, rows, timeout_s)
 
