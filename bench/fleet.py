@@ -265,7 +265,7 @@ async def run(seconds: float) -> tuple[list[PathResult], float]:
         both = {**cached, **shared, "cache_in_redis": "true"}
         with router_process(tritons, **both) as one, router_process(tritons, **both) as two:
             rows.append(await cache_pass("the other router, cache in Redis", one, two, texts))
-        limit = round(0.25 * measured, 1)
+        limit = max(2, round(0.25 * measured))  # whole calls per second: a window holds a whole number
         rate = {"tenant_requests_per_s": str(limit)}
         with router_process(tritons, **rate) as target:
             rows.append(await tenant_rate("one router", [target], pool, limit, seconds))

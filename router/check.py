@@ -164,6 +164,12 @@ def _check_queue(config: dict, report: ModelReport) -> None:
     policy = batching.get("default_queue_policy", {})
     if not int(policy.get("max_queue_size", 0) or 0):
         report.warn("queue", "default_queue_policy has no max_queue_size: Triton's queue for this model is unbounded")
+    if int(batching.get("priority_levels", 0) or 0) < 3:
+        report.warn(
+            "queue",
+            "fewer than 3 priority_levels: critical requests wait in Triton's queue behind default and sheddable "
+            "work; add priority_levels: 3 and default_priority_level: 2 to dynamic_batching",
+        )
     if int(policy.get("default_timeout_microseconds", 0) or 0):
         report.warn(
             "queue",

@@ -21,6 +21,8 @@ input [
 ]
 output [ { name: "embedding", data_type: TYPE_FP32, dims: [ 384 ] } ]
 dynamic_batching {
+  priority_levels: 3
+  default_priority_level: 2
   default_queue_policy { max_queue_size: 16 }
 }
 parameters { key: "modelrouter.task", value: { string_value: "embed" } }
@@ -201,6 +203,12 @@ def test_a_missing_or_unbounded_queue_policy(tmp_path):
         "default_queue_policy has no max_queue_size",
         "default_queue_policy sets default_timeout_microseconds",
     ]
+
+
+def test_a_queue_without_priority_levels_is_warned_of(tmp_path):
+    add_model(tmp_path, "flat", EMBED.replace("  priority_levels: 3\n  default_priority_level: 2\n", ""))
+    [(severity, what, message)] = findings(tmp_path)["flat"]
+    assert (severity, what) == ("warning", "queue") and "priority_levels" in message
 
 
 def test_a_pair_template_that_leaves_no_room_for_documents(tmp_path):

@@ -28,6 +28,9 @@ queue does not lock later ones out. The rules, in the order they are applied:
    a request of about 10,000 tokens was refused as needing 132 s and 160 s), so until the model has been
    seen saturated, nothing is refused on a deadline estimate. One whose
    deadline passes while it waits is dropped before it reaches the model (DEADLINE_EXPIRED).
+Critical work (router/core/criticality.py) is served before the rest and is exempt from rule 2: it is
+refused only past twice the bounds (counting critical work alone) or on its deadline (rule 3).
+
 4. **Tenant rates** per tenant (call metadata `x-tenant-id`) in requests/s and tokens/s, in this router
    or across the fleet of routers (tenant_limits.py), charged by the scheduler once rules 1-3 admit.
 
@@ -97,7 +100,8 @@ class AdmissionController:
         if not self.enabled or not self.queue or not self.drain.rate:
             return
         work = self._work_ahead(tenant, 0, criticality)
-        self._check_delay(work / self.drain.rate, deadline, now)
+        if criticality is not Criticality.CRITICAL:
+            self._check_delay(work / self.drain.rate, deadline, now)
         saturated = self.drain.saturated_rate
         if not (self.config.shed_on_deadline and deadline is not None and saturated):
             return
@@ -111,7 +115,7 @@ class AdmissionController:
         if self.enabled and self.queue:
             if not self._has_room(ticket.tenant, tokens, ticket.criticality):
                 raise self._queue_full(tokens, ticket.criticality)
-            if self.drain.rate:
+            if self.drain.rate and ticket.criticality is not Criticality.CRITICAL:
                 ahead = self._work_ahead(ticket.tenant, 0, ticket.criticality)
                 self._check_delay(ahead / self.drain.rate, ticket.deadline, now)
         saturated = self.drain.saturated_rate

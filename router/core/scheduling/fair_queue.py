@@ -137,11 +137,22 @@ class FairQueue:
         batch = list(self.by_length.islice(low, high))
         del self.by_length[low:high]
         for item in batch:
-            ticket = item.ticket
-            self._remove(item)
-            ticket.served += item.length
-            self._tenants[ticket.tenant].tag += item.length
+            self._serve(item)
         return batch
+
+    def take_items(self, items: Sequence[Item]) -> list[Item]:
+        """Remove these queued items as the next batch (`take` for items not side by side in length)."""
+        for item in items:
+            self.by_length.remove(item)
+            self._serve(item)
+        return list(items)
+
+    def _serve(self, item: Item) -> None:
+        """An item left in a batch: charge it to its request and tenant."""
+        ticket = item.ticket
+        self._remove(item)
+        ticket.served += item.length
+        self._tenants[ticket.tenant].tag += item.length
 
     def withdraw(self, items: Iterable[Item]) -> None:
         """Drop queued sequences that will not be served (their request failed, expired or left)."""

@@ -237,9 +237,17 @@ class ModelScheduler:
 
     def _take(self, now: float) -> list[Item]:
         """The next batch out of the queue: the fair queue's turn, grown by length (batching.py) among
-        its neighbours in length (a batch can reach no further than its size on either side)."""
+        its neighbours in length (a batch can reach no further than its size on either side). A critical
+        turn's batch holds critical work alone: small, it is answered soonest."""
+        anchor = self.queue.anchor()
+        critical_only = self.queue.requests_up_to(Criticality.CRITICAL)
+        if anchor.ticket.criticality is Criticality.CRITICAL and critical_only < self.queue.requests:
+            critical = [item for item in self.queue.by_length if item.ticket.criticality is Criticality.CRITICAL]
+            low, high = grow([item.length for item in critical], critical.index(anchor), self.limits)
+            self.admission.dispatched(now)
+            return self.queue.take_items(critical[low:high])
         queued = self.queue.by_length
-        position = queued.index(self.queue.anchor())
+        position = queued.index(anchor)
         reach = self.limits.max_rows
         first = max(0, position - reach)
         lengths = [item.length for item in queued.islice(first, position + reach)]

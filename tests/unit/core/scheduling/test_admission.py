@@ -378,3 +378,26 @@ async def test_a_batch_asks_the_server_for_the_priority_of_its_most_critical_req
     plain = ModelScheduler(contract(), backend, BatchingConfig())
     await plain.run(windows(1, marker=4000), criticality=Criticality.CRITICAL)
     assert backend.priorities == [1, 2, 3, 0]  # a model without levels gets the server's default
+
+
+async def test_a_critical_turn_leaves_in_a_batch_of_critical_work_alone_and_is_not_refused_as_overload():
+    from router.core.criticality import Criticality
+
+    scheduler, backend = blocked(AdmissionConfig(shed_on_deadline=False), max_batch_tokens=64)
+    first = asyncio.create_task(scheduler.run(windows(4)))  # takes the one slot
+    await settle()
+    usual = asyncio.create_task(scheduler.run(windows(3, length=12, marker=2000)))
+    critical = asyncio.create_task(scheduler.run(windows(1, length=11, marker=3000), criticality=Criticality.CRITICAL))
+    await settle()
+    scheduler.admission.overloaded = lambda now: True  # the short-queue rule refuses what would wait long
+    scheduler.admission.drain.rate = 1.0  # ... and the 87 tokens ahead drain past any target (floor: 72)
+    deadline = time.monotonic() + 60
+    with pytest.raises(RouterError) as refused:
+        await scheduler.run(windows(1, marker=5000), deadline=deadline)
+    assert refused.value.reason == "QUEUE_FULL"
+    late = windows(1, length=11, marker=4000)
+    late = asyncio.create_task(scheduler.run(late, deadline=deadline, criticality=Criticality.CRITICAL))
+    await settle()
+    backend.gate.set()
+    await asyncio.gather(first, usual, critical, late)
+    assert list(backend.batches[1]) == [11, 11]  # both critical requests, without the default work beside them
