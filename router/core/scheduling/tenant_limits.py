@@ -143,9 +143,10 @@ class SharedCounts(Protocol):
     def routers(self) -> int:
         """Router processes last seen alive through the store (at least 1)."""
 
-    async def hit(self, key: str, amount: int, limit: int, window_s: int) -> bool | None:
+    async def hit(self, key: str, amount: int, limit: int, window_s: int, exact: bool = False) -> bool | None:
         """Count `amount` against `limit` per `window_s` under `key`: True if within it, False if over
-        it, None if the store did not answer in time (it then reports not answering)."""
+        it, None if the store did not answer in time (it then reports not answering). `exact`: count in
+        a moving window (requests, one unit each), else a sliding window counter (tokens)."""
 
 
 class FleetTenantLimiter:
@@ -169,7 +170,7 @@ class FleetTenantLimiter:
                 window_s = max(1, round(limits.burst_s))
                 limit = max(1, round(rate * window_s))
                 amount = min(amount, limit)  # bigger than the whole window: slowed, never refused outright
-                within = await self.store.hit(f"{tenant}\0{kind}", amount, limit, window_s)
+                within = await self.store.hit(f"{tenant}\0{kind}", amount, limit, window_s, kind == "requests")
                 if within is None:
                     break  # the store went quiet: this request is counted locally
                 if not within:

@@ -27,7 +27,7 @@ class Counts:
         self.counted: dict[str, int] = {}
         self.hits = 0
 
-    async def hit(self, key: str, amount: int, limit: int, window_s: int) -> bool | None:
+    async def hit(self, key: str, amount: int, limit: int, window_s: int, exact: bool = False) -> bool | None:
         self.hits += 1
         if not self.answering:
             return None
@@ -100,7 +100,7 @@ async def test_a_store_that_goes_quiet_mid_charge_counts_that_request_locally():
     counts = Counts(routers=2)
     limiter = FleetTenantLimiter(TenantRates(TenantLimits(requests_per_s=10)), counts)
 
-    async def quiet(key, amount, limit, window_s):
+    async def quiet(key, amount, limit, window_s, exact=False):
         counts.answering = False
         return None
 
