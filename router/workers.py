@@ -9,8 +9,10 @@ port with SO_REUSEPORT (gRPC's default on Linux): the kernel hands each new conn
 What that means (docs/ in the README's words):
 - A gRPC channel is one connection, so one client's calls all reach one worker: workers spread many
   clients (or a client with several channels), not one channel's calls.
-- Each worker batches, admits and limits on its own: queues, `max_inflight_batches` per shard and tenant
-  rates are per worker (a tenant limited to R requests/s may get up to workers x R).
+- Each worker batches and admits on its own. Without `redis_url`, `max_inflight_batches` per shard and
+  tenant rates are per worker too (a tenant limited to R requests/s may get up to workers x R); with it,
+  each worker is one of the routers counted in Redis: rates hold for all of them, and each keeps its
+  share of every shard's batches in flight (docs/operations.md, Many routers over one fleet).
 - With `metrics_port` set, worker i serves its metrics on `metrics_port + i`.
 
 The parent restarts a worker that exits on its own (after a backoff), and on SIGTERM or Ctrl-C passes the
