@@ -99,7 +99,7 @@ fuzz: setup models ## Fuzz every RPC of a real router: 3,400 requests per RPC wi
 soak: setup models ## Hold 80% of measured capacity for 10 minutes; RSS, descriptors, tasks, latency in bench/results/soak.*
 	$(PY) -m bench soak $(SOAK_ARGS)
 
-bench: setup models ## Benchmarks: router vs direct-to-Triton; results land in bench/results/
+bench: setup models $(REDIS_SERVER) ## Benchmarks: router vs direct-to-Triton, one router vs two; results land in bench/results/
 	$(PY) -m bench $(BENCH_ARGS)
 
 clean: ## Remove generated code, built models and the venv
