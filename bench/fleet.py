@@ -25,9 +25,10 @@ import asyncio
 import contextlib
 import json
 import random
+import statistics
 import subprocess
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 
 import grpc
 
@@ -73,11 +74,24 @@ def redis_server() -> Iterator[str]:
         process.wait()
 
 
+class TimedOutcomes(Outcomes):
+    """Outcomes, and where each admitted call's time went, as the router's `timing` says: waiting in its
+    queue, and in Triton (the batch's time there, its queue included)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.queue_s: list[float] = []
+        self.inference_s: list[float] = []
+
+
 async def call(stub, request: pb.EmbedRequest, outcomes: Outcomes, metadata=()) -> None:
     started = time.perf_counter()
     try:
-        await stub.Embed(request, timeout=DEADLINE_S, metadata=metadata)
+        reply = await stub.Embed(request, timeout=DEADLINE_S, metadata=metadata)
         outcomes.ok.append(time.perf_counter() - started)
+        if isinstance(outcomes, TimedOutcomes):
+            outcomes.queue_s.append(reply.timing.queue.ToTimedelta().total_seconds())
+            outcomes.inference_s.append(reply.timing.inference.ToTimedelta().total_seconds())
     except grpc.aio.AioRpcError as error:
         code = error.code().name
         refused_at_once = time.perf_counter() - started < DEADLINE_S * 0.9  # DEADLINE_TOO_SHORT
@@ -135,22 +149,28 @@ async def loads(name: str, targets: list[str], pool, measured: float, seconds: f
         await capacity(stub, pool, 2.0)  # warm-up: each router's connections, tokenizer, drain rate
     await asyncio.sleep(DEADLINE_S)
     for load in LOADS:
-        outcomes = Outcomes()
+        outcomes = TimedOutcomes()
 
         def send(stub, n, at, outcomes=outcomes):
             return call(stub, pb.EmbedRequest(model=MODEL, inputs=pool[n % len(pool)]), outcomes)
 
         arrived = await open_loop(stubs, load * measured, seconds, SEED + int(load * 10), send)
-        row = result(f"{name}, {load}x load", outcomes, arrived, seconds, load=load, capacity_per_s=measured)
+        where = {"queue_p50_ms": _p50_ms(outcomes.queue_s), "triton_p50_ms": _p50_ms(outcomes.inference_s)}
+        row = result(f"{name}, {load}x load", outcomes, arrived, seconds, load=load, capacity_per_s=measured, **where)
         rows.append(row)
         say(
             f"  {row.name}: goodput {row.throughput:.1f}/s ({row.throughput / measured:.2f} of capacity), "
-            f"p50 {row.percentile_ms(50):.0f} ms, shed {row.extra['shed_rate']:.0%}"
+            f"p50 {row.percentile_ms(50):.0f} ms (in the router's queue {where['queue_p50_ms']:.0f}, "
+            f"at Triton {where['triton_p50_ms']:.0f}), shed {row.extra['shed_rate']:.0%}"
         )
         await asyncio.sleep(DEADLINE_S + 1)
     for channel in channels:
         await channel.close()
     return rows
+
+
+def _p50_ms(values: list[float]) -> float:
+    return 1000 * statistics.median(values) if values else 0.0
 
 
 async def tenant_rate(name: str, targets: list[str], pool, rate: float, seconds: float) -> PathResult:
@@ -217,6 +237,19 @@ async def cache_pass(name: str, first: str, second: str, texts: list[str]) -> Pa
     return row
 
 
+async def cache_rows(tritons: list[str], shared: dict[str, str], pool) -> list[PathResult]:
+    texts = [text for call in pool[:128] for text in call]  # 512 texts
+    cached = {"cache_max_bytes": str(64 << 20)}
+    rows = []
+    with router_process(tritons, **cached) as one, router_process(tritons, **cached) as two:
+        rows.append(await cache_pass("the same router", one, one, texts))
+        rows.append(await cache_pass("the other router, no Redis", one, two, texts))
+    both = {**cached, **shared, "cache_in_redis": "true"}
+    with router_process(tritons, **both) as one, router_process(tritons, **both) as two:
+        rows.append(await cache_pass("the other router, cache in Redis", one, two, texts))
+    return rows
+
+
 async def criticality(target: str, pool, measured: float, seconds: float) -> list[PathResult]:
     rows = []
     async with grpc.aio.insecure_channel(target) as channel:
@@ -243,7 +276,10 @@ async def criticality(target: str, pool, measured: float, seconds: float) -> lis
     return rows
 
 
-async def run(seconds: float) -> tuple[list[PathResult], float]:
+PARTS = ("loads", "criticality", "cache", "tenant")
+
+
+async def run(seconds: float, parts: Sequence[str] = PARTS) -> tuple[list[PathResult], float]:
     pool = [mixed_texts(TEXTS_PER_CALL, 18, 118, SEED + i) for i in range(2000)]
     rows: list[PathResult] = []
     with triton_server() as first, triton_server(log_name="triton-2.log") as second, redis_server() as redis_url:
@@ -253,18 +289,17 @@ async def run(seconds: float) -> tuple[list[PathResult], float]:
             async with grpc.aio.insecure_channel(target) as channel:
                 measured = await capacity(pb_grpc.ModelRouterServiceStub(channel), pool, seconds)
             say(f"capacity, one router over two Tritons: {measured:.1f} calls/s")
-            rows += await loads("one router", [target], pool, measured, seconds)
-            rows += await criticality(target, pool, measured, seconds)
-        with router_process(tritons, **shared) as one, router_process(tritons, **shared) as two:
-            rows += await loads("two routers", [one, two], pool, measured, seconds)
-        texts = [text for call in pool[:128] for text in call]  # 512 texts
-        cached = {"cache_max_bytes": str(64 << 20)}
-        with router_process(tritons, **cached) as one, router_process(tritons, **cached) as two:
-            rows.append(await cache_pass("the same router", one, one, texts))
-            rows.append(await cache_pass("the other router, no Redis", one, two, texts))
-        both = {**cached, **shared, "cache_in_redis": "true"}
-        with router_process(tritons, **both) as one, router_process(tritons, **both) as two:
-            rows.append(await cache_pass("the other router, cache in Redis", one, two, texts))
+            if "loads" in parts:
+                rows += await loads("one router", [target], pool, measured, seconds)
+            if "criticality" in parts:
+                rows += await criticality(target, pool, measured, seconds)
+        if "loads" in parts:
+            with router_process(tritons, **shared) as one, router_process(tritons, **shared) as two:
+                rows += await loads("two routers", [one, two], pool, measured, seconds)
+        if "cache" in parts:
+            rows += await cache_rows(tritons, shared, pool)
+        if "tenant" not in parts:
+            return rows, measured
         limit = max(2, round(0.25 * measured))  # whole calls per second: a window holds a whole number
         rate = {"tenant_requests_per_s": str(limit)}
         with router_process(tritons, **rate) as target:
@@ -276,7 +311,7 @@ async def run(seconds: float) -> tuple[list[PathResult], float]:
     return rows, measured
 
 
-def plot(rows: list[dict]) -> None:
+def plot(rows: list[dict], name: str) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -295,17 +330,27 @@ def plot(rows: list[dict]) -> None:
         ax.set_xticks(LOADS, [f"{x}x" for x in LOADS])
         ax.legend()
     fig.tight_layout()
-    fig.savefig(RESULTS / "fleet.png", dpi=110)
+    fig.savefig(RESULTS / f"{name}.png", dpi=110)
     plt.close(fig)
 
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--seconds", type=float, default=15.0, help="seconds per row (default 15)")
+    parser.add_argument(
+        "--parts",
+        default=",".join(PARTS),
+        help=f"which rows, of {','.join(PARTS)} (default all, into bench/results/fleet.*; fewer: fleet-<parts>.*)",
+    )
     args = parser.parse_args(argv)
-    rows, measured = asyncio.run(run(args.seconds))
+    parts = [part for part in args.parts.split(",") if part]
+    unknown = set(parts) - set(PARTS)
+    if unknown:
+        parser.error(f"unknown parts {sorted(unknown)}")
+    name = "fleet" if set(parts) == set(PARTS) else "fleet-" + "-".join(parts)
+    rows, measured = asyncio.run(run(args.seconds, parts))
     write_report(
-        "fleet",
+        name,
         "Many routers over one fleet: one router vs two over the same two Tritons (all-MiniLM-L6-v2, CPU)",
         [
             f"Capacity of one router over both Tritons (16 closed-loop callers): {measured:.1f} calls/s of "
@@ -314,12 +359,15 @@ def main(argv: list[str] | None = None) -> None:
             "tenant rate rows: one tenant limited to 0.25x capacity (tenant_requests_per_s) calling at 3x its "
             "limit; admitted_per_s counts calls admitted after the first 2 s (the burst the limit allows).",
             "criticality rows: one router; one call in eight CRITICAL, two SHEDDABLE, five DEFAULT.",
+            "queue_p50_ms / triton_p50_ms: where admitted calls' time went, from the router's own `timing` (its "
+            "queue; the batch at Triton, Triton's queue included).",
             "Ratios are goodput / `one router, 1.0x load`.",
         ],
         rows,
         baseline="one router, 1.0x load",
     )
-    plot(json.loads((RESULTS / "fleet.json").read_text())["paths"])
+    if "loads" in parts:
+        plot(json.loads((RESULTS / f"{name}.json").read_text())["paths"], name)
 
 
 if __name__ == "__main__":
