@@ -317,18 +317,29 @@ def plot(rows: list[dict], name: str) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, (goodput, latency) = plt.subplots(1, 2, figsize=(11, 4))
-    for name in ("one router", "two routers"):
-        mine = [r for r in rows if r["name"].startswith(f"{name},")]
+    timed = any("queue_p50_ms" in r for r in rows)  # runs since the time split was recorded
+    fig, axes = plt.subplots(1, 3 if timed else 2, figsize=(16 if timed else 11, 4))
+    goodput, latency, split = (*axes, None) if not timed else axes
+    for offset, path in ((-0.12, "one router"), (0.12, "two routers")):
+        mine = [r for r in rows if r["name"].startswith(f"{path},")]
         x = [r["load"] for r in mine]
-        goodput.plot(x, [r["items_per_s"] / r["capacity_per_s"] for r in mine], marker="o", label=name)
-        latency.plot(x, [r["p50_ms"] for r in mine], marker="o", label=name)
+        goodput.plot(x, [r["items_per_s"] / r["capacity_per_s"] for r in mine], marker="o", label=path)
+        latency.plot(x, [r["p50_ms"] for r in mine], marker="o", label=path)
+        if timed and mine:
+            at = [i + offset for i in range(len(mine))]
+            queue = [r["queue_p50_ms"] for r in mine]
+            split.bar(at, queue, width=0.22, label=f"{path}: router queue")
+            split.bar(at, [r["triton_p50_ms"] for r in mine], width=0.22, bottom=queue, label=f"{path}: at Triton")
+            split.set_xticks(range(len(mine)), [f"{r['load']}x" for r in mine])
     goodput.axhline(0.9, color="grey", linestyle=":", label="0.9 of capacity")
     goodput.set(xlabel="offered load (x capacity)", ylabel="goodput / capacity", title="Goodput")
     latency.set(xlabel="offered load (x capacity)", ylabel="p50 of admitted calls (ms)", title="Latency")
     for ax in (goodput, latency):
         ax.set_xticks(LOADS, [f"{x}x" for x in LOADS])
-        ax.legend()
+    if timed:
+        split.set(xlabel="offered load (x capacity)", ylabel="p50 (ms)", title="Where admitted calls' time went")
+    for ax in axes:
+        ax.legend(fontsize=8)
     fig.tight_layout()
     fig.savefig(RESULTS / f"{name}.png", dpi=110)
     plt.close(fig)
