@@ -141,7 +141,9 @@ def result(name: str, outcomes: Outcomes, arrived: int, seconds: float, **extra)
     )
 
 
-async def loads(name: str, targets: list[str], pool, measured: float, seconds: float) -> list[PathResult]:
+async def loads(
+    name: str, targets: list[str], pool, measured: float, seconds: float, tritons: list[str]
+) -> list[PathResult]:
     rows = []
     channels = [grpc.aio.insecure_channel(target) for target in targets]
     stubs = [pb_grpc.ModelRouterServiceStub(channel) for channel in channels]
@@ -154,19 +156,52 @@ async def loads(name: str, targets: list[str], pool, measured: float, seconds: f
         def send(stub, n, at, outcomes=outcomes):
             return call(stub, pb.EmbedRequest(model=MODEL, inputs=pool[n % len(pool)]), outcomes)
 
+        before = triton_counts(tritons)
         arrived = await open_loop(stubs, load * measured, seconds, SEED + int(load * 10), send)
         where = {"queue_p50_ms": _p50_ms(outcomes.queue_s), "triton_p50_ms": _p50_ms(outcomes.inference_s)}
+        where |= triton_split(before, triton_counts(tritons))
         row = result(f"{name}, {load}x load", outcomes, arrived, seconds, load=load, capacity_per_s=measured, **where)
         rows.append(row)
         say(
             f"  {row.name}: goodput {row.throughput:.1f}/s ({row.throughput / measured:.2f} of capacity), "
             f"p50 {row.percentile_ms(50):.0f} ms (in the router's queue {where['queue_p50_ms']:.0f}, "
-            f"at Triton {where['triton_p50_ms']:.0f}), shed {row.extra['shed_rate']:.0%}"
+            f"at Triton {where['triton_p50_ms']:.0f}: its queue {where['triton_queue_ms']:.0f} a request on average, "
+            f"compute {where['triton_compute_ms']:.0f}, {where['triton_requests_per_execution']:.2f} requests an "
+            f"execution), shed {row.extra['shed_rate']:.0%}"
         )
         await asyncio.sleep(DEADLINE_S + 1)
     for channel in channels:
         await channel.close()
     return rows
+
+
+def triton_counts(addresses: list[str]) -> tuple[int, int, int, int]:
+    """The embedder's counters summed over the Tritons: (requests, executions, queue ns, compute ns).
+    Differences over a row give each request's mean wait in Triton's queue and each execution's compute."""
+    import tritonclient.grpc as triton_grpc
+
+    totals = [0, 0, 0, 0]
+    for address in addresses:
+        client = triton_grpc.InferenceServerClient(address)
+        try:
+            (stats,) = client.get_inference_statistics(MODEL, as_json=True)["model_stats"]
+        finally:
+            client.close()
+        inference = stats.get("inference_stats", {})
+        totals[0] += int(inference.get("success", {}).get("count", 0))
+        totals[1] += int(stats.get("execution_count", 0))
+        totals[2] += int(inference.get("queue", {}).get("ns", 0))
+        totals[3] += int(inference.get("compute_infer", {}).get("ns", 0))
+    return totals[0], totals[1], totals[2], totals[3]
+
+
+def triton_split(before: tuple[int, int, int, int], after: tuple[int, int, int, int]) -> dict[str, float]:
+    requests, executions, queue_ns, compute_ns = (a - b for a, b in zip(after, before, strict=True))
+    return {
+        "triton_queue_ms": queue_ns / max(1, requests) / 1e6,
+        "triton_compute_ms": compute_ns / max(1, requests) / 1e6,
+        "triton_requests_per_execution": requests / max(1, executions),
+    }
 
 
 def _p50_ms(values: list[float]) -> float:
@@ -290,12 +325,12 @@ async def run(seconds: float, parts: Sequence[str] = PARTS) -> tuple[list[PathRe
                 measured = await capacity(pb_grpc.ModelRouterServiceStub(channel), pool, seconds)
             say(f"capacity, one router over two Tritons: {measured:.1f} calls/s")
             if "loads" in parts:
-                rows += await loads("one router", [target], pool, measured, seconds)
+                rows += await loads("one router", [target], pool, measured, seconds, tritons)
             if "criticality" in parts:
                 rows += await criticality(target, pool, measured, seconds)
         if "loads" in parts:
             with router_process(tritons, **shared) as one, router_process(tritons, **shared) as two:
-                rows += await loads("two routers", [one, two], pool, measured, seconds)
+                rows += await loads("two routers", [one, two], pool, measured, seconds, tritons)
         if "cache" in parts:
             rows += await cache_rows(tritons, shared, pool)
         if "tenant" not in parts:
@@ -371,7 +406,9 @@ def main(argv: list[str] | None = None) -> None:
             "limit; admitted_per_s counts calls admitted after the first 2 s (the burst the limit allows).",
             "criticality rows: one router; one call in eight CRITICAL, two SHEDDABLE, five DEFAULT.",
             "queue_p50_ms / triton_p50_ms: where admitted calls' time went, from the router's own `timing` (its "
-            "queue; the batch at Triton, Triton's queue included).",
+            "queue; the batch at Triton, Triton's queue included). triton_queue_ms / triton_compute_ms: from "
+            "Triton's own statistics over the row, each batch request's mean wait in Triton's queue and its "
+            "compute; triton_requests_per_execution: batch requests Triton ran together in one execution.",
             "Ratios are goodput / `one router, 1.0x load`.",
         ],
         rows,
