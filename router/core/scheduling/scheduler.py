@@ -240,8 +240,9 @@ class ModelScheduler:
         its neighbours in length (a batch can reach no further than its size on either side). A critical
         turn's batch holds critical work alone: small, it is answered soonest."""
         anchor = self.queue.anchor()
-        critical_only = self.queue.requests_up_to(Criticality.CRITICAL)
-        if anchor.ticket.criticality is Criticality.CRITICAL and critical_only < self.queue.requests:
+        # Counting the critical requests scans the queue: only for a critical turn, not every batch's.
+        critical_turn = anchor.ticket.criticality is Criticality.CRITICAL
+        if critical_turn and self.queue.requests_up_to(Criticality.CRITICAL) < self.queue.requests:
             critical = [item for item in self.queue.by_length if item.ticket.criticality is Criticality.CRITICAL]
             low, high = grow([item.length for item in critical], critical.index(anchor), self.limits)
             self.admission.dispatched(now)
