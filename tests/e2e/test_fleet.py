@@ -84,6 +84,25 @@ def pace(routers: list[Served], tenant: str, per_s: float, seconds: float) -> li
     return sorted(outcome for pacer in pacers for outcome in pacer.outcomes)
 
 
+def pace_through(
+    routers: list[Served], tenant: str, per_s: float, seconds: float, trouble: tuple, at_s: float, for_s: float
+) -> list[tuple[float, str]]:
+    """`pace` over the routers (their log lines read afresh), with `trouble` = (start, end): start called
+    `at_s` into the run, end `for_s` later."""
+    for router in routers:
+        router.lines.clear()
+    result: list = []
+    caller = threading.Thread(target=lambda: result.extend(pace(routers, tenant, per_s, seconds)))
+    caller.start()
+    start, end = trouble
+    time.sleep(at_s)
+    start()
+    time.sleep(for_s)
+    end()
+    caller.join(90)
+    return result
+
+
 def test_a_tenant_calling_both_routers_at_three_times_its_rate_gets_its_rate(routers):
     seconds = 10.0
     outcomes = pace(routers, "steady", 3 * RATE, seconds)
@@ -96,16 +115,7 @@ def test_a_tenant_calling_both_routers_at_three_times_its_rate_gets_its_rate(rou
 
 
 def test_redis_dying_fails_no_call_and_the_routers_count_their_share_until_it_is_back(routers, redis_outage):
-    for router in routers:
-        router.lines.clear()
-    result: list = []
-    caller = threading.Thread(target=lambda: result.extend(pace(routers, "outage", 3 * RATE, 12.0)))
-    caller.start()
-    time.sleep(3)
-    redis_outage.kill()
-    time.sleep(4)
-    redis_outage.start()
-    caller.join(90)
+    result = pace_through(routers, "outage", 3 * RATE, 12.0, (redis_outage.kill, redis_outage.start), 3, 4)
     assert {outcome for _, outcome in result} <= {"ok", "RESOURCE_EXHAUSTED TENANT_RATE_LIMITED"}, result
     for router in routers:
         assert router.logs("redis.not_answering") and router.logs("tenant_limits.counting_locally")
@@ -119,16 +129,11 @@ def test_redis_dying_fails_no_call_and_the_routers_count_their_share_until_it_is
 
 
 def test_redis_slower_than_its_timeout_fails_no_call(routers, redis_outage):
-    for router in routers:
-        router.lines.clear()
-    result: list = []
-    caller = threading.Thread(target=lambda: result.extend(pace(routers, "slow", 2 * RATE, 8.0)))
-    caller.start()
-    time.sleep(2)
-    redis_outage.process.send_signal(signal.SIGSTOP)  # alive, connected, silent: every command times out
-    time.sleep(3)
-    redis_outage.process.send_signal(signal.SIGCONT)
-    caller.join(90)
+    silent = (  # alive, connected, silent: every command times out
+        lambda: redis_outage.process.send_signal(signal.SIGSTOP),
+        lambda: redis_outage.process.send_signal(signal.SIGCONT),
+    )
+    result = pace_through(routers, "slow", 2 * RATE, 8.0, silent, 2, 3)
     assert {outcome for _, outcome in result} <= {"ok", "RESOURCE_EXHAUSTED TENANT_RATE_LIMITED"}, result
     slow = [call for call in result if 2.0 <= call[0] < 5.0]
     assert slow and any(outcome == "ok" for _, outcome in slow)  # served while Redis was silent
