@@ -81,11 +81,13 @@ def test_a_noisy_tenant_does_not_starve_a_quiet_one(guarded):
     assert all(code is grpc.StatusCode.OK for code, _ in quiet), [code for code, _ in quiet]
     noisy_codes = [code for code, _ in noisy_outcomes]
     assert grpc.StatusCode.RESOURCE_EXHAUSTED in noisy_codes and grpc.StatusCode.INTERNAL not in noisy_codes
-    # Served fairly, not first-come-first-served: the quiet tenant's calls waited less than the noisy
-    # tenant's typical call (a comparison within one run, not a time limit).
-    noisy_waits = [r.timing.queue.ToNanoseconds() for code, r in noisy_outcomes if code is grpc.StatusCode.OK]
+    # Served fairly, not first-come-first-served: first come first served, the first quiet call would have
+    # waited behind all the noisy work admitted before it, about as long as a noisy call takes. Fair, each
+    # quiet call waits for a batch to leave. (A comparison within one run, not a time limit. A noisy call's
+    # own queue time is no yardstick: it counts until its first part leaves, which the batch former mixes.)
+    noisy_totals = [r.timing.total.ToNanoseconds() for code, r in noisy_outcomes if code is grpc.StatusCode.OK]
     quiet_waits = [r.timing.queue.ToNanoseconds() for _, r in quiet]
-    assert statistics.median(quiet_waits) < statistics.median(noisy_waits)
+    assert max(quiet_waits) < statistics.median(noisy_totals) / 2, (quiet_waits, noisy_totals)
     assert_healthy(stub, channel)
 
 
