@@ -16,6 +16,7 @@ NODE_CLIENT := .tools/node_modules/@grpc/proto-loader/package.json
 NODE_CLIENT_PACKAGES := @grpc/grpc-js@1.14.1 @grpc/proto-loader@0.8.0
 
 ROUTER_ARGS ?=
+HTTP_PORT ?= 8080
 PYTEST_ARGS ?=
 BENCH_ARGS ?=
 
@@ -49,8 +50,8 @@ $(GEN_STAMP): $(PROTOS) $(VENV_STAMP)
 models: $(VENV_STAMP) ## Build the Triton model repository (exports cached; rebuilt only when stale)
 	$(PY) triton_models/build.py
 
-run: setup models ## Start a real Triton on 127.0.0.1 and the router on 127.0.0.1:50051
-	$(VENV)/bin/router serve $(ROUTER_ARGS)
+run: setup models ## Start a real Triton on 127.0.0.1 and the router on 127.0.0.1:50051 (gRPC) and :$(HTTP_PORT) (HTTP)
+	$(VENV)/bin/router serve --http-port $(HTTP_PORT) $(ROUTER_ARGS)
 
 SUDO := $(if $(filter 0,$(shell id -u)),,sudo)
 # Install Debian packages: $(call apt_install,PACKAGE), refreshing the package lists only when needed.

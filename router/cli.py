@@ -22,6 +22,7 @@ def _serve_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--config", type=Path, help="TOML settings file (same keys as MODELROUTER_* variables)")
     p.add_argument("--host", help="address to bind (default 127.0.0.1)")
     p.add_argument("--port", type=int, help="gRPC port (default 50051)")
+    p.add_argument("--http-port", type=int, help="also serve the OpenAI-style HTTP API on this port (0: a free one)")
     p.add_argument(
         "--triton",
         action="append",
@@ -104,6 +105,7 @@ def _settings(args: argparse.Namespace):
         for key, value in {
             "host": args.host,
             "port": args.port,
+            "http_port": args.http_port,
             "triton": args.triton,
             "embedded_shards": args.embedded_shards,
             "workers": args.workers,
@@ -130,12 +132,22 @@ async def _serve(settings, worker_index: int | None = None) -> None:
         from router.workers import WorkerPool
 
         pool = WorkerPool(settings)
-        await pool.run(stop, lambda port: _print_banner(settings, port, None))
+        await pool.run(stop, lambda port, http_port: _print_banner(settings, port, None, http_port))
         print("stopped the workers and Triton.", file=sys.stderr, flush=True)
         return
     router = Router(settings)
     server = RouterServer(router, settings)
+    http = None
+    if settings.http_port is not None:
+        from router.http.server import HttpServer
+
+        http = HttpServer(router, settings, reuse_port=worker_index is not None)
     announced = False
+    listening = asyncio.Event()
+
+    async def banner() -> None:
+        await listening.wait()  # readiness may come before the last listener is bound
+        _print_banner(settings, server.port, router, http.port if http else None)
 
     def announce(ready: bool, models: dict[str, bool]) -> None:
         nonlocal announced
@@ -143,13 +155,18 @@ async def _serve(settings, worker_index: int | None = None) -> None:
             announced = True
             heap.freeze()  # start-up is over: what lives now lives as long as the process
             if worker_index is None:  # a worker's parent announces the workers once
-                _print_banner(settings, server.port, router)
+                announcing.append(asyncio.create_task(banner()))
+
+    announcing: list[asyncio.Task] = []
 
     router.on_readiness(announce)
     grace_s = 0.0
     try:
         await router.start()
         await server.start()
+        if http is not None:
+            await http.start()
+        listening.set()
         await stop.wait()
         print(
             f"\ndraining: no new calls; up to {settings.shutdown_grace_s:g} s for those in flight...",
@@ -163,18 +180,34 @@ async def _serve(settings, worker_index: int | None = None) -> None:
         # The work is done, but calls may still be on their way out (an answer being written, a refusal
         # of a call that came in while draining): the server stops taking calls in a lull and lets
         # those end. Stopped with no grace, they were cancelled (CANCELLED at the caller).
-        await server.stop(
-            grace_s,
-            quiet_s=STOP_QUIET_S if grace_s else 0.0,
-            quiet_limit_s=STOP_QUIET_LIMIT_S,
-            not_before=router.callers_back_by + STOP_QUIET_S,
-        )
+        stopping = [
+            server.stop(
+                grace_s,
+                quiet_s=STOP_QUIET_S if grace_s else 0.0,
+                quiet_limit_s=STOP_QUIET_LIMIT_S,
+                not_before=router.callers_back_by + STOP_QUIET_S,
+            )
+        ]
+        if http is not None:
+            stopping.append(http.stop(grace_s))
+        await asyncio.gather(*stopping)
         await router.stop()
 
 
-def _print_banner(settings, port: int | None, router) -> None:
+def _print_banner(settings, port: int | None, router, http_port: int | None = None) -> None:
     """`router`: the one serving; None when `workers` processes serve (the parent knows no models)."""
     target = f"{settings.host}:{port}"
+    http = ""
+    if http_port is not None:
+        scheme = "https" if settings.tls_cert_file else "http"
+        base = f"{scheme}://{settings.host}:{http_port}/v1"
+        http = f"""
+  HTTP API (OpenAI-style embeddings and chat, Cohere-style rerank) at {base}
+    curl {base}/embeddings -H 'content-type: application/json' -d '{{"model": "all-minilm-l6-v2", "input": "hello"}}'
+    .venv/bin/python -c "from openai import OpenAI; c = OpenAI(base_url='{base}', api_key='unused'); \\
+      print(c.chat.completions.create(model='smollm2-135m-instruct', \\
+      messages=[{{'role': 'user', 'content': 'What is the capital of France?'}}]).choices[0].message.content)"
+"""
     if router is None:
         about = f"{settings.workers} worker processes"
     else:
@@ -196,7 +229,7 @@ model-router is ready on {target}  ({about})
       {target} modelrouter.v1.ModelRouterService/Embed
     grpcurl -plaintext -d '{{"model": "smollm2-135m-instruct", "messages": [{{"role": "user", "content": "Hi!"}}]}}' \\
       {target} modelrouter.v1.ModelRouterService/Generate
-
+{http}
   Ctrl-C stops the router and Triton.
 """,
         flush=True,

@@ -20,6 +20,8 @@ class LocalRouter:
         self.ready_timeout_s = ready_timeout_s
         self.router: Router | None = None
         self.port: int | None = None
+        self.http_port: int | None = None
+        """The HTTP API's port, with `http_port` set (0: a free one)."""
         self._started = threading.Event()
         self._error: BaseException | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -52,21 +54,34 @@ class LocalRouter:
         self._stop = asyncio.Event()
         self.router = Router(self.settings)
         server = RouterServer(self.router, self.settings)
+        http = None
+        if self.settings.http_port is not None:
+            from router.http.server import HttpServer
+
+            http = HttpServer(self.router, self.settings)
         try:
             await self.router.start()
             self.port = await server.start()
+            if http is not None:
+                self.http_port = await http.start()
             await self.router.wait_ready(self.ready_timeout_s)
         except BaseException as error:  # hand any start failure to the caller's thread
             self._error = error
             self._started.set()
-            await server.stop(0)
+            await self._stop_listeners(server, http, 0)
             await self.router.stop()
             return
         self._started.set()
         await self._stop.wait()
         await self.router.shut_down()
-        await server.stop(0)
+        await self._stop_listeners(server, http, 0)
         await self.router.stop()
+
+    @staticmethod
+    async def _stop_listeners(server: RouterServer, http, grace_s: float) -> None:
+        await server.stop(grace_s)
+        if http is not None:
+            await http.stop(grace_s)
 
     def __enter__(self) -> str:
         return self.start()

@@ -90,6 +90,16 @@ class Settings(BaseSettings):
     max_message_bytes: int = Field(default=64 * 1024 * 1024, gt=0)
     """Largest request or response message, both ways. 64 MiB holds 5,000 documents of 2,000 tokens
     (about 10 KiB of text each) or 40,000 embeddings of 384 floats."""
+    http_port: int | None = Field(default=None, ge=0, le=65535)
+    """Also serve the HTTP API (OpenAI-style /v1/embeddings, /v1/chat/completions, /v1/completions,
+    Cohere-style /v1/rerank and /v2/rerank, /v1/models, /health: router/http/) on host:http_port, beside
+    gRPC and on the same core, limits and principals (unset: no HTTP listener; 0 picks a free port)."""
+    http_max_body_bytes: int = Field(default=64 * 1024 * 1024, gt=0)
+    """Largest HTTP request body, refused with 413 before it is parsed (JSON is about twice the size of
+    the same request in protobuf)."""
+    http_request_timeout_s: float | None = Field(default=None, gt=0)
+    """An HTTP call's deadline when it sends no `X-Request-Timeout` header (seconds; unset: none, as a
+    gRPC call without a deadline)."""
 
     # Where the models are.
     triton: list[str] = Field(default_factory=list)

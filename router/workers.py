@@ -14,6 +14,8 @@ What that means (docs/ in the README's words):
   each worker is one of the routers counted in Redis: rates hold for all of them, and each keeps its
   share of every shard's batches in flight (docs/operations.md, Many routers over one fleet).
 - With `metrics_port` set, worker i serves its metrics on `metrics_port + i`.
+- With `http_port` set, every worker serves the HTTP API on that port too (SO_REUSEPORT): one HTTP
+  connection, like one gRPC channel, reaches one worker.
 
 The parent restarts a worker that exits on its own (after a backoff), and on SIGTERM or Ctrl-C passes the
 signal to every worker, each of which drains its calls as a single router does (`shutdown_grace_s`),
@@ -48,10 +50,14 @@ STOP_MARGIN_S = 15.0
 """How long past `shutdown_grace_s` a stopping worker may take before it is killed."""
 
 
-def worker_environment(settings: Settings, triton: list[str], port: int) -> dict[str, str]:
+def worker_environment(
+    settings: Settings, triton: list[str], port: int, http_port: int | None = None
+) -> dict[str, str]:
     """The environment a worker starts with: the parent's (its MODELROUTER_* variables and config file),
-    plus what the parent decided: the Triton servers, the one port, a single process each."""
+    plus what the parent decided: the Triton servers, the one port (and HTTP port), a single process each."""
+    http = {} if http_port is None else {"MODELROUTER_HTTP_PORT": str(http_port)}
     return {
+        **http,
         **os.environ,
         "MODELROUTER_TRITON": json.dumps(triton),
         "MODELROUTER_HOST": settings.host,
@@ -67,18 +73,23 @@ class WorkerPool:
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
         self.port: int | None = None
+        self.http_port: int | None = None
         self.processes: list[asyncio.subprocess.Process | None] = [None] * settings.workers
         self._restarts = [0] * settings.workers
         self._stopping = False
 
-    async def run(self, stop: asyncio.Event, ready: Callable[[int], None] = lambda port: None) -> None:
-        """Serve until `stop` is set; `ready(port)` is called once the workers answer health SERVING."""
+    async def run(
+        self, stop: asyncio.Event, ready: Callable[[int, int | None], None] = lambda port, http_port: None
+    ) -> None:
+        """Serve until `stop` is set; `ready(port, http_port)` is called once the workers answer health SERVING."""
         s = self.settings
         owner = Router(s)  # only for its embedded Triton servers and their supervisors
         try:
             triton = list(s.triton) or await owner.start_embedded()
             self.port = s.port or free_port(s.host)
-            environment = worker_environment(s, triton, self.port)
+            if s.http_port is not None:
+                self.http_port = s.http_port or free_port(s.host)
+            environment = worker_environment(s, triton, self.port, self.http_port)
             for index in range(s.workers):
                 await self._start(index, environment)
             log.info("router.workers", workers=s.workers, port=self.port, triton=triton)
@@ -86,7 +97,7 @@ class WorkerPool:
             waiter = asyncio.create_task(self._wait_serving(stop))
             try:
                 if await waiter:
-                    ready(self.port)
+                    ready(self.port, self.http_port)
                 await stop.wait()
             finally:
                 waiter.cancel()

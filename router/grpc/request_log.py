@@ -7,46 +7,24 @@ from __future__ import annotations
 
 import asyncio
 import functools
-import itertools
-import os
 import time
 
 import grpc
 import structlog
-from opentelemetry import trace
 
 from router.core.errors import RouterError
 from router.grpc.caller import TENANT_KEY
 from router.grpc.gen.modelrouter.v1 import model_router_service_pb2 as pb
 from router.grpc.server_span import record_status
 from router.grpc.status import to_status
-from router.observability import metrics
+from router.observability import logs, metrics
 
 log = structlog.get_logger("router.rpc")
-
-REQUEST_ID_KEY = "x-request-id"
-_ID_PREFIX = os.urandom(8).hex()
-_ID_NUMBERS = itertools.count()
-
-
-def new_request_id() -> str:
-    """A request id for a call that brought none: this process's random 64-bit prefix and a counter (unique
-    across a fleet in practice; a random id per call costs a system call)."""
-    return f"{_ID_PREFIX}{next(_ID_NUMBERS):08x}"
 
 
 def bind(metadata: dict, method: str) -> float:
     """Bind the call's log context; return when the call started."""
-    span = trace.get_current_span().get_span_context()
-    ids = {"trace_id": format(span.trace_id, "032x"), "span_id": format(span.span_id, "016x")} if span.is_valid else {}
-    structlog.contextvars.clear_contextvars()
-    structlog.contextvars.bind_contextvars(
-        request_id=metadata.get(REQUEST_ID_KEY) or new_request_id(),
-        method=method,
-        tenant=metadata.get(TENANT_KEY, ""),
-        **ids,
-    )
-    return time.perf_counter()
+    return logs.bind_call(metadata.get(logs.REQUEST_ID_KEY), method, metadata.get(TENANT_KEY, ""))
 
 
 def _encoder_usage(response) -> tuple[int, int | None] | None:

@@ -9,6 +9,7 @@ import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import grpc
+import httpx
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from opentelemetry.proto.collector.trace.v1 import trace_service_pb2
@@ -125,13 +126,19 @@ def traced_router(tmp_path_factory):
         "OTEL_BSP_SCHEDULE_DELAY": "200",
     }
     log = tmp_path_factory.mktemp("traced") / "triton.log"
+    http_port = free_port()
+    arguments = ["--http-port", str(http_port)]
     try:
-        with router_serve([], otel, triton_log=str(log)) as (target, _), grpc.insecure_channel(target) as channel:
+        with (
+            router_serve(arguments, otel, triton_log=str(log)) as (target, _),
+            grpc.insecure_channel(target) as channel,
+        ):
             stub = pb_grpc.ModelRouterServiceStub(channel)
             wait_for(
                 lambda: GENERATE_MODEL in {m.name for m in stub.ListModels(pb.ListModelsRequest(), timeout=10).models},
                 "the traced router to serve the generation model",
             )
+            stub.http = f"http://127.0.0.1:{http_port}"
             yield receiver, stub, health_pb2_grpc.HealthStub(channel)
     finally:
         receiver.shutdown()
@@ -208,3 +215,19 @@ def test_health_checks_are_not_traced(traced_router):
     CALLS["Embed"](traced_router[1], metadata)  # a traced call after them, to know the exporter flushed
     wait_for(lambda: any(s["name"].endswith("/Embed") for s in receiver.spans), "a flush", timeout_s=30)
     assert not [span for span in receiver.spans if "grpc.health" in span["name"] or "Health" in span["name"]]
+
+
+def test_an_http_call_continues_the_callers_trace_into_triton(traced_router):
+    receiver, stub, _ = traced_router
+    trace_id, parent, metadata = caller_context()
+    reply = httpx.post(
+        f"{stub.http}/v1/embeddings", json={"model": EMBED_MODEL, "input": "a traced text"}, headers=dict(metadata)
+    )
+    assert reply.status_code == 200
+    wait_for(lambda: "triton.infer" in {s["name"] for s in receiver.of_trace(trace_id)}, "the HTTP call's spans", 30)
+    spans = receiver.of_trace(trace_id)
+    [server] = [span for span in spans if span["name"] == "POST /v1/embeddings"]
+    assert server["parent"] == parent and server["service"] == "model-router"
+    [call] = [span for span in spans if span["name"] == "triton.infer"]
+    assert call["parent"] == server["span_id"]
+    assert server["attributes"]["http.response.status_code"] == 200

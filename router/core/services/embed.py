@@ -6,7 +6,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -159,6 +159,28 @@ class EmbedService:
                 if call.deadline is not None and time.monotonic() + delay >= call.deadline:
                     raise
                 await asyncio.sleep(delay)
+
+    def texts_of_ids(self, model: str, inputs: Sequence[Sequence[int]], field: str = "inputs") -> list[str]:
+        """Inputs given as the model's own token ids (what OpenAI's API calls token arrays), as the texts
+        they are: decoded by the model's tokenizer, then embedded as any text (tokenized again, so cut into
+        windows and counted as every input is). An id outside the vocabulary is refused, naming it."""
+        tokenizer = self.pipeline.registry.get(model, Task.EMBED).tokenizer.raw
+        size = tokenizer.get_vocab_size()
+        bad = []
+        for i, ids in enumerate(inputs):
+            wrong = next((t for t in ids if not 0 <= t < size), None)
+            if wrong is not None:
+                bad.append(
+                    FieldViolation(f"{field}[{i}]", f"token id {wrong} is not in the vocabulary (0 to {size - 1})")
+                )
+        if bad:
+            raise errors.invalid(
+                errors.INVALID_VALUE,
+                f"{len(bad)} input(s) hold token ids outside model {model!r}'s vocabulary: token arrays are the "
+                "model's own ids",
+                bad,
+            )
+        return tokenizer.decode_batch([list(ids) for ids in inputs], skip_special_tokens=True)
 
     async def embed(self, request: EmbedRequest, call: CallContext = NO_CALL_CONTEXT) -> EmbedResult:
         done = await self.pipeline.run(request.model, Task.EMBED, call, _EmbedJob(request), request.version)
