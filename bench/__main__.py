@@ -12,6 +12,7 @@ from bench import (
     fleet,
     free,
     generate,
+    http,
     overhead,
     rerank,
     rerankers,
@@ -31,6 +32,7 @@ BENCHMARKS = {
     "fleet": fleet.main,
     "generate": generate.main,
     "encodings": encodings.main,
+    "http": http.main,
 }
 ON_REQUEST = {"soak": soak.main}
 """Run only when named (`make soak`): ten minutes of load is not part of `make bench`."""
