@@ -6,6 +6,7 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 
 import grpc
@@ -37,16 +38,19 @@ def _children(pid: int) -> list[int]:
 
 
 def test_router_serve_starts_triton_serves_and_stops_it_on_ctrl_c(tmp_path):
-    port = free_port()
+    port, http_port = free_port(), free_port()
     env = dict(os.environ, MODELROUTER_TRITON_LOG=str(tmp_path / "triton.log"))
     process = subprocess.Popen(
-        [sys.executable, "-m", "router", "serve", "--port", str(port)],
+        [sys.executable, "-m", "router", "serve", "--port", str(port), "--http-port", str(http_port)],
         cwd=PROJECT_ROOT,
         env=env,
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
         text=True,
     )
+    lines: list[str] = []
+    reader = threading.Thread(target=lambda: lines.extend(iter(process.stdout.readline, "")), daemon=True)
+    reader.start()
     try:
         with grpc.insecure_channel(f"127.0.0.1:{port}") as channel:
             stub = health_pb2_grpc.HealthStub(channel)
@@ -66,9 +70,22 @@ def test_router_serve_starts_triton_serves_and_stops_it_on_ctrl_c(tmp_path):
         )
         assert cli.returncode == 0, cli.stderr
         assert "384 dims" in cli.stdout
+        # The banner's HTTP one-liner, run as printed: the `openai` package against the HTTP API.
+        deadline = time.monotonic() + 30
+        while not any("Ctrl-C stops" in line for line in lines) and time.monotonic() < deadline:
+            time.sleep(0.1)
+        banner = "".join(lines)
+        assert f"http://127.0.0.1:{http_port}/v1" in banner
+        one_liner = banner[banner.index(".venv/bin/python -c") :].split(')"\n', 1)[0] + ')"'
+        answer = subprocess.run(
+            ["bash", "-c", one_liner], cwd=PROJECT_ROOT, capture_output=True, text=True, timeout=120
+        )
+        assert answer.returncode == 0 and "Paris" in answer.stdout, (one_liner, answer.stdout, answer.stderr)
         [triton_pid] = _children(process.pid)
         process.send_signal(signal.SIGINT)
-        output, _ = process.communicate(timeout=60)
+        process.wait(timeout=60)
+        reader.join(timeout=10)
+        output = "".join(lines)
         assert process.returncode == 0, output
         assert "model-router is ready on" in output
         assert "heap.frozen" in output  # start-up's heap is left out of later garbage collections

@@ -1,5 +1,5 @@
 """`router serve --workers 2` in front of the session's Triton: both worker processes answer on the one
-port, a worker that dies is started again, and SIGTERM drains and stops every worker."""
+port (and the HTTP port), a worker that dies is started again, and SIGTERM drains and stops every worker."""
 
 from __future__ import annotations
 
@@ -8,8 +8,10 @@ import signal
 import time
 
 import grpc
+import httpx
 import pytest
 
+from adapters.triton.embedded import free_port
 from router.grpc.gen.modelrouter.v1 import model_router_service_pb2 as pb
 from router.grpc.gen.modelrouter.v1 import model_router_service_pb2_grpc as pb_grpc
 from tests.helpers import EMBED_MODEL, wait_for
@@ -27,9 +29,12 @@ def embed_on_new_connections(port: int, connections: int) -> None:
             assert len(reply.embeddings) == 1
 
 
+HTTP_PORT = free_port()
+
+
 @pytest.fixture(scope="module")
 def served(triton):
-    server = Served([triton.grpc_address], "--workers", "2")
+    server = Served([triton.grpc_address], "--workers", "2", "--http-port", str(HTTP_PORT))
     try:
         yield server.wait_ready()
     finally:
@@ -41,6 +46,16 @@ def test_both_workers_answer_on_the_one_port(served):
     embed_on_new_connections(served.port, 16)
     wait_for(lambda: len(served.logs("rpc")) >= 16, "the calls' log lines")
     assert {line["worker"] for line in served.logs("rpc")} == {0, 1}  # 16 connections: both get some
+
+
+def test_both_workers_serve_the_http_port_too(served):
+    for i in range(16):  # a new connection each
+        reply = httpx.post(
+            f"http://127.0.0.1:{HTTP_PORT}/v1/embeddings", json={"model": EMBED_MODEL, "input": f"connection {i}"}
+        )
+        assert reply.status_code == 200 and len(reply.json()["data"]) == 1
+    wait_for(lambda: len(served.logs("http")) >= 16, "the calls' log lines")
+    assert {line["worker"] for line in served.logs("http")} == {0, 1}
 
 
 def test_a_worker_that_dies_is_started_again(served):
