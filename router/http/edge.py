@@ -29,6 +29,7 @@ import structlog
 from opentelemetry import trace
 from starlette.requests import Request
 from starlette.responses import Response
+from starlette.routing import Route
 
 from router.core import errors
 from router.core.auth import Authenticator, Caller
@@ -92,10 +93,18 @@ class Edge:
         self.traced = traced
 
     def route(
-        self, name: str, schema: type[Body] | None, handler: Handler, renamed: dict[str, str] | None = None
-    ) -> Endpoint:
-        """The ASGI app of one route: `name` in logs and metrics, the body's `schema` (None: no body)."""
-        return Endpoint(self, name, schema, handler, renamed or {})
+        self,
+        method: str,
+        path: str,
+        name: str,
+        schema: type[Body] | None,
+        handler: Handler,
+        renamed: dict[str, str] | None = None,
+    ) -> Route:
+        """One route: `name` in logs and metrics, the body's `schema` (None: no body), `renamed` the core's
+        field names in this route's (for errors' `param`)."""
+        endpoint = Endpoint(self, f"{method} {path}", name, schema, handler, renamed or {})
+        return Route(path, endpoint, methods=[method])
 
 
 @functools.lru_cache(maxsize=1024)
@@ -108,8 +117,12 @@ def _series(method: str, model: str, code: str) -> tuple:
 
 
 class Endpoint:
-    def __init__(self, edge: Edge, name: str, schema: type[Body] | None, handler: Handler, renamed: dict) -> None:
+    def __init__(
+        self, edge: Edge, route: str, name: str, schema: type[Body] | None, handler: Handler, renamed: dict
+    ) -> None:
         self.edge = edge
+        self.route = route
+        """`POST /v1/embeddings`: the span's name (the path's template, never a caller's model name)."""
         self.name = name
         self.method = f"http.{name}"
         self.schema = schema
@@ -122,18 +135,24 @@ class Endpoint:
         if not self.edge.traced:
             await self._serve(request, headers, send)
             return
-        attributes = {"http.request.method": scope["method"], "url.path": scope["path"], "http.route": scope["path"]}
-        with tracing.ServerSpan(f"{scope['method']} {scope['path']}", headers, attributes):
+        attributes = {"http.request.method": scope["method"], "url.path": scope["path"], "http.route": self.route}
+        with tracing.ServerSpan(self.route, headers, attributes):
             await self._serve(request, headers, send)
 
     async def _serve(self, request: Request, headers, send) -> None:
         started = logs.bind_call(headers.get(logs.REQUEST_ID_KEY), self.method, headers.get(TENANT_HEADER, ""))
+        try:
+            with self.edge.cap.slot():  # held until the response is sent: a stream's place lasts as long
+                await self._answer(request, headers, send, started)
+        except RouterError as refused:  # no place among max_concurrent_rpcs: refused before any reading
+            await self._send(problems.error_response(refused), request, send, started, None, refused)
+
+    async def _answer(self, request: Request, headers, send, started: float) -> None:
         call: HttpCall | None = None
         error: RouterError | None = None
         try:
-            with self.edge.cap.slot():
-                call, body = await self._enter(request, headers)
-                response = await self._within_deadline(call, body)
+            call, body = await self._enter(request, headers)
+            response = await self._within_deadline(call, body)
         except RouterError as refused:
             error = refused
             response = problems.error_response(refused, self.renamed)
@@ -143,6 +162,12 @@ class Endpoint:
         except Exception as failure:  # noqa: BLE001 - the one place that maps every error
             log.exception("http.internal_error", exc_info=failure)
             response = problems.internal_response()
+        await self._send(response, request, send, started, call, error)
+
+    async def _send(
+        self, response: Response, request: Request, send, started: float, call: HttpCall | None, error
+    ) -> None:
+        """Send the response (a stream to its end), then write the call's line."""
         status, reason = response.status_code, error.reason if error else None
         try:
             await response(request.scope, request.receive, send)

@@ -73,6 +73,15 @@ def error_event(error: RouterError) -> str:
     return body.model_dump_json()
 
 
+async def no_route(request, error) -> Response:
+    """A path or method the API does not have (Starlette's 404 and 405), in OpenAI's error body."""
+    status = error.status_code
+    code = "ROUTE_NOT_FOUND" if status == 404 else "METHOD_NOT_ALLOWED"
+    message = f"{request.method} {clip(request.url.path, 200)}: {'no such route' if status == 404 else 'not allowed'}"
+    body = ErrorResponse(error=ErrorBody(message=message, type="invalid_request_error", code=code))
+    return Response(body.model_dump_json(), status, getattr(error, "headers", None), media_type="application/json")
+
+
 def internal_response() -> Response:
     body = ErrorResponse(error=ErrorBody(message=INTERNAL_MESSAGE, type="server_error", code=errors.INTERNAL))
     return Response(body.model_dump_json(), 500, media_type="application/json")

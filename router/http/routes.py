@@ -43,6 +43,8 @@ from router.http.schemas import (
 )
 
 OWNER = "model-router"
+EMBEDDINGS_FIELDS = {"inputs": "input", "encoding": "encoding_format"}
+"""The core's field names as OpenAI's embeddings request calls them (for errors' `param`)."""
 ROLES = {"system": "system", "developer": "system", "user": "user", "assistant": "assistant"}
 """OpenAI's message roles the router takes, as the chat template knows them (`developer` is OpenAI's newer
 name for `system`); tool and function messages are refused (the models here call no tools)."""
@@ -62,21 +64,15 @@ class Routes:
         self.edge = edge
 
     def all(self) -> list[Route]:
-        edge = self.edge
+        route = self.edge.route
         return [
-            Route(
-                "/v1/embeddings",
-                edge.route(
-                    "embeddings", EmbeddingsRequest, self.embeddings, {"inputs": "input", "encoding": "encoding_format"}
-                ),
-                methods=["POST"],
-            ),
-            Route("/v1/chat/completions", edge.route("chat", ChatRequest, self.chat), methods=["POST"]),
-            Route("/v1/completions", edge.route("completions", CompletionRequest, self.completions), methods=["POST"]),
-            Route("/v1/rerank", edge.route("rerank", RerankRequest, self.rerank), methods=["POST"]),
-            Route("/v2/rerank", edge.route("rerank_v2", RerankV2Request, self.rerank), methods=["POST"]),
-            Route("/v1/models", edge.route("models", None, self.models), methods=["GET"]),
-            Route("/v1/models/{model:path}", edge.route("model", None, self.model), methods=["GET"]),
+            route("POST", "/v1/embeddings", "embeddings", EmbeddingsRequest, self.embeddings, EMBEDDINGS_FIELDS),
+            route("POST", "/v1/chat/completions", "chat", ChatRequest, self.chat),
+            route("POST", "/v1/completions", "completions", CompletionRequest, self.completions),
+            route("POST", "/v1/rerank", "rerank", RerankRequest, self.rerank),
+            route("POST", "/v2/rerank", "rerank_v2", RerankV2Request, self.rerank),
+            route("GET", "/v1/models", "models", None, self.models),
+            route("GET", "/v1/models/{model:path}", "model", None, self.model),
             Route("/health", self.health, methods=["GET"]),
         ]
 

@@ -25,7 +25,7 @@ NonNegative = Annotated[float, Field(ge=0)]
 class Body(BaseModel):
     """A request body: unknown fields are kept so that `asked_extras` can name them."""
 
-    model_config = ConfigDict(extra="allow", str_max_length=None)
+    model_config = ConfigDict(extra="allow")
 
     model: StrictStr = ""
     criticality: Criticality | None = None
@@ -59,11 +59,12 @@ class TextPart(BaseModel):
 
 
 class Message(BaseModel):
-    model_config = ConfigDict(extra="allow")
+    """A chat message; a field beyond these (`tool_calls`...) is refused by the schema, never dropped."""
+
+    model_config = ConfigDict(extra="forbid")
 
     role: Literal["system", "developer", "user", "assistant", "tool", "function"]
     content: StrictStr | list[TextPart] | None = None
-    name: StrictStr | None = None
 
 
 class StreamOptions(BaseModel):

@@ -24,6 +24,7 @@ import uvicorn
 from starlette.applications import Starlette
 
 from router.app import Router
+from router.http import problems
 from router.http.edge import Edge
 from router.http.routes import Routes
 from router.observability import telemetry
@@ -48,7 +49,10 @@ def build_app(router: Router, settings: Settings) -> Starlette:
         settings.http_request_timeout_s,
         traced=telemetry.tracing_configured(),
     )
-    return Starlette(routes=Routes(router, edge).all())
+    return Starlette(
+        routes=Routes(router, edge).all(),
+        exception_handlers={404: problems.no_route, 405: problems.no_route},
+    )
 
 
 class HttpServer:

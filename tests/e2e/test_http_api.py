@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import base64
 import json
+import ssl
 
 import cohere
 import grpc
@@ -60,7 +61,8 @@ def base(served):
 
 @pytest.fixture(scope="module")
 def client(base):
-    return openai.OpenAI(base_url=f"{base}/v1", api_key="unused", max_retries=0)
+    with openai.OpenAI(base_url=f"{base}/v1", api_key="unused", max_retries=0) as opened:
+        yield opened
 
 
 def grpc_vectors(stub, texts) -> np.ndarray:
@@ -281,9 +283,40 @@ def test_a_burst_past_the_tenants_rate_gets_429_with_retry_after_and_a_stock_cli
     assert refused is not None, "four calls at once never passed one a second"
     assert refused.json()["error"]["code"] == errors.TENANT_RATE_LIMITED
     assert int(refused.headers["retry-after"]) >= 1 and int(refused.headers["retry-after-ms"]) > 0
-    patient = openai.OpenAI(base_url=f"{base}/v1", api_key="unused", max_retries=4, default_headers=headers)
-    for _ in range(3):  # the client waits each Retry-After it is given, and gets through
-        assert len(patient.embeddings.create(model=EMBED_MODEL, input="x").data) == 1
+    with openai.OpenAI(base_url=f"{base}/v1", api_key="unused", max_retries=4, default_headers=headers) as patient:
+        for _ in range(3):  # the client waits each Retry-After it is given, and gets through
+            assert len(patient.embeddings.create(model=EMBED_MODEL, input="x").data) == 1
+
+
+def test_an_unknown_route_or_method_answers_in_the_same_error_body(base):
+    missing = httpx.post(f"{base}/v1/nothing-here", json={})
+    assert missing.status_code == 404 and missing.json()["error"]["code"] == "ROUTE_NOT_FOUND"
+    wrong = httpx.get(f"{base}/v1/embeddings")
+    assert wrong.status_code == 405 and wrong.json()["error"]["code"] == "METHOD_NOT_ALLOWED"
+
+
+def test_a_stream_holds_its_place_among_the_calls_until_it_ends(triton):
+    local = LocalRouter(router_settings(triton, http_port=0, max_concurrent_rpcs=1))
+    with local:
+        url = f"http://127.0.0.1:{local.http_port}/v1"
+        wait_for(lambda: _serves(url, GENERATE_MODEL), "the router to serve the generation model")
+        body = {"model": GENERATE_MODEL, "prompt": "Count:", "max_tokens": 200, "stream": True}
+        with httpx.stream("POST", f"{url}/completions", json=body, timeout=60) as stream:
+            assert stream.status_code == 200
+            lines = stream.iter_lines()  # kept: an iterator dropped closes the response, and the stream ends
+            next(lines)  # the stream is inside the router, holding the one place
+            busy = httpx.post(f"{url}/embeddings", json={"model": EMBED_MODEL, "input": "x"})
+            assert busy.status_code == 429 and busy.json()["error"]["code"] == errors.TOO_MANY_REQUESTS
+            assert int(busy.headers["retry-after-ms"]) > 0
+        wait_for(
+            lambda: httpx.post(f"{url}/embeddings", json={"model": EMBED_MODEL, "input": "x"}).status_code == 200,
+            "the place to be free again",
+            30,
+        )
+
+
+def _serves(url: str, model: str) -> bool:
+    return model in {m["id"] for m in httpx.get(f"{url}/models").json()["data"]}
 
 
 # Security: the same TLS files and principals as gRPC.
@@ -304,15 +337,26 @@ def secure(triton, tmp_path_factory):
     )
     local = LocalRouter(settings)
     with local:
-        yield f"https://127.0.0.1:{local.http_port}/v1", str(ca.cert)
+        yield f"https://127.0.0.1:{local.http_port}/v1", ssl.create_default_context(cafile=str(ca.cert))
 
 
 def test_api_keys_and_tls_decide_who_calls_over_http(secure):
     url, ca = secure
 
-    def client(key: str) -> openai.OpenAI:
-        return openai.OpenAI(base_url=url, api_key=key, max_retries=0, http_client=httpx.Client(verify=ca))
+    opened: list[openai.OpenAI] = []
 
+    def client(key: str) -> openai.OpenAI:
+        opened.append(openai.OpenAI(base_url=url, api_key=key, max_retries=0, http_client=httpx.Client(verify=ca)))
+        return opened[-1]
+
+    try:
+        _who_calls(url, ca, client)
+    finally:
+        for each in opened:
+            each.close()
+
+
+def _who_calls(url: str, ca: ssl.SSLContext, client) -> None:
     assert len(client(SEARCH_KEY).embeddings.create(model=EMBED_MODEL, input="x").data) == 1
     with pytest.raises(openai.AuthenticationError) as caught:
         client("mr_not-a-key").embeddings.create(model=EMBED_MODEL, input="x")
