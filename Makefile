@@ -93,9 +93,10 @@ lint: setup $(BUF) $(PROMTOOL) ## buf lint, ruff, deploy/ against Kubernetes sch
 	$(VENV)/bin/ruff check router adapters tests triton_models bench
 	$(VENV)/bin/ruff format --check router adapters tests triton_models bench
 
-fuzz: setup models ## Fuzz every RPC of a real router: 3,400 requests per RPC with fields (20,400 in all); counts in bench/results/fuzz.json
+fuzz: setup models ## Fuzz every RPC of a real router (3,400 requests per RPC; counts in bench/results/fuzz.json) and its HTTP routes (2,000 bodies)
 	rm -f bench/results/fuzz.json
 	FUZZ_EXAMPLES=3400 FUZZ_REPORT=bench/results/fuzz.json $(PY) -m pytest -s -q tests/e2e/test_fuzz.py
+	HTTP_FUZZ_EXAMPLES=2000 $(PY) -m pytest -q tests/e2e/test_http_api.py -k fuzzed
 
 soak: setup models ## Hold 80% of measured capacity for 10 minutes; RSS, descriptors, tasks, latency in bench/results/soak.*
 	$(PY) -m bench soak $(SOAK_ARGS)
