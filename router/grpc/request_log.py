@@ -6,7 +6,6 @@ core), and the request counters and histograms are updated. The request's text i
 from __future__ import annotations
 
 import asyncio
-import functools
 import time
 
 import grpc
@@ -73,17 +72,6 @@ class Outcome:
             self.batches = (self.batches or 0) + batches
 
 
-@functools.lru_cache(maxsize=1024)
-def _series(method: str, model: str, code: str) -> tuple:
-    """A request's metric series (a label lookup costs more than the update; the labels are bounded:
-    methods, served models or "(unknown)", codes)."""
-    return (
-        metrics.REQUESTS.labels(method, model, code),
-        metrics.REQUEST_SECONDS.labels(method, model),
-        metrics.REQUEST_TOKENS.labels(method, model),
-    )
-
-
 def _code_of(error: BaseException | None) -> dict:
     if error is None:
         return {"code": "OK"}
@@ -108,8 +96,5 @@ def finish(outcome: Outcome, started: float, method: str, error: BaseException |
     elapsed = time.perf_counter() - started
     fields["ms"] = round(elapsed * 1000, 2)
     log.info("rpc", **fields)
-    requests, seconds, tokens = _series(method, outcome.model if served else metrics.UNKNOWN_MODEL, fields["code"])
-    requests.inc()
-    seconds.observe(elapsed)
-    if fields["code"] == "OK" and outcome.tokens is not None:
-        tokens.inc(outcome.tokens)
+    model = outcome.model if served else metrics.UNKNOWN_MODEL
+    metrics.count_request(method, model, fields["code"], elapsed, outcome.tokens if fields["code"] == "OK" else None)

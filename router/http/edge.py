@@ -18,7 +18,6 @@ in one task: its span, log context and place last until the last event is sent.
 from __future__ import annotations
 
 import asyncio
-import functools
 import math
 import time
 from collections.abc import Awaitable, Callable
@@ -105,15 +104,6 @@ class Edge:
         field names in this route's (for errors' `param`)."""
         endpoint = Endpoint(self, f"{method} {path}", name, schema, handler, renamed or {})
         return Route(path, endpoint, methods=[method])
-
-
-@functools.lru_cache(maxsize=1024)
-def _series(method: str, model: str, code: str) -> tuple:
-    return (
-        metrics.REQUESTS.labels(method, model, code),
-        metrics.REQUEST_SECONDS.labels(method, model),
-        metrics.REQUEST_TOKENS.labels(method, model),
-    )
 
 
 class Endpoint:
@@ -263,8 +253,5 @@ class Endpoint:
             if status in _SERVER_FAULTS:
                 span.set_status(trace.Status(trace.StatusCode.ERROR, str(status)))
         known = model if model and self.edge.knows(model) else metrics.UNKNOWN_MODEL
-        requests, seconds, tokens = _series(self.method, known, str(status))
-        requests.inc()
-        seconds.observe(elapsed)
-        if status == 200 and call is not None and call.tokens is not None:
-            tokens.inc(call.tokens)
+        tokens = call.tokens if status == 200 and call is not None else None
+        metrics.count_request(self.method, known, str(status), elapsed, tokens)

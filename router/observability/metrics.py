@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import functools
+
 from prometheus_client import Counter, Gauge, Histogram
 
 CACHE_HITS = Counter("modelrouter_cache_hits_total", "Sequences answered from the output cache.", ["model"])
@@ -92,6 +94,28 @@ BATCH_SLOTS = Gauge(
 )
 ASYNCIO_TASKS = Gauge("modelrouter_asyncio_tasks", "asyncio tasks alive in the router's event loop (a leak grows it).")
 UNKNOWN_MODEL = "(unknown)"
+
+
+@functools.lru_cache(maxsize=1024)
+def _request_series(method: str, model: str, code: str) -> tuple:
+    """A request's metric series (a label lookup costs more than the update; the labels are bounded:
+    methods, served models or "(unknown)", codes)."""
+    return (
+        REQUESTS.labels(method, model, code),
+        REQUEST_SECONDS.labels(method, model),
+        REQUEST_TOKENS.labels(method, model),
+    )
+
+
+def count_request(method: str, model: str, code: str, elapsed_s: float, tokens: int | None = None) -> None:
+    """One finished call of either edge: its count by status code, its duration, and the tokens of a
+    successful one (None: none to count)."""
+    requests, seconds, counted = _request_series(method, model, code)
+    requests.inc()
+    seconds.observe(elapsed_s)
+    if tokens is not None:
+        counted.inc(tokens)
+
 
 SHARED_STORE_UP = Gauge(
     "modelrouter_shared_store_up",
