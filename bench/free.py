@@ -246,6 +246,30 @@ async def _round(path: BenchPath, pids: dict[str, int], seconds: float) -> Sampl
     return Sample(calls, calls * path.texts_per_call, wall, {k: after[k] - before[k] for k in after}, latencies)
 
 
+async def alternate(
+    paths: list[BenchPath],
+    pids: dict[str, int],
+    rounds: int,
+    seconds: float,
+    line: Callable[[BenchPath, Sample], str],
+    also: Callable[[], None] | None = None,
+) -> None:
+    """A warm-up round not counted, then `rounds` rounds of every path in turn, each sample kept in its
+    path and said with its rate and `line`; `also` runs at the end of each round (one more path)."""
+    say("warming up every path (a round not counted)")
+    for path in paths:
+        await _round(path, pids, min(2.0, seconds))
+    count = len(paths) + (also is not None)
+    for number in range(1, rounds + 1):
+        say(f"round {number} of {rounds} ({count} paths, {seconds:g} s each)")
+        for path in paths:
+            sample = await _round(path, pids, seconds)
+            path.samples.append(sample)
+            say(f"  {path.name}: {sample.texts / sample.wall_s:,.0f} texts/s, {line(path, sample)}")
+        if also is not None:
+            also()
+
+
 def _tokenizer_round(tokenizer: Tokenizer, batches: list[list[str]], seconds: float) -> Sample:
     started, used, calls = time.perf_counter(), _self_cpu(), 0
     while time.perf_counter() - started < seconds:
@@ -385,20 +409,20 @@ async def run(
         tokenizer = BenchPath(TOKENIZER_PATH, None, TEXTS_PER_CALL, 1, None)
         batches = [list(request.inputs) for request in embed_requests]
 
-        say("warming up every path (a round not counted)")
-        for path in paths:
-            await _round(path, pids, min(2.0, seconds))
-        for number in range(1, rounds + 1):
-            say(f"round {number} of {rounds} ({len(paths) + 1} paths, {seconds:g} s each)")
-            for path in paths:
-                sample = await _round(path, pids, seconds)
-                path.samples.append(sample)
-                say(
-                    f"  {path.name}: {sample.texts / sample.wall_s:,.0f} texts/s, "
-                    f"{path.cost_s(sample) / sample.texts * 1e6:,.1f} us CPU per text "
-                    f"({path.server or 'client'}), p99 {np.percentile(sample.latencies_s, 99) * 1000:.1f} ms"
-                )
-            tokenizer.samples.append(_tokenizer_round(embedder.tokenizer, batches, seconds))
+        def line(path: BenchPath, sample: Sample) -> str:
+            return (
+                f"{path.cost_s(sample) / sample.texts * 1e6:,.1f} us CPU per text "
+                f"({path.server or 'client'}), p99 {np.percentile(sample.latencies_s, 99) * 1000:.1f} ms"
+            )
+
+        await alternate(
+            paths,
+            pids,
+            rounds,
+            seconds,
+            line,
+            also=lambda: tokenizer.samples.append(_tokenizer_round(embedder.tokenizer, batches, seconds)),
+        )
         profiled = await _profile(paths[0], pids, seconds) if profile else None
         await embedder.close()
         await reranker.close()

@@ -29,7 +29,7 @@ import numpy as np
 
 from adapters.triton.embedded import free_port
 from bench.corpus import mixed_texts
-from bench.free import EMBEDDER, MAX_TOKENS, MIN_TOKENS, SEED, BenchPath, _round, free_repository
+from bench.free import EMBEDDER, MAX_TOKENS, MIN_TOKENS, SEED, BenchPath, Sample, alternate, free_repository
 from bench.harness import RESULTS, machine, router_serve, say, triton_server
 from router.grpc.gen.modelrouter.v1 import model_router_service_pb2 as pb
 from router.grpc.gen.modelrouter.v1 import model_router_service_pb2_grpc as pb_grpc
@@ -88,19 +88,12 @@ async def run(rounds: int, seconds: float) -> list[BenchPath]:
             BenchPath(GRPC_1, "router", 1, 16, lambda i: stub.Embed(grpc_1[i % len(grpc_1)], timeout=60)),
             BenchPath(HTTP_1, "router", 1, 16, lambda i: post(http_1[i % len(http_1)])),
         ]
-        say("warming up every path (a round not counted)")
-        for path in paths:
-            await _round(path, pids, min(2.0, seconds))
-        for number in range(1, rounds + 1):
-            say(f"round {number} of {rounds} ({len(paths)} paths, {seconds:g} s each)")
-            for path in paths:
-                sample = await _round(path, pids, seconds)
-                path.samples.append(sample)
-                say(
-                    f"  {path.name}: {sample.texts / sample.wall_s:,.0f} texts/s, "
-                    f"{sample.cpu_s['router'] / sample.calls * 1e6:,.0f} us router CPU per call, "
-                    f"{sample.cpu_s['router'] / sample.texts * 1e6:,.1f} per text"
-                )
+
+        def line(path: BenchPath, sample: Sample) -> str:
+            cpu = sample.cpu_s["router"]
+            return f"{cpu / sample.calls * 1e6:,.0f} us router CPU per call, {cpu / sample.texts * 1e6:,.1f} per text"
+
+        await alternate(paths, pids, rounds, seconds, line)
     return paths
 
 
