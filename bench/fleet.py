@@ -26,7 +26,6 @@ import contextlib
 import json
 import random
 import statistics
-import subprocess
 import time
 from collections.abc import Callable, Iterator, Sequence
 
@@ -34,7 +33,16 @@ import grpc
 
 from bench.admission import DEADLINE_S, MAX_OPEN_CALLS, TEXTS_PER_CALL, Outcomes, capacity
 from bench.corpus import mixed_texts
-from bench.harness import RESULTS, SCRATCH, PathResult, router_process, say, triton_server, write_report
+from bench.harness import (
+    RESULTS,
+    SCRATCH,
+    PathResult,
+    RedisServer,
+    router_process,
+    say,
+    triton_server,
+    write_report,
+)
 from router.grpc.gen.modelrouter.v1 import model_router_service_pb2 as pb
 from router.grpc.gen.modelrouter.v1 import model_router_service_pb2_grpc as pb_grpc
 
@@ -53,25 +61,11 @@ MIX = ["critical", "default", "default", "default", "default", "sheddable", "she
 @contextlib.contextmanager
 def redis_server() -> Iterator[str]:
     """A redis-server on a free loopback port, keeping nothing on disk; yields its URL."""
-    from adapters.triton.embedded import free_port
-
-    port = free_port()
-    command = ["redis-server", "--bind", "127.0.0.1", "--port", str(port), "--save", "", "--appendonly", "no"]
-    with open(SCRATCH / "redis.log", "ab") as log:
-        process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT)
+    server = RedisServer(SCRATCH / "redis.log").start()
     try:
-        import redis
-
-        client = redis.Redis(port=port)
-        for _ in range(100):
-            with contextlib.suppress(redis.ConnectionError):
-                if client.ping():
-                    break
-            time.sleep(0.05)
-        yield f"redis://127.0.0.1:{port}/0"
+        yield server.url
     finally:
-        process.kill()
-        process.wait()
+        server.kill()
 
 
 class TimedOutcomes(Outcomes):

@@ -271,3 +271,44 @@ def otlp_sink() -> Iterator[str]:
         yield f"http://127.0.0.1:{sink.server_address[1]}"
     finally:
         sink.shutdown()
+
+
+class RedisServer:
+    """A real `redis-server` (Debian's package; `make test` installs it) on a free loopback port, with no
+    persistence. `kill` and `start` again on the same port stand for an outage."""
+
+    def __init__(self, log_path: Path) -> None:
+        self.port = free_port()
+        self.url = f"redis://127.0.0.1:{self.port}/0"
+        self.log_path = log_path
+        self.process: subprocess.Popen | None = None
+
+    def start(self) -> RedisServer:
+        command = ["redis-server", "--bind", "127.0.0.1", "--port", str(self.port), "--save", "", "--appendonly", "no"]
+        with self.log_path.open("a") as log:
+            self.process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT)
+        deadline = time.monotonic() + 30
+        while not self.ping():
+            if self.process.poll() is not None or time.monotonic() > deadline:
+                raise RuntimeError(f"redis-server did not answer; see {self.log_path}")
+            time.sleep(0.05)
+        return self
+
+    def ping(self) -> bool:
+        import redis
+
+        try:
+            return self.client().ping()
+        except redis.RedisError:
+            return False
+
+    def client(self):
+        """A (synchronous) client of it, from the `redis` library."""
+        import redis
+
+        return redis.Redis.from_url(self.url, socket_timeout=2)
+
+    def kill(self) -> None:
+        if self.process is not None and self.process.poll() is None:
+            self.process.kill()
+            self.process.wait(30)

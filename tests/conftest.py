@@ -65,7 +65,7 @@ def reference_model():
 @pytest.fixture(scope="session")
 def redis_server(tmp_path_factory: pytest.TempPathFactory):
     """A real redis-server on 127.0.0.1 (Debian's package, installed by `make test`)."""
-    from tests.processes import RedisServer
+    from bench.harness import RedisServer
 
     server = RedisServer(tmp_path_factory.mktemp("redis") / "redis.log").start()
     try:

@@ -12,10 +12,11 @@ import time
 import grpc
 import pytest
 
+from bench.harness import RedisServer
 from router.grpc.gen.modelrouter.v1 import model_router_service_pb2 as pb
 from router.grpc.gen.modelrouter.v1 import model_router_service_pb2_grpc as pb_grpc
 from tests.helpers import EMBED_MODEL, details_of, wait_for
-from tests.processes import RedisServer, Served
+from tests.processes import Served
 
 RATE = 10.0
 """The tenant's requests/s, for the fleet."""
