@@ -16,6 +16,7 @@ from starlette.responses import Response
 
 from router.core import errors
 from router.core.errors import ErrorKind, FieldViolation, RouterError, clip
+from router.grpc.status import pushback_ms
 from router.http.schemas import ErrorBody, ErrorResponse
 
 INTERNAL_MESSAGE = "internal error; the router's log has the details"
@@ -60,7 +61,7 @@ def error_response(error: RouterError, fields: dict[str, str] | None = None) -> 
         seconds = max(0.0, error.retry_after_s)
         headers = {
             "retry-after": str(max(1, math.ceil(seconds))),
-            "retry-after-ms": str(max(1, math.ceil(seconds * 1000))),
+            "retry-after-ms": pushback_ms(seconds),  # gRPC's pushback rule: whole milliseconds, at least 1
         }
     return Response(body.model_dump_json(), status, headers, media_type="application/json")
 

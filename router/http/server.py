@@ -89,8 +89,7 @@ class HttpServer:
             lifespan="off",
             log_config=None,
             access_log=False,  # the router writes each call's one `http` line itself
-            server_header=False,
-            timeout_graceful_shutdown=int(s.shutdown_grace_s) or 1,
+            server_header=False,  # the graceful-shutdown timeout is set by `stop`
             **tls,
         )
 
